@@ -1,0 +1,81 @@
+"""Numeric error against a float64 CPU reference with the same weights and inputs.
+
+Per output: relative L2 error ``||out - ref|| / ||ref||`` and the largest
+absolute difference; in ``train`` mode also the relative error of the input
+gradients. The tolerances are per compute dtype, chosen from measurement
+(docs/performance.md, "Tolerances"), and written only here.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+
+from cmgm_bench.modes import set_module_mode, training_loss
+
+# Relative-L2 tolerance per compute dtype (float32 with TF32 on CUDA uses "tf32").
+TOLERANCES = {
+    "float64": 1e-12,
+    "float32": 1e-5,
+    "tf32": 5e-3,
+    "float16": 5e-3,
+    "bfloat16": 4e-2,
+}
+
+
+def tolerance_for(dtype: str, tf32: bool = False) -> float:
+    return TOLERANCES["tf32" if (dtype == "float32" and tf32) else dtype]
+
+
+@dataclass
+class ReferenceOutputs:
+    out: torch.Tensor
+    attn_map: torch.Tensor
+    grad: torch.Tensor | None  # x.grad and y.grad, flattened and concatenated (train mode)
+
+
+def reference_outputs(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, train: bool) -> ReferenceOutputs:
+    """Run a float64 copy of ``module`` on the CPU; in train mode also the input gradients."""
+    ref = set_module_mode(copy.deepcopy(module).double().cpu(), "train" if train else "fwd")
+    x64 = x.detach().double().cpu().requires_grad_(train)
+    y64 = y.detach().double().cpu().requires_grad_(train)
+    with torch.set_grad_enabled(train):
+        out, attn_map = ref(x64, y64)
+        grad = None
+        if train:
+            training_loss(out, attn_map).backward()
+            grad = torch.cat([x64.grad.flatten(), y64.grad.flatten()])
+    return ReferenceOutputs(out.detach(), attn_map.detach(), grad)
+
+
+def relative_error(value: torch.Tensor, ref: torch.Tensor) -> float:
+    diff = value.detach().double().cpu() - ref
+    return float(diff.norm() / ref.norm())
+
+
+def max_abs_error(value: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((value.detach().double().cpu() - ref).abs().max())
+
+
+def output_errors(out, attn_map, grad, ref: ReferenceOutputs) -> dict[str, float | None]:
+    """The error columns of one case; ``None`` where the output does not exist."""
+    errors: dict[str, float | None] = {
+        "out_rel_err": relative_error(out, ref.out),
+        "out_max_abs_err": max_abs_error(out, ref.out),
+        "attn_rel_err": None,
+        "attn_max_abs_err": None,
+        "grad_rel_err": None,
+    }
+    if attn_map is not None:
+        errors["attn_rel_err"] = relative_error(attn_map, ref.attn_map)
+        errors["attn_max_abs_err"] = max_abs_error(attn_map, ref.attn_map)
+    if grad is not None and ref.grad is not None:
+        errors["grad_rel_err"] = relative_error(grad, ref.grad)
+    return errors
+
+
+def worst_relative_error(errors: dict[str, float | None]) -> float:
+    values = [errors[k] for k in ("out_rel_err", "attn_rel_err", "grad_rel_err") if errors.get(k) is not None]
+    return max(values) if values else float("nan")

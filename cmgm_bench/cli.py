@@ -1,0 +1,171 @@
+"""The ``cmgm-bench`` command line: parse options, call the library, render.
+
+Every command reports bad usage as one line on stderr with exit code 2 (see
+:func:`main`); a run that finds what it was asked to judge exits 1.
+"""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import click
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from cmgm_bench import env as env_module
+from cmgm_bench import registry, render
+from cmgm_bench.cases import Sweep, dedupe, parse_choices, parse_positive_ints, parse_resolutions, split_list
+from cmgm_bench.errors import UsageError
+from cmgm_bench.execute import Plan, argv, configure_threads, default_run_dir, resolve_device, run_plan
+from cmgm_bench.runner import RunOptions
+from cmgm_bench.stats import StopRule
+from cmgm_bench.store import load_run
+
+app = typer.Typer(
+    help="Benchmark and profile implementations of PGNet's Cross-Model Grafting Module (CMGM).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ImplOption = Annotated[
+    Optional[list[str]],
+    typer.Option("--impl", "-i", help="Implementation(s) to run, repeatable or comma separated; default: all registered."),
+]
+ImplFileOption = Annotated[
+    Optional[list[str]],
+    typer.Option("--impl-file", help="Python file registering implementations (PATH or NAME=PATH); repeatable."),
+]
+
+
+def fail_with_usage_errors(command):
+    """Turn a :class:`UsageError` into one line on stderr and exit code 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except UsageError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def load_impl_files(files: list[str] | None) -> None:
+    registry.load_entry_points()
+    for spec in files or []:
+        registry.load_file(spec)
+
+
+@app.command("run")
+@fail_with_usage_errors
+def run_command(
+    impl: ImplOption = None,
+    impl_file: ImplFileOption = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda, or auto (cuda when available).")] = "cpu",
+    mode: Annotated[str, typer.Option(help="Modes, comma separated: fwd (inference, both outputs), feature (inference, fused feature only), train (forward+backward).")] = "fwd",
+    batch: Annotated[str, typer.Option(help="Batch sizes, comma separated.")] = "1",
+    res: Annotated[str, typer.Option(help="Token grids: side of a square grid (28) or HxW (32x24), comma separated.")] = "11,28,48",
+    heads: Annotated[str, typer.Option(help="Attention heads, comma separated; each must divide every --dim.")] = "8",
+    dim: Annotated[str, typer.Option(help="Channels C of x and y, comma separated.")] = "64",
+    threads: Annotated[Optional[int], typer.Option(help="torch intra-op threads (default: torch's choice, recorded).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the weights and inputs.")] = 0,
+    out: Annotated[Optional[Path], typer.Option(help="Run directory (default results/<UTC time>-<device>/).")] = None,
+    max_time: Annotated[float, typer.Option(help="Time budget per case for samples, seconds.")] = 2.0,
+    min_samples: Annotated[int, typer.Option(help="Samples to take before the adaptive stop may end a case.")] = 10,
+    target_rel_iqr: Annotated[float, typer.Option(help="Stop a case early once IQR/median is below this.")] = 0.03,
+    cold_cache: Annotated[bool, typer.Option(help="Flush the last-level cache before every timed call.")] = False,
+    memory: Annotated[bool, typer.Option(help="Measure peak memory of one call per case.")] = True,
+    memory_guard: Annotated[bool, typer.Option(help="Record cases predicted not to fit in memory as oom without running them.")] = True,
+    strict: Annotated[bool, typer.Option(help="Exit 1 if any case is inaccurate.")] = False,
+):
+    """Run a sweep of cases and write results.csv and results.json into a run directory."""
+    load_impl_files(impl_file)
+    names = dedupe(split_list(impl)) if impl else list(registry.all_implementations())
+    for name in names:
+        registry.get(name)
+    device = resolve_device(device)
+    if min_samples < 1 or max_time <= 0 or target_rel_iqr <= 0:
+        raise UsageError("--min-samples, --max-time and --target-rel-iqr must be positive")
+    sweep = Sweep(
+        impls=tuple(names),
+        devices=(device,),
+        modes=tuple(dedupe(parse_choices(mode, "--mode", registry.MODES))),
+        batches=tuple(dedupe(parse_positive_ints(batch, "--batch"))),
+        resolutions=tuple(dedupe(parse_resolutions(res))),
+        heads=tuple(dedupe(parse_positive_ints(heads, "--heads"))),
+        dims=tuple(dedupe(parse_positive_ints(dim, "--dim"))),
+    )
+    configure_threads(threads)
+    options = RunOptions(
+        seed=seed,
+        stop_rule=StopRule(min_samples=min_samples, max_time_s=max_time, target_rel_iqr=target_rel_iqr),
+        cold_cache=cold_cache,
+        measure_memory=memory,
+        memory_guard=memory_guard,
+    )
+    plan = Plan(sweep=sweep, cases=sweep.cases(), options=options, out_dir=out or default_run_dir(device))
+    if plan.out_dir.exists() and any(plan.out_dir.iterdir()):
+        raise UsageError(f"--out {plan.out_dir} exists and is not empty")
+    writer = execute_with_progress(plan)
+    frame = load_run(writer.path).frame()
+    out_console = render.console()
+    out_console.print(render.results_table(frame, registry.baseline_name(), title=f"results ({writer.path})"))
+    for line in render.problems(frame):
+        out_console.print(f"  {line}", markup=False)
+    out_console.print(f"wrote {writer.path / 'results.csv'} and {writer.path / 'results.json'}")
+    if strict and (frame["status"] == "inaccurate").any():
+        raise typer.Exit(1)
+
+
+def execute_with_progress(plan: Plan):
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=render.console(stderr=True), transient=False) as progress:
+        task = progress.add_task("calibrating", total=len(plan.cases))
+
+        def started(case, index):
+            progress.update(task, description=f"{case.impl} {case.mode} {case.shape_label}")
+
+        def done(case, record):
+            progress.advance(task)
+
+        try:
+            return run_plan(plan, argv(), on_case_start=started, on_case_done=done)
+        except KeyboardInterrupt:
+            progress.stop()
+            typer.echo(f"interrupted: finished cases are in {plan.out_dir}", err=True)
+            raise typer.Exit(130) from None
+
+
+@app.command("list")
+@fail_with_usage_errors
+def list_command(impl_file: ImplFileOption = None):
+    """List every registered implementation: what it is, where it runs, where it was loaded from."""
+    load_impl_files(impl_file)
+    render.console().print(render.implementations_table(registry.all_implementations().values()))
+
+
+@app.command("env")
+@fail_with_usage_errors
+def env_command(device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto"):
+    """Print the environment that a run would record."""
+    render.console().print(render.mapping_table(env_module.collect(resolve_device(device)), "environment"))
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point: like ``app()`` but click's own usage errors are one line too."""
+    try:
+        code = app(args=args, standalone_mode=False)
+    except click.exceptions.UsageError as exc:
+        typer.echo(f"error: {exc.format_message()}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,70 @@
+"""The environment a run happened in: versions, hardware, threads, git commit, command line."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+import cmgm_bench
+
+# Keys that must agree for two runs to be compared (``compare`` refuses otherwise).
+COMPARABLE_KEYS = ("cpu_model", "gpu_name", "torch_version", "threads")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit() -> str | None:
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        result = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout.strip() or None if result.returncode == 0 else None
+
+
+def cuda_info(device: str) -> dict:
+    if not device.startswith("cuda") or not torch.cuda.is_available():
+        return {"gpu_name": None, "cuda_version": None, "cudnn_version": None}
+    return {
+        "gpu_name": torch.cuda.get_device_name(device),
+        "cuda_version": torch.version.cuda,
+        "cudnn_version": torch.backends.cudnn.version(),
+        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+        "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+    }
+
+
+def collect(device: str = "cpu", argv: list[str] | None = None) -> dict:
+    return {
+        "project_version": cmgm_bench.__version__,
+        "git_commit": git_commit(),
+        "command_line": " ".join(argv if argv is not None else sys.argv),
+        "start_time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "python_version": platform.python_version(),
+        "torch_version": torch.__version__,
+        "platform": platform.platform(),
+        "device": device,
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
+        "mkldnn_enabled": torch.backends.mkldnn.is_available(),
+        **cuda_info(device),
+    }

@@ -1,0 +1,181 @@
+"""The registry of CMGM implementations.
+
+An implementation is a name, a one-line description, the devices and modes it
+supports, its compute dtype and a builder ``build(reference_module, case)``
+that returns ``fn(x, y) -> (out, attn_map)`` (``attn_map`` is ``None`` in
+``feature`` mode) or a :class:`Built`. Built-in implementations, entry points
+of the group ``cmgm_bench.impls`` and user files all register through
+:func:`register`; the harness only ever looks implementations up by the name
+it was given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import inspect
+import sys
+from dataclasses import dataclass, field, replace
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from cmgm_bench.errors import UsageError
+
+MODES = ("fwd", "feature", "train")
+DEVICES = ("cpu", "cuda")
+DTYPES = ("float32", "bfloat16", "float16")
+ENTRY_POINT_GROUP = "cmgm_bench.impls"
+
+
+@dataclass
+class Built:
+    """What a builder may return instead of a bare callable.
+
+    ``prepare_inputs`` runs once, outside the timed region, to put the inputs
+    in the form the implementation expects (for example channels-last).
+    ``notes`` are recorded in the results as they are.
+    """
+
+    fn: Callable[..., Any]
+    prepare_inputs: Callable[[Any, Any], tuple[Any, Any]] | None = None
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Implementation:
+    name: str
+    description: str
+    build: Callable[..., Any]
+    devices: tuple[str, ...]
+    modes: tuple[str, ...]
+    dtype: str
+    source: str
+    check: Callable[[Any], str | None] | None = None
+    baseline: bool = False
+
+    def unsupported_reason(self, case) -> str | None:
+        """Why this implementation cannot run ``case``, or ``None`` if it can."""
+        if case.device not in self.devices:
+            return f"{self.name} supports devices {', '.join(self.devices)}, not {case.device}"
+        if case.mode not in self.modes:
+            return f"{self.name} supports modes {', '.join(self.modes)}, not {case.mode}"
+        return self.check(case) if self.check else None
+
+
+_REGISTRY: dict[str, Implementation] = {}
+_capture: list[dict[str, Implementation]] = []
+_loaded_entry_points = False
+
+
+def register(
+    name: str,
+    *,
+    description: str,
+    devices: tuple[str, ...] = DEVICES,
+    modes: tuple[str, ...] = MODES,
+    dtype: str = "float32",
+    check: Callable[[Any], str | None] | None = None,
+    baseline: bool = False,
+):
+    """Decorator that registers ``build`` as the implementation ``name``.
+
+    ``check(case)`` may return a reason why a case the declared devices and
+    modes admit still cannot run (a missing compiler, an unsupported dtype).
+    ``baseline`` marks the implementation that speed-ups are measured against.
+    """
+    bad = [d for d in devices if d not in DEVICES] + [m for m in modes if m not in MODES]
+    if bad or dtype not in DTYPES:
+        raise ValueError(f"implementation {name!r}: unknown device/mode/dtype {bad or dtype}")
+
+    def decorator(build):
+        impl = Implementation(
+            name=name,
+            description=description,
+            build=build,
+            devices=tuple(devices),
+            modes=tuple(modes),
+            dtype=dtype,
+            source=inspect.getsourcefile(build) or "?",
+            check=check,
+            baseline=baseline,
+        )
+        target = _capture[-1] if _capture else _REGISTRY
+        if name in target:
+            raise ValueError(f"implementation {name!r} is registered twice")
+        target[name] = impl
+        return build
+
+    return decorator
+
+
+@contextlib.contextmanager
+def _capturing() -> Iterator[dict[str, Implementation]]:
+    captured: dict[str, Implementation] = {}
+    _capture.append(captured)
+    try:
+        yield captured
+    finally:
+        _capture.pop()
+
+
+def load_entry_points() -> None:
+    """Import every module of the ``cmgm_bench.impls`` entry-point group once."""
+    global _loaded_entry_points
+    if _loaded_entry_points:
+        return
+    _loaded_entry_points = True
+    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        with _capturing() as captured:
+            ep.load()
+        for impl in captured.values():
+            _REGISTRY.setdefault(impl.name, impl)
+
+
+def load_file(spec: str) -> list[str]:
+    """Load a user's implementation file; ``spec`` is ``PATH`` or ``NAME=PATH``.
+
+    With ``NAME=`` the file must register exactly one implementation, which is
+    registered under ``NAME``. A user file may replace a built-in of the same
+    name (the ``source`` column shows which one ran). Returns the names added.
+    """
+    load_entry_points()
+    rename, _, path_text = spec.rpartition("=") if "=" in spec else ("", "", spec)
+    path = Path(path_text)
+    if not path.is_file():
+        raise UsageError(f"implementation file not found: {path}")
+    module_name = f"cmgm_bench_user_{abs(hash((str(path.resolve()), rename)))}"
+    try:
+        with _capturing() as captured:
+            module_spec = importlib.util.spec_from_file_location(module_name, path)
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[module_name] = module
+            module_spec.loader.exec_module(module)
+    except Exception as exc:  # any import failure is the user's file's fault
+        raise UsageError(f"implementation file {path} failed to import: {type(exc).__name__}: {exc}") from None
+    if not captured:
+        raise UsageError(f"implementation file {path} registers no implementation")
+    if rename:
+        if len(captured) != 1:
+            raise UsageError(f"{spec}: NAME= needs a file that registers one implementation, {path} registers {len(captured)}")
+        captured = {rename: replace(next(iter(captured.values())), name=rename)}
+    _REGISTRY.update(captured)
+    return list(captured)
+
+
+def all_implementations() -> dict[str, Implementation]:
+    load_entry_points()
+    return dict(_REGISTRY)
+
+
+def get(name: str) -> Implementation:
+    impls = all_implementations()
+    if name not in impls:
+        raise UsageError(f"unknown implementation {name!r} (known: {', '.join(sorted(impls))})")
+    return impls[name]
+
+
+def baseline_name() -> str | None:
+    """The implementation registered with ``baseline=True`` (speed-ups are relative to it)."""
+    return next((impl.name for impl in all_implementations().values() if impl.baseline), None)

@@ -1,0 +1,92 @@
+"""Rich tables for the terminal: results, implementations, environment."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+STATUS_STYLE = {"ok": "green", "inaccurate": "red", "oom": "yellow", "unsupported": "dim", "error": "red", "timeout": "yellow"}
+
+
+def fmt(value, spec: str = ".3g") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return format(value, spec)
+
+
+def speedups(frame: pd.DataFrame, baseline: str | None) -> pd.Series:
+    """Baseline latency / latency for the same (device, mode, shape); NaN where there is none."""
+    if baseline is None or frame.empty:
+        return pd.Series(float("nan"), index=frame.index)
+    shape = ["device", "mode", "batch", "height", "width", "heads", "dim"]
+    base = frame[(frame["impl"] == baseline) & (frame["status"].isin(["ok", "inaccurate"]))]
+    base = base.set_index(shape)["latency_ms"]
+    keys = pd.MultiIndex.from_frame(frame[shape])
+    base_latency = base.reindex(keys).to_numpy()
+    return pd.Series(base_latency / frame["latency_ms"].astype(float).to_numpy(), index=frame.index)
+
+
+def results_table(frame: pd.DataFrame, baseline: str | None = None, title: str = "results") -> Table:
+    table = Table(title=title, header_style="bold")
+    for name in ("impl", "device", "mode", "shape", "status", "latency ms", "IQR ms", "n", "speed-up", "GFLOP/s", "% peak", "peak MB", "out err", "attn err"):
+        table.add_column(name, justify="left" if name in ("impl", "device", "mode", "shape", "status") else "right")
+    speedup = speedups(frame, baseline)
+    for index, row in frame.iterrows():
+        status = row["status"]
+        table.add_row(
+            str(row["impl"]),
+            str(row["device"]),
+            str(row["mode"]),
+            f"B{row['batch']} {row['dim']}x{row['height']}x{row['width']} h{row['heads']}",
+            f"[{STATUS_STYLE.get(status, '')}]{status}[/]",
+            fmt(row["latency_ms"], ".3f"),
+            fmt(row["latency_iqr_ms"], ".3f"),
+            fmt(row["samples"], ".0f"),
+            fmt(speedup[index], ".2f") + ("x" if not math.isnan(speedup[index]) else ""),
+            fmt(row["gflops_per_s"], ".1f"),
+            fmt(row["pct_peak"], ".1f"),
+            fmt(row["peak_mem_mb"], ".1f"),
+            fmt(row["out_rel_err"], ".1e"),
+            fmt(row["attn_rel_err"], ".1e"),
+        )
+    return table
+
+
+def problems(frame: pd.DataFrame) -> list[str]:
+    bad = frame[frame["status"] != "ok"]
+    return [
+        f"{r.impl} {r.device} {r.mode} B{r.batch} {r.dim}x{r.height}x{r.width} h{r.heads}: {r.status}: {r.error}"
+        for r in bad.itertuples()
+    ]
+
+
+def implementations_table(impls) -> Table:
+    table = Table(title="registered implementations", header_style="bold")
+    for name in ("name", "description", "devices", "modes", "dtype", "loaded from"):
+        table.add_column(name)
+    for impl in impls:
+        table.add_row(
+            impl.name + (" (baseline)" if impl.baseline else ""),
+            impl.description,
+            ",".join(impl.devices),
+            ",".join(impl.modes),
+            impl.dtype,
+            impl.source,
+        )
+    return table
+
+
+def mapping_table(mapping: dict, title: str) -> Table:
+    table = Table(title=title, show_header=False)
+    table.add_column("key", style="bold")
+    table.add_column("value")
+    for key, value in mapping.items():
+        table.add_row(str(key), str(value))
+    return table
+
+
+def console(stderr: bool = False) -> Console:
+    return Console(stderr=stderr, width=200 if not stderr else None)

@@ -1,0 +1,238 @@
+"""Run one case: build, check accuracy, time, measure memory, and turn it into a record.
+
+The runner knows implementations only through the registry; every failure
+becomes a record with a status (``unsupported``, ``oom``, ``error``,
+``timeout``, ``inaccurate``) instead of stopping the sweep.
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import gc
+import time
+import traceback
+from dataclasses import dataclass, field
+
+import torch
+
+from cmgm_bench import accuracy, flops, memory, registry
+from cmgm_bench.cases import Case
+from cmgm_bench.quiet import native_stderr_silenced
+from cmgm_bench.modes import autograd_context, make_step, set_module_mode
+from cmgm_bench.reference import make_inputs, reference_module
+from cmgm_bench.stats import StopRule, summarize
+from cmgm_bench.store import COLUMNS
+from cmgm_bench.timing import CacheFlusher, clock_for, collect_samples, warm_up
+
+
+class CaseTimeout(Exception):
+    """Raised inside a case that ran past ``--timeout``."""
+
+
+class RecompiledDuringTiming(RuntimeError):
+    pass
+
+
+@dataclass
+class RunOptions:
+    seed: int = 0
+    stop_rule: StopRule = field(default_factory=StopRule)
+    cold_cache: bool = False
+    measure_memory: bool = True
+    memory_guard: bool = True
+    tf32: bool = False
+
+
+def compile_count() -> int:
+    """How many frames TorchDynamo has compiled in this process so far."""
+    from torch._dynamo.utils import counters
+
+    return counters["frames"]["total"]
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+_SDPA_KERNELS = (
+    ("_scaled_dot_product_flash_attention_for_cpu", "flash-cpu"),
+    ("_scaled_dot_product_flash_attention", "flash"),
+    ("_scaled_dot_product_efficient_attention", "efficient"),
+    ("_scaled_dot_product_cudnn_attention", "cudnn"),
+    ("_scaled_dot_product_attention_math", "math"),
+)
+
+
+def observed_sdpa_backend(step) -> str | None:
+    """Which scaled-dot-product-attention kernel one call really ran (``None`` if none)."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with native_stderr_silenced(), torch.profiler.profile(activities=activities) as prof:
+        step()
+    names = {event.name for event in prof.events()}
+    found = [label for op, label in _SDPA_KERNELS if any(op in name for name in names)]
+    return found[0] if found else None
+
+
+def memory_format_of(tensor: torch.Tensor) -> str:
+    if tensor.dim() == 4 and not tensor.is_contiguous() and tensor.is_contiguous(memory_format=torch.channels_last):
+        return "channels_last"
+    return "contiguous" if tensor.is_contiguous() else "strided"
+
+
+def one_line(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+
+
+class CaseRunner:
+    def __init__(self, options: RunOptions, ceilings: dict | None = None):
+        self.options = options
+        self.ceilings = ceilings or {}
+        self._references: collections.OrderedDict = collections.OrderedDict()
+
+    # -- the record --------------------------------------------------------
+    def base_row(self, case: Case, impl) -> dict:
+        row = dict.fromkeys(COLUMNS)
+        row.update(case.as_dict())
+        n = case.tokens
+        row.update(
+            tokens=n,
+            flops=flops.flops(case.mode, case.batch, n, case.dim, case.heads),
+            est_mem_mb=flops.estimated_peak_bytes(case.mode, case.batch, n, case.dim, case.heads, case.dtype) / 2**20,
+            threads=torch.get_num_threads(),
+            source=impl.source if impl else None,
+            tolerance=accuracy.tolerance_for(case.dtype, self.options.tf32 and case.device.startswith("cuda")),
+            floor_ms=self.floor_ms(case),
+        )
+        return row
+
+    def floor_ms(self, case: Case) -> float | None:
+        """max(FLOPs / matmul ceiling, minimum bytes / copy bandwidth), in ms."""
+        peak = self.ceilings.get("matmul_gflops", {}).get(case.dtype)
+        bandwidth = self.ceilings.get("copy_gbytes_per_s")
+        if not peak or not bandwidth:
+            return None
+        n = case.tokens
+        compute_s = flops.flops(case.mode, case.batch, n, case.dim, case.heads) / (peak * 1e9)
+        memory_s = flops.min_bytes(case.mode, case.batch, n, case.dim, case.heads, case.dtype) / (bandwidth * 1e9)
+        return 1e3 * max(compute_s, memory_s)
+
+    def run(self, case: Case) -> dict:
+        record = {"row": None, "samples_s": [], "traceback": None, "notes": {}}
+        try:
+            impl = registry.get(case.impl)
+        except Exception as exc:
+            impl = None
+            record["row"] = {**self.base_row(case, None), "status": "error", "error": one_line(exc)}
+            return record
+        row = record["row"] = self.base_row(case, impl)
+        reason = impl.unsupported_reason(case)
+        if reason:
+            row.update(status="unsupported", error=reason)
+            return record
+        if self.options.memory_guard:
+            available = memory.available_bytes(case.device)
+            needed = row["est_mem_mb"] * 2**20 + self._reference_bytes(case)
+            if available is not None and needed > 0.9 * available:
+                row.update(status="oom", error=f"oom (predicted): needs ~{needed / 2**30:.1f} GiB, {available / 2**30:.1f} GiB available")
+                return record
+        try:
+            self._measure(case, impl, record)
+        except CaseTimeout as exc:
+            row.update(status="timeout", error=str(exc))
+        except Exception as exc:
+            row.update(status="oom" if is_out_of_memory(exc) else "error", error=one_line(exc))
+            record["traceback"] = traceback.format_exc()
+        finally:
+            gc.collect()
+            if case.device.startswith("cuda"):
+                torch.cuda.empty_cache()
+        return record
+
+    def _reference_bytes(self, case: Case) -> int:
+        """The float64 reference runs on the CPU, so it only counts against CPU memory."""
+        if not case.device == "cpu":
+            return 0
+        return 2 * flops.estimated_peak_bytes(case.mode, case.batch, case.tokens, case.dim, case.heads, "float64")
+
+    # -- measuring -----------------------------------------------------------
+    def reference(self, case: Case, module, x, y) -> accuracy.ReferenceOutputs:
+        train = case.mode == "train"
+        key = (train, case.batch, case.height, case.width, case.heads, case.dim)
+        if key not in self._references:
+            if len(self._references) >= 2:
+                self._references.popitem(last=False)
+            self._references[key] = accuracy.reference_outputs(module, x, y, train)
+        return self._references[key]
+
+    def _measure(self, case: Case, impl, record: dict) -> None:
+        row, device, mode = record["row"], case.device, case.mode
+        reference = reference_module(case.dim, case.heads, self.options.seed)
+        x_cpu, y_cpu = make_inputs(case.batch, case.dim, case.height, case.width, self.options.seed)
+        ref = self.reference(case, set_module_mode(copy.deepcopy(reference), mode), x_cpu, y_cpu)
+
+        module = set_module_mode(copy.deepcopy(reference).to(device), mode)
+        x, y = x_cpu.to(device), y_cpu.to(device)
+        started = time.perf_counter()
+        built = impl.build(module, case)
+        built = built if isinstance(built, registry.Built) else registry.Built(fn=built)
+        if built.prepare_inputs is not None:
+            x, y = built.prepare_inputs(x, y)
+        x, y = x.detach(), y.detach()
+        step = make_step(built.fn, mode, module, x, y)
+        record["notes"].update(built.notes)
+
+        with autograd_context(mode):
+            out, attn_map = step()
+            sync(device)
+            row["compile_s"] = time.perf_counter() - started
+            grad = None
+            if mode == "train":
+                grad = torch.cat([x.grad.flatten(), y.grad.flatten()])
+            row.update(accuracy.output_errors(out, attn_map, grad, ref))
+            row.update(memory_format=memory_format_of(out), out_dtype=str(out.dtype).replace("torch.", ""))
+            del out, attn_map, grad
+
+            clock = clock_for(device)
+            warm_up(step, clock)
+            row["sdpa_backend"] = observed_sdpa_backend(step)
+            compiles = compile_count()
+            flusher = CacheFlusher(device) if self.options.cold_cache else None
+            samples = collect_samples(step, clock, self.options.stop_rule, before_each=flusher)
+            del flusher
+            if compile_count() != compiles:
+                raise RecompiledDuringTiming(
+                    f"recompiled {compile_count() - compiles} time(s) while being timed; the measurement is invalid"
+                )
+            if self.options.measure_memory:
+                peak = memory.peak_bytes(step, device)
+                row["peak_mem_mb"] = None if peak is None else peak / 2**20
+
+        summary = summarize(samples)
+        record["samples_s"] = samples
+        record["notes"]["cold_cache"] = self.options.cold_cache
+        record["notes"]["clock"] = clock.name
+        row.update(
+            latency_ms=summary.median * 1e3,
+            latency_iqr_ms=summary.iqr * 1e3,
+            latency_min_ms=summary.minimum * 1e3,
+            samples=summary.count,
+            gflops_per_s=row["flops"] / summary.median / 1e9,
+        )
+        peak = self.ceilings.get("matmul_gflops", {}).get(case.dtype)
+        row["pct_peak"] = 100 * row["gflops_per_s"] / peak if peak else None
+        worst = accuracy.worst_relative_error(row)
+        row["status"] = "ok" if worst <= row["tolerance"] else "inaccurate"
+        if row["status"] == "inaccurate":
+            row["error"] = f"relative error {worst:.3g} above the {case.dtype} tolerance {row['tolerance']:.3g}"
+

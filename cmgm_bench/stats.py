@@ -1,0 +1,105 @@
+"""Statistics over raw latency samples, as pure functions.
+
+Summary numbers (median, IQR), the adaptive stopping rule used while timing,
+bootstrap confidence intervals of a ratio of medians, and the verdict that
+``compare`` and ``ab`` give. Everything here is tested on synthetic data.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Summary:
+    median: float
+    iqr: float
+    minimum: float
+    count: int
+
+    @property
+    def rel_iqr(self) -> float:
+        return self.iqr / self.median if self.median > 0 else math.inf
+
+
+def summarize(samples) -> Summary:
+    values = np.asarray(samples, dtype=float)
+    if values.size == 0:
+        raise ValueError("no samples")
+    q1, median, q3 = np.percentile(values, [25, 50, 75])
+    return Summary(median=float(median), iqr=float(q3 - q1), minimum=float(values.min()), count=int(values.size))
+
+
+@dataclass(frozen=True)
+class StopRule:
+    """When to stop collecting samples.
+
+    Stop once at least ``min_samples`` were taken over at least ``min_time_s``
+    and the relative IQR is below ``target_rel_iqr``; or once ``max_time_s``
+    is spent (with at least ``floor_samples``); or at ``max_samples``.
+    """
+
+    min_samples: int = 10
+    min_time_s: float = 0.2
+    max_time_s: float = 2.0
+    max_samples: int = 5000
+    target_rel_iqr: float = 0.03
+    floor_samples: int = 3
+
+    def should_stop(self, samples, elapsed_s: float) -> bool:
+        n = len(samples)
+        if n >= self.max_samples:
+            return True
+        if elapsed_s >= self.max_time_s and n >= self.floor_samples:
+            return True
+        if n >= self.min_samples and elapsed_s >= self.min_time_s:
+            return summarize(samples).rel_iqr <= self.target_rel_iqr
+        return False
+
+
+def geometric_mean(values) -> float:
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values) & (values > 0)]
+    return float(np.exp(np.log(values).mean())) if values.size else math.nan
+
+
+def bootstrap_ratio_of_medians(base, cand, *, confidence=0.95, resamples=2000, seed=0) -> tuple[float, float, float]:
+    """``median(cand) / median(base)`` with a percentile-bootstrap interval."""
+    base = np.asarray(base, dtype=float)
+    cand = np.asarray(cand, dtype=float)
+    rng = np.random.default_rng(seed)
+    base_medians = np.median(base[rng.integers(0, base.size, (resamples, base.size))], axis=1)
+    cand_medians = np.median(cand[rng.integers(0, cand.size, (resamples, cand.size))], axis=1)
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(cand_medians / base_medians, [alpha, 1 - alpha])
+    return float(np.median(cand) / np.median(base)), float(low), float(high)
+
+
+def bootstrap_median(values, *, confidence=0.95, resamples=2000, seed=0) -> tuple[float, float, float]:
+    """Median of ``values`` (for example per-pair ratios) with a percentile-bootstrap interval."""
+    values = np.asarray(values, dtype=float)
+    rng = np.random.default_rng(seed)
+    medians = np.median(values[rng.integers(0, values.size, (resamples, values.size))], axis=1)
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(medians, [alpha, 1 - alpha])
+    return float(np.median(values)), float(low), float(high)
+
+
+def verdict(ratio: float, low: float, high: float, threshold: float) -> str:
+    """Judge ``ratio = cand / base`` (lower is faster) with interval ``[low, high]``.
+
+    ``slower``/``faster`` need the point estimate past the threshold *and* the
+    interval to exclude 1; ``same`` needs the whole interval inside the
+    threshold band; anything else is ``inconclusive``.
+    """
+    upper_band, lower_band = 1 + threshold, 1 / (1 + threshold)
+    if ratio > upper_band and low > 1:
+        return "slower"
+    if ratio < lower_band and high < 1:
+        return "faster"
+    if lower_band <= low and high <= upper_band:
+        return "same"
+    return "inconclusive"

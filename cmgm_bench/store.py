@@ -1,0 +1,158 @@
+"""The results store: one directory per run.
+
+* ``cases.jsonl``: the journal. One line per finished case, appended and
+  fsynced as soon as the case ends, so a killed run loses nothing finished.
+* ``results.csv``: one row per case with the columns of DESIGN §4.
+* ``results.json``: the environment, the sweep, the machine's ceilings and
+  every case's record, raw latency samples included.
+
+The CSV and JSON are rewritten atomically (write then rename) after each case
+from the journal, so they are always complete and consistent with each other.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from cmgm_bench.cases import KEY_COLUMNS, Case
+from cmgm_bench.errors import UsageError
+
+STATUSES = ("ok", "inaccurate", "oom", "unsupported", "error", "timeout")
+
+COLUMNS = (
+    *KEY_COLUMNS,
+    "tokens",
+    "status",
+    "error",
+    "latency_ms",
+    "latency_iqr_ms",
+    "latency_min_ms",
+    "samples",
+    "compile_s",
+    "flops",
+    "gflops_per_s",
+    "pct_peak",
+    "floor_ms",
+    "peak_mem_mb",
+    "est_mem_mb",
+    "out_rel_err",
+    "out_max_abs_err",
+    "attn_rel_err",
+    "attn_max_abs_err",
+    "grad_rel_err",
+    "tolerance",
+    "instructions",
+    "threads",
+    "sdpa_backend",
+    "memory_format",
+    "out_dtype",
+    "source",
+)
+REQUIRED_COLUMNS = (*KEY_COLUMNS, "tokens", "status", "latency_ms")
+
+
+@dataclass
+class Run:
+    """A run as read back: its metadata (environment, sweep, ceilings) and its case records."""
+
+    path: Path
+    meta: dict
+    records: list[dict] = field(default_factory=list)
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame([record["row"] for record in self.records], columns=list(COLUMNS))
+
+    def by_key(self) -> dict[tuple, dict]:
+        return {Case.from_dict(record["row"]).key: record for record in self.records}
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _json_safe(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+class RunWriter:
+    """Writes one run directory case by case."""
+
+    def __init__(self, path: Path, meta: dict, records: list[dict] | None = None):
+        self.path = Path(path)
+        self.meta = meta
+        self.records: list[dict] = list(records or [])
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.journal = self.path / "cases.jsonl"
+        self._rewrite()
+
+    def append(self, record: dict) -> None:
+        record = _json_safe(record)
+        with open(self.journal, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        self.records.append(record)
+        self._rewrite()
+
+    def _rewrite(self) -> None:
+        run = Run(self.path, self.meta, self.records)
+        _atomic_write(self.path / "results.csv", run.frame().to_csv(index=False))
+        _atomic_write(self.path / "results.json", json.dumps(_json_safe({**self.meta, "cases": self.records}), indent=1))
+        if not self.records and not self.journal.exists():
+            self.journal.touch()
+
+
+def read_journal(path: Path) -> list[dict]:
+    """Records of ``cases.jsonl``; a last line cut short by a kill is dropped."""
+    records = []
+    lines = path.read_text().splitlines() if path.exists() else []
+    for number, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number != len(lines) - 1:
+                raise UsageError(f"{path}: line {number + 1} is corrupt") from None
+    return records
+
+
+def load_run(path: str | Path) -> Run:
+    """Read a run directory or its ``results.json``; bad input is a :class:`UsageError`."""
+    path = Path(path)
+    json_path = path / "results.json" if path.is_dir() else path
+    if not json_path.exists():
+        raise UsageError(f"{path}: no results.json (not a run directory?)")
+    try:
+        data = json.loads(json_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{json_path}: corrupt or truncated results file ({exc.msg if hasattr(exc, 'msg') else exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("cases"), list) or "environment" not in data:
+        raise UsageError(f"{json_path}: not a cmgm-bench results file")
+    records = data.pop("cases")
+    journal = json_path.parent / "cases.jsonl"
+    if journal.exists():
+        journaled = read_journal(journal)
+        if len(journaled) > len(records):  # killed between journal append and rewrite
+            records = journaled
+    for record in records:
+        row = record.get("row") if isinstance(record, dict) else None
+        missing = [c for c in REQUIRED_COLUMNS if not isinstance(row, dict) or c not in row]
+        if missing:
+            raise UsageError(f"{json_path}: a case is missing columns {', '.join(missing)}")
+    return Run(json_path.parent, data, records)
