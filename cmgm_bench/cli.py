@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
-import click
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -24,6 +23,9 @@ from cmgm_bench.execute import Plan, argv, configure_threads, default_run_dir, r
 from cmgm_bench.runner import RunOptions
 from cmgm_bench.stats import StopRule
 from cmgm_bench.store import load_run
+
+# click's UsageError, whether typer uses click or its own vendored copy of it.
+ClickUsageError = typer.BadParameter.__bases__[0]
 
 app = typer.Typer(
     help="Benchmark and profile implementations of PGNet's Cross-Model Grafting Module (CMGM).",
@@ -161,11 +163,11 @@ def main(args: list[str] | None = None) -> None:
     """Entry point: like ``app()`` but click's own usage errors are one line too."""
     try:
         code = app(args=args, standalone_mode=False)
-    except click.exceptions.UsageError as exc:
+    except ClickUsageError as exc:
         typer.echo(f"error: {exc.format_message()}", err=True)
         sys.exit(2)
-    except click.exceptions.Abort:
+    except (typer.Abort, KeyboardInterrupt):
         sys.exit(130)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
     sys.exit(code if isinstance(code, int) else 0)

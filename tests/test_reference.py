@@ -1,0 +1,116 @@
+"""The reference module against the official code and against the DESIGN §2 formulas written out here."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cmgm_bench.reference import make_inputs, reference_module
+from impls.eager import CMGM
+from tests.official_grafting import Grafting
+
+
+def formulas_float64(m: CMGM, x: torch.Tensor, y: torch.Tensor):
+    """DESIGN §2 step by step with functional ops and einsum, not the module's own layers."""
+    p = {k: v.double() for k, v in m.state_dict().items()}
+    B, C, H, W = x.shape
+    h, N, d = m.num_heads, H * W, C // m.num_heads
+    xt = x.flatten(2).transpose(1, 2)
+    yt = y.flatten(2).transpose(1, 2)
+
+    def layer_norm(t, name):
+        mean = t.mean(-1, keepdim=True)
+        var = ((t - mean) ** 2).mean(-1, keepdim=True)
+        return (t - mean) / torch.sqrt(var + 1e-5) * p[f"{name}.weight"] + p[f"{name}.bias"]
+
+    def bn_eval(t, name):
+        shape = (1, -1, 1, 1)
+        inv = torch.rsqrt(p[f"{name}.running_var"] + 1e-5).view(shape)
+        return (t - p[f"{name}.running_mean"].view(shape)) * inv * p[f"{name}.weight"].view(shape) + p[f"{name}.bias"].view(shape)
+
+    xn, yn = layer_norm(xt, "lnx"), layer_norm(yt, "lny")
+    k = torch.einsum("bnc,oc->bno", yn, p["k.weight"]) + p["k.bias"]
+    qv = torch.einsum("bnc,oc->bno", xn, p["qv.weight"]) + p["qv.bias"]
+    q, v = qv[..., :C], qv[..., C:]
+    heads = lambda t: t.reshape(B, N, h, d).permute(0, 2, 1, 3)
+    q, k, v = heads(q), heads(k), heads(v)
+    scores = torch.einsum("bhnd,bhmd->bhnm", q, k) * d**-0.5
+    attn = torch.exp(scores - scores.amax(-1, keepdim=True))
+    attn = attn / attn.sum(-1, keepdim=True)
+    mixed = torch.einsum("bhnm,bhmd->bhnd", attn, v).permute(0, 2, 1, 3).reshape(B, N, C)
+    f = torch.einsum("bnc,oc->bno", mixed, p["proj.weight"]) + p["proj.bias"] + xt
+    f = f.transpose(1, 2).reshape(B, C, H, W)
+    g = F.relu(bn_eval(F.conv2d(f, p["conv2.0.weight"], p["conv2.0.bias"], padding=1), "conv2.1"))
+    g = F.relu(bn_eval(F.conv2d(g, p["conv2.3.weight"], p["conv2.3.bias"], padding=1), "conv2.4"))
+    out = g + f
+    sym = attn + attn.transpose(-1, -2)
+    attn_map = F.relu(bn_eval(F.conv2d(sym, p["conv.weight"], p["conv.bias"], padding=1), "bn"))
+    return out, attn_map
+
+
+@pytest.mark.parametrize(
+    "batch,dim,heads,height,width",
+    [(1, 64, 8, 11, 11), (2, 16, 1, 7, 13), (1, 32, 2, 5, 9), (3, 32, 4, 6, 6), (2, 48, 8, 9, 4)],
+)
+def test_reference_matches_formulas(batch, dim, heads, height, width):
+    module = reference_module(dim, heads, seed=3).double()
+    x, y = (t.double() for t in make_inputs(batch, dim, height, width, seed=3))
+    with torch.no_grad():
+        out, attn_map = module(x, y)
+    want_out, want_map = formulas_float64(module, x, y)
+    assert out.shape == (batch, dim, height, width)
+    assert attn_map.shape == (batch, heads, height * width, height * width)
+    assert attn_map.abs().max() > 0.1  # non-trivial map: BN statistics are random
+    torch.testing.assert_close(out, want_out, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(attn_map, want_map, rtol=1e-10, atol=1e-10)
+
+
+def test_official_checkpoint_loads_and_outputs_match():
+    torch.manual_seed(0)
+    official = Grafting(64, 8).double().eval()
+    ours = CMGM(64, 8).double().eval()
+    assert list(ours.state_dict()) == list(official.state_dict())
+    # Random BN statistics so that the check covers them.
+    reference = reference_module(64, 8, seed=5)
+    official.load_state_dict(reference.state_dict())
+    ours.load_state_dict(official.state_dict())
+    x, y = (t.double() for t in make_inputs(2, 64, 11, 11, seed=5))
+    with torch.no_grad():
+        want = official(x, y)
+        got = ours(x, y)
+    for a, b in zip(got, want):
+        assert (a - b).abs().max().item() <= 1e-10
+
+
+def test_feature_only_skips_the_map_and_keeps_the_feature():
+    module = reference_module(32, 4, seed=0)
+    x, y = make_inputs(1, 32, 6, 5, seed=0)
+    with torch.no_grad():
+        full, _ = module(x, y)
+        feature, attn_map = module(x, y, attn_map=False)
+    assert attn_map is None
+    torch.testing.assert_close(feature, full)
+
+
+def test_batchnorm_statistics_are_not_defaults():
+    module = reference_module(64, 8, seed=0)
+    assert module.bn.running_mean.abs().max() > 0.05
+    assert (module.bn.running_var - 1).abs().max() > 0.05
+
+
+@pytest.mark.parametrize(
+    "x_shape,y_shape,message",
+    [
+        ((1, 64, 4, 4), (1, 64, 4, 5), "same shape"),
+        ((1, 32, 4, 4), (1, 32, 4, 4), "channels"),
+        ((64, 4, 4), (64, 4, 4), "4-D"),
+    ],
+)
+def test_bad_inputs_raise_value_error(x_shape, y_shape, message):
+    module = CMGM(64, 8)
+    with pytest.raises(ValueError, match=message):
+        module(torch.randn(x_shape), torch.randn(y_shape))
+
+
+def test_dim_not_divisible_by_heads():
+    with pytest.raises(ValueError, match="divisible"):
+        CMGM(64, 7)

@@ -1,0 +1,100 @@
+"""Statistics on synthetic samples: summaries, the adaptive stop, bootstrap intervals and verdicts."""
+
+import numpy as np
+import pytest
+
+from cmgm_bench.stats import (
+    StopRule,
+    bootstrap_median,
+    bootstrap_ratio_of_medians,
+    geometric_mean,
+    summarize,
+    verdict,
+)
+
+
+def test_summary_of_known_samples():
+    s = summarize([5.0, 1.0, 3.0, 2.0, 4.0])
+    assert s.median == 3.0
+    assert s.iqr == pytest.approx(2.0)  # 4 - 2 with linear interpolation
+    assert s.minimum == 1.0 and s.count == 5
+    assert s.rel_iqr == pytest.approx(2 / 3)
+
+
+def test_summary_rejects_empty():
+    with pytest.raises(ValueError):
+        summarize([])
+
+
+def test_stop_rule_waits_for_min_samples_and_time():
+    rule = StopRule(min_samples=10, min_time_s=0.2, max_time_s=2.0, target_rel_iqr=0.05)
+    tight = [1.0] * 9
+    assert not rule.should_stop(tight, elapsed_s=0.5)  # too few samples
+    assert not rule.should_stop(tight + [1.0], elapsed_s=0.1)  # too little time
+    assert rule.should_stop(tight + [1.0], elapsed_s=0.3)  # tight and enough
+
+
+def test_stop_rule_keeps_going_while_noisy_until_budget():
+    rule = StopRule(min_samples=10, min_time_s=0.0, max_time_s=2.0, target_rel_iqr=0.05)
+    noisy = list(np.random.default_rng(0).uniform(1.0, 2.0, 50))
+    assert not rule.should_stop(noisy, elapsed_s=1.0)
+    assert rule.should_stop(noisy, elapsed_s=2.0)
+
+
+def test_stop_rule_floor_and_cap():
+    rule = StopRule(min_samples=10, max_time_s=1.0, max_samples=100, floor_samples=3)
+    assert not rule.should_stop([5.0, 5.0], elapsed_s=10.0)  # slow calls still get 3 samples
+    assert rule.should_stop([5.0, 5.0, 5.0], elapsed_s=10.0)
+    assert rule.should_stop(list(np.linspace(1, 3, 100)), elapsed_s=0.0)
+
+
+def test_geometric_mean_ignores_missing_values():
+    assert geometric_mean([2.0, 8.0, float("nan")]) == pytest.approx(4.0)
+
+
+def test_bootstrap_interval_contains_true_ratio():
+    rng = np.random.default_rng(1)
+    base = rng.normal(10, 0.5, 200)
+    cand = rng.normal(12, 0.6, 200)
+    ratio, low, high = bootstrap_ratio_of_medians(base, cand)
+    assert low < 1.2 < high
+    assert low < ratio < high
+
+
+def test_bootstrap_median_of_ratios():
+    ratios = np.random.default_rng(2).normal(1.0, 0.01, 300)
+    median, low, high = bootstrap_median(ratios)
+    assert low < 1.0 < high and high - low < 0.01
+
+
+@pytest.mark.parametrize(
+    "ratio,low,high,expected",
+    [(1.10, 1.06, 1.14, "slower"), (0.90, 0.87, 0.93, "faster"), (1.0, 0.98, 1.02, "same"), (1.06, 0.99, 1.12, "inconclusive"), (1.06, 1.01, 1.09, "slower")],
+)
+def test_verdict_needs_threshold_and_interval(ratio, low, high, expected):
+    assert verdict(ratio, low, high, threshold=0.05) == expected
+
+
+def _trial_verdicts(shift: float, trials: int, noise: float = 0.05, n: int = 40) -> list[str]:
+    rng = np.random.default_rng(1234)
+    out = []
+    for trial in range(trials):
+        base = rng.normal(1.0, noise, n)
+        cand = rng.normal(1.0 + shift, noise * (1 + shift), n)
+        out.append(verdict(*bootstrap_ratio_of_medians(base, cand, resamples=500, seed=trial), threshold=0.05))
+    return out
+
+
+def test_identical_distributions_are_not_called_different():
+    verdicts = _trial_verdicts(0.0, 200)
+    assert sum(v in ("same", "inconclusive") for v in verdicts) >= 198
+
+
+def test_ten_percent_slowdown_is_caught():
+    verdicts = _trial_verdicts(0.10, 200)
+    assert sum(v == "slower" for v in verdicts) >= 190
+
+
+def test_ten_percent_speedup_is_caught():
+    verdicts = _trial_verdicts(-0.10, 200)
+    assert sum(v == "faster" for v in verdicts) >= 190
