@@ -15,13 +15,17 @@ import torch
 
 from cmgm_bench.modes import set_module_mode, training_loss
 
-# Relative-L2 tolerance per compute dtype (float32 with TF32 on CUDA uses "tf32").
+# Relative-L2 tolerance per compute dtype, applied to every output (and the
+# input gradients in train mode); float32 with TF32 on CUDA uses "tf32".
+# About 8x (float32) or 2-3x (half types) the worst error of a correct
+# implementation measured with scripts/measure_tolerances.py; the worst are the
+# map (float32) and the train-mode input gradients (half types).
 TOLERANCES = {
     "float64": 1e-12,
-    "float32": 1e-5,
-    "tf32": 5e-3,
-    "float16": 5e-3,
-    "bfloat16": 4e-2,
+    "float32": 5e-5,
+    "tf32": 5e-2,
+    "float16": 5e-2,
+    "bfloat16": 1e-1,
 }
 
 

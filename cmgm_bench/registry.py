@@ -165,8 +165,10 @@ def load_file(spec: str) -> list[str]:
 
 
 def all_implementations() -> dict[str, Implementation]:
+    """Every registered implementation, the baseline first, then by name."""
     load_entry_points()
-    return dict(_REGISTRY)
+    ordered = sorted(_REGISTRY.values(), key=lambda impl: (not impl.baseline, impl.name))
+    return {impl.name: impl for impl in ordered}
 
 
 def get(name: str) -> Implementation:

@@ -49,6 +49,11 @@ class CMGM(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, attn_map: bool = True):
         """Return ``(out, attn_map)``; with ``attn_map=False`` skip that branch and return ``(out, None)``."""
+        out, attn = self.fuse(x, y)
+        return out, (self.attention_map(attn) if attn_map else None)
+
+    def fuse(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Steps 1-5 of the module: the fused feature map and the softmax attention matrix."""
         self.check_inputs(x, y)
         batch, channels, height, width = x.shape
         x_tokens = x.reshape(batch, channels, -1).permute(0, 2, 1)
@@ -65,10 +70,11 @@ class CMGM(nn.Module):
         fused = (attn @ v).transpose(1, 2).reshape(B, N, C)
         fused = self.proj(fused) + x_tokens
         fused = fused.permute(0, 2, 1).reshape(batch, channels, height, width)
-        out = self.conv2(fused) + fused
-        if not attn_map:
-            return out, None
-        return out, self.act(self.bn(self.conv(attn + attn.transpose(-1, -2))))
+        return self.conv2(fused) + fused, attn
+
+    def attention_map(self, attn: torch.Tensor) -> torch.Tensor:
+        """Step 6: ReLU(BN(Conv3x3(attn + attnᵀ))), an h-channel N x N map."""
+        return self.act(self.bn(self.conv(attn + attn.transpose(-1, -2))))
 
 
 @register(

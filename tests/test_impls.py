@@ -1,0 +1,201 @@
+"""Every registered implementation, in every mode it claims, against the float64 reference."""
+
+import random
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from cmgm_bench import registry
+from cmgm_bench.cases import Case
+from cmgm_bench.cli import app
+from cmgm_bench.runner import CaseRunner, RunOptions
+from cmgm_bench.stats import StopRule
+from tests.conftest import FAST
+
+ROOT = Path(__file__).resolve().parent.parent
+QUICK = RunOptions(stop_rule=StopRule(min_samples=1, max_time_s=0.0, floor_samples=1), measure_memory=False)
+
+
+def random_shapes(count, seed):
+    """Shapes the implementations were not tuned on: non-square grids, odd heads and dims."""
+    rng = random.Random(seed)
+    shapes = []
+    for heads in (1, 2, 4, 8, 16)[:count]:
+        dim = rng.choice([d for d in (32, 64, 96) if d % heads == 0])
+        shapes.append((rng.choice([1, 2]), dim, heads, rng.randint(3, 17), rng.randint(3, 17)))
+    return shapes
+
+
+def claimed_cases(name, shape_count):
+    impl = registry.get(name)
+    return [
+        Case(name, "cpu", impl.dtype, mode, b, h, w, heads, dim)
+        for (b, dim, heads, h, w) in random_shapes(shape_count, seed=hash(name) % 1000)
+        for mode in impl.modes
+    ]
+
+
+@pytest.mark.parametrize("name", [n for n in registry.all_implementations() if n != "compile"])
+def test_implementation_within_tolerance(name):
+    runner = CaseRunner(QUICK)
+    for case in claimed_cases(name, 5):
+        row = runner.run(case)["row"]
+        if row["status"] == "unsupported":
+            assert row["error"], case
+            continue
+        assert row["status"] == "ok", (case, row["error"])
+        assert row["out_rel_err"] <= row["tolerance"]
+        if case.mode == "feature":
+            assert row["attn_rel_err"] is None
+        else:
+            assert 0 < row["attn_rel_err"] <= row["tolerance"]
+        if case.mode == "train":
+            assert 0 < row["grad_rel_err"] <= row["tolerance"]
+
+
+@pytest.mark.slow
+def test_compiled_implementation_within_tolerance():
+    """Compilation costs ~10 s a case on two cores, so two shapes only."""
+    runner = CaseRunner(QUICK)
+    for case in claimed_cases("compile", 2):
+        row = runner.run(case)["row"]
+        assert row["status"] == "ok", (case, row["error"])
+        assert row["compile_s"] > 0
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_unsupported_mode_and_device_give_rows_with_reasons(tmp_path):
+    impl_file = write(
+        tmp_path,
+        "fwd_only.py",
+        """
+        from cmgm_bench.registry import register
+
+        @register("fwd-only", description="test", devices=("cpu",), modes=("fwd",))
+        def build(module, case):
+            return lambda x, y: module(x, y)
+        """,
+    )
+    registry.load_file(str(impl_file))
+    runner = CaseRunner(QUICK)
+    row = runner.run(Case("fwd-only", "cpu", "float32", "feature", 1, 4, 4, 2, 8))["row"]
+    assert row["status"] == "unsupported" and "modes fwd" in row["error"]
+    row = runner.run(Case("fwd-only", "cuda", "float32", "fwd", 1, 4, 4, 2, 8))["row"]
+    assert row["status"] == "unsupported" and "devices cpu" in row["error"]
+
+
+def test_wrong_implementation_is_inaccurate_and_strict_exits_1(tmp_path):
+    impl_file = write(
+        tmp_path,
+        "no_residual.py",
+        """
+        import torch
+        from cmgm_bench.registry import register
+
+        @register("no-residual", description="forgets the x-token residual after proj", modes=("fwd",))
+        def build(module, case):
+            def forward(x, y):
+                B, C, H, W = x.shape
+                h, N = module.num_heads, H * W
+                xt, yt = x.flatten(2).transpose(1, 2), y.flatten(2).transpose(1, 2)
+                k = module.k(module.lny(yt)).view(B, N, h, C // h).transpose(1, 2)
+                q, v = module.qv(module.lnx(xt)).view(B, N, 2, h, C // h).permute(2, 0, 3, 1, 4)
+                attn = torch.softmax(q @ k.transpose(-2, -1) * module.scale, dim=-1)
+                f = module.proj((attn @ v).transpose(1, 2).reshape(B, N, C))  # + xt is missing
+                f = f.transpose(1, 2).reshape(B, C, H, W)
+                return module.conv2(f) + f, module.attention_map(attn)
+            return forward
+        """,
+    )
+    out = tmp_path / "run"
+    args = ["run", "--impl-file", str(impl_file), "--impl", "no-residual", "--res", "5", "--out", str(out), *FAST]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(out / "results.csv")
+    assert frame.status.tolist() == ["inaccurate"]
+    assert "tolerance" in frame.error[0]
+    strict = CliRunner().invoke(app, [*args[:-len(FAST) - 2], "--out", str(tmp_path / "run2"), *FAST, "--strict"])
+    assert strict.exit_code == 1
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [("raise ImportError('boom')\n", "failed to import"), ("x = 1\n", "registers no implementation")],
+)
+def test_bad_implementation_file_exits_2_naming_the_file(tmp_path, text, message):
+    path = write(tmp_path, "bad.py", text)
+    result = CliRunner().invoke(app, ["run", "--impl-file", str(path), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    assert message in result.stderr and "bad.py" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_readme_example_is_the_example_file_and_runs(tmp_path):
+    example = (ROOT / "examples" / "my_impl.py").read_text()
+    assert example.strip() in (ROOT / "README.md").read_text()
+    out = tmp_path / "run"
+    args = ["run", "--impl-file", "examples/my_impl.py", "--impl", "scaled-q", "--res", "11", "--mode", "fwd,feature", "--out", str(out), *FAST]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(out / "results.csv")
+    assert frame.status.tolist() == ["ok", "ok"]
+    assert frame.source.str.endswith("my_impl.py").all()
+
+
+def test_recompile_while_timing_invalidates_the_case(tmp_path):
+    impl_file = write(
+        tmp_path,
+        "recompiles.py",
+        """
+        import torch
+        from cmgm_bench.registry import register
+
+        @register("recompiles", description="compiled fn guarded on a changing Python int", modes=("feature",))
+        def build(module, case):
+            calls = [0]
+
+            @torch.compile(dynamic=False)
+            def scaled(out, step):
+                return out * (1 + step * 0)
+
+            def forward(x, y):
+                calls[0] += 1
+                out, _ = module(x, y, attn_map=False)
+                return scaled(out, calls[0]), None
+            return forward
+        """,
+    )
+    registry.load_file(str(impl_file))
+    row = CaseRunner(QUICK).run(Case("recompiles", "cpu", "float32", "feature", 1, 4, 4, 2, 8))["row"]
+    assert row["status"] == "error"
+    assert "recompiled" in row["error"]
+
+
+def test_entry_point_group_registers_implementations(monkeypatch, tmp_path):
+    module_path = write(
+        tmp_path,
+        "third_party_impl.py",
+        """
+        from cmgm_bench.registry import register
+
+        @register("third-party", description="from an entry point")
+        def build(module, case):
+            return lambda x, y: module(x, y, attn_map=case.mode != "feature")
+        """,
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from importlib.metadata import EntryPoint
+
+    fake = [EntryPoint(name="third", value="third_party_impl", group=registry.ENTRY_POINT_GROUP)]
+    monkeypatch.setattr(registry, "entry_points", lambda group: fake)
+    monkeypatch.setattr(registry, "_loaded_entry_points", False)
+    registry.load_entry_points()
+    assert registry.get("third-party").description == "from an entry point"
