@@ -17,10 +17,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from cmgm_bench import env as env_module
 from cmgm_bench import registry, render
-from cmgm_bench.cases import Sweep, dedupe, parse_choices, parse_positive_ints, parse_resolutions, split_list
+from cmgm_bench.cases import Case, Sweep, dedupe, parse_choices, parse_positive_ints, parse_resolutions, split_list
 from cmgm_bench.errors import UsageError
 from cmgm_bench.execute import Plan, argv, configure_threads, default_run_dir, resolve_device, run_plan
-from cmgm_bench.runner import RunOptions
+from cmgm_bench.counters import count_all
+from cmgm_bench.runner import RunOptions, prepare_case
 from cmgm_bench.stats import StopRule
 from cmgm_bench.store import load_run
 
@@ -142,6 +143,38 @@ def execute_with_progress(plan: Plan):
             progress.stop()
             typer.echo(f"interrupted: finished cases are in {plan.out_dir}", err=True)
             raise typer.Exit(130) from None
+
+
+@app.command("flops")
+@fail_with_usage_errors
+def flops_command(
+    impl: Annotated[str, typer.Option("--impl", "-i", help="Implementation to count.")] = "eager",
+    impl_file: ImplFileOption = None,
+    mode: Annotated[str, typer.Option(help="fwd, feature or train.")] = "fwd",
+    batch: Annotated[int, typer.Option(help="Batch size.")] = 1,
+    res: Annotated[str, typer.Option(help="Token grid: 28 or HxW.")] = "28",
+    heads: Annotated[int, typer.Option(help="Attention heads.")] = 8,
+    dim: Annotated[int, typer.Option(help="Channels C.")] = 64,
+):
+    """Count one case's FLOPs three ways (closed form, fvcore, FlopCounterMode), per operator family."""
+    load_impl_files(impl_file)
+    implementation = registry.get(impl)
+    (height, width), *rest = parse_resolutions(res)
+    if rest:
+        raise UsageError("--res: flops takes one grid")
+    parse_positive_ints([str(batch), str(heads), str(dim)], "--batch/--heads/--dim")
+    Sweep((impl,), ("cpu",), (mode,), (batch,), ((height, width),), (heads,), (dim,))
+    case = Case(impl, "cpu", implementation.dtype, mode, batch, height, width, heads, dim)
+    reason = implementation.unsupported_reason(case)
+    if reason:
+        raise UsageError(reason)
+    counts = count_all(prepare_case(case, implementation, seed=0), case)
+    render.console().print(render.flops_table(counts, title=f"FLOPs of {impl} {mode} {case.shape_label}"))
+    typer.echo(
+        "conventions: analytic and fvcore count multiply-accumulates (MACs) of matmuls and convolutions, biases excluded; "
+        "FlopCounterMode counts FLOPs = 2 x MACs. fvcore also counts softmax, element-wise add/mul and norms "
+        "(one op per element, not MACs, not in the total). fvcore traces the forward only, so it is empty in train mode."
+    )
 
 
 @app.command("list")

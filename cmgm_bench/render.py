@@ -90,3 +90,27 @@ def mapping_table(mapping: dict, title: str) -> Table:
 
 def console(stderr: bool = False) -> Console:
     return Console(stderr=stderr, width=200 if not stderr else None)
+
+
+def flops_table(counts: dict[str, dict[str, int]], title: str) -> Table:
+    """Per family: analytic MACs, fvcore MACs, FlopCounterMode FLOPs and MACs; MAC families totalled."""
+    from cmgm_bench.counters import MAC_FAMILIES
+
+    table = Table(title=title, header_style="bold")
+    for name in ("family", "analytic MACs", "fvcore MACs", "FlopCounterMode FLOPs", "FlopCounterMode MACs", "agree"):
+        table.add_column(name, justify="left" if name == "family" else "right")
+    analytic, fv, fc = counts["analytic"], counts["fvcore"], counts["flop_counter"]
+    families = list(MAC_FAMILIES) + sorted((set(fv) | set(fc)) - set(MAC_FAMILIES))
+
+    def cell(mapping, family, scale=1.0):
+        return f"{mapping[family] * scale:,.0f}" if family in mapping else "-"
+
+    for family in families:
+        agree = ""
+        if family in MAC_FAMILIES:
+            values = {analytic.get(family, 0), fc.get(family, 0) / 2} | ({fv.get(family, 0)} if fv else set())
+            agree = "yes" if len(values) == 1 else "NO"
+        table.add_row(family, cell(analytic, family), cell(fv, family), cell(fc, family), cell(fc, family, 0.5), agree)
+    total = lambda mapping, scale=1.0: f"{sum(mapping.get(f, 0) for f in MAC_FAMILIES) * scale:,.0f}" if mapping else "-"
+    table.add_row("[bold]total (MAC families)[/]", total(analytic), total(fv), total(fc), total(fc, 0.5), "")
+    return table

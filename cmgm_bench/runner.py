@@ -94,6 +94,31 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
 
 
+@dataclass
+class PreparedCase:
+    """An implementation built for one case, with its inputs and the step to time."""
+
+    module: torch.nn.Module
+    fn: object
+    x: torch.Tensor
+    y: torch.Tensor
+    step: object
+    notes: dict
+
+
+def prepare_case(case: Case, impl, seed: int) -> PreparedCase:
+    """Copy the reference to the device in the mode's state, build the implementation, make inputs."""
+    module = set_module_mode(copy.deepcopy(reference_module(case.dim, case.heads, seed)).to(case.device), case.mode)
+    x, y = (t.to(case.device) for t in make_inputs(case.batch, case.dim, case.height, case.width, seed))
+    built = impl.build(module, case)
+    built = built if isinstance(built, registry.Built) else registry.Built(fn=built)
+    if built.prepare_inputs is not None:
+        x, y = built.prepare_inputs(x, y)
+    x, y = x.detach(), y.detach()
+    step = make_step(built.fn, case.mode, module, x, y)
+    return PreparedCase(module, built.fn, x, y, step, dict(built.notes))
+
+
 class CaseRunner:
     def __init__(self, options: RunOptions, ceilings: dict | None = None):
         self.options = options
@@ -154,6 +179,9 @@ class CaseRunner:
             row.update(status="oom" if is_out_of_memory(exc) else "error", error=one_line(exc))
             record["traceback"] = traceback.format_exc()
         finally:
+            # TorchDynamo caches compiled code per Python function, across cases: without
+            # a reset, a sweep hits its recompile limit and later cases silently run eager.
+            torch._dynamo.reset()
             gc.collect()
             if case.device.startswith("cuda"):
                 torch.cuda.empty_cache()
@@ -177,20 +205,14 @@ class CaseRunner:
 
     def _measure(self, case: Case, impl, record: dict) -> None:
         row, device, mode = record["row"], case.device, case.mode
-        reference = reference_module(case.dim, case.heads, self.options.seed)
         x_cpu, y_cpu = make_inputs(case.batch, case.dim, case.height, case.width, self.options.seed)
+        reference = reference_module(case.dim, case.heads, self.options.seed)
         ref = self.reference(case, set_module_mode(copy.deepcopy(reference), mode), x_cpu, y_cpu)
 
-        module = set_module_mode(copy.deepcopy(reference).to(device), mode)
-        x, y = x_cpu.to(device), y_cpu.to(device)
         started = time.perf_counter()
-        built = impl.build(module, case)
-        built = built if isinstance(built, registry.Built) else registry.Built(fn=built)
-        if built.prepare_inputs is not None:
-            x, y = built.prepare_inputs(x, y)
-        x, y = x.detach(), y.detach()
-        step = make_step(built.fn, mode, module, x, y)
-        record["notes"].update(built.notes)
+        prepared = prepare_case(case, impl, self.options.seed)
+        step, x, y = prepared.step, prepared.x, prepared.y
+        record["notes"].update(prepared.notes)
 
         with autograd_context(mode):
             out, attn_map = step()

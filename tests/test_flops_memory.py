@@ -1,0 +1,105 @@
+"""FLOPs three ways agree exactly; peak memory behaves like the B·h·N² maps it is made of."""
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cmgm_bench import flops, memory, registry
+from cmgm_bench.cases import Case
+from cmgm_bench.cli import app
+from cmgm_bench.counters import MAC_FAMILIES, analytic_macs, count_all
+from cmgm_bench.modes import autograd_context
+from cmgm_bench.runner import prepare_case
+
+SHAPES = [(1, 64, 8, 11, 11), (2, 32, 4, 5, 7), (1, 48, 2, 9, 4)]
+
+
+@pytest.mark.parametrize("name", ["eager", "sdpa", "channels_last"])
+@pytest.mark.parametrize("mode", ["fwd", "feature", "train"])
+@pytest.mark.parametrize("batch,dim,heads,height,width", SHAPES)
+def test_three_counts_agree_exactly(name, mode, batch, dim, heads, height, width):
+    case = Case(name, "cpu", "float32", mode, batch, height, width, heads, dim)
+    counts = count_all(prepare_case(case, registry.get(name), seed=0), case)
+    closed_form = flops.macs(mode, batch, height * width, dim, heads)
+    assert sum(counts["analytic"].values()) == closed_form
+    flop_counter_macs = sum(counts["flop_counter"].get(f, 0) for f in MAC_FAMILIES) / 2
+    assert flop_counter_macs == closed_form
+    for family in MAC_FAMILIES:
+        assert counts["flop_counter"].get(family, 0) == 2 * counts["analytic"][family], family
+    if mode != "train":
+        assert sum(counts["fvcore"].get(f, 0) for f in MAC_FAMILIES) == closed_form
+        assert counts["fvcore"]["norm"] > 0  # the added handles and fvcore's own still count the rest
+
+
+def test_closed_form_matches_design_formula():
+    B, N, C, h = 3, 784, 64, 8
+    assert flops.macs("fwd", B, N, C, h) == 22 * B * N * C**2 + B * N**2 * (2 * C + 9 * h**2)
+    assert flops.flops("train", B, N, C, h) == 6 * flops.macs("fwd", B, N, C, h)
+    assert analytic_macs("feature", B, N, C, h)["conv"] == 18 * B * N * C**2
+
+
+def test_flops_command_prints_three_conventions():
+    result = CliRunner().invoke(app, ["flops", "--res", "6x5", "--heads", "4", "--dim", "32"])
+    assert result.exit_code == 0, result.output
+    assert "fvcore MACs" in result.output and "FlopCounterMode FLOPs" in result.output
+    assert "NO" not in result.output
+
+
+def test_flops_command_bad_input():
+    result = CliRunner().invoke(app, ["flops", "--heads", "5"])
+    assert result.exit_code == 2 and "divisible" in result.stderr
+
+
+def peak_mb(batch, height, width, mode="fwd"):
+    case = Case("eager", "cpu", "float32", mode, batch, height, width, 8, 64)
+    prepared = prepare_case(case, registry.get("eager"), seed=0)
+    memory.pin_allocator_for_timing()
+    with autograd_context(mode):
+        prepared.step()
+        return min(memory.peak_bytes(prepared.step, "cpu") for _ in range(3)) / 2**20
+
+
+needs_proc_and_glibc = pytest.mark.skipif(not memory.cpu_method_available(), reason="needs Linux /proc and glibc")
+
+
+@needs_proc_and_glibc
+def test_peak_is_at_least_the_outputs():
+    batch, height, width = 1, 16, 16
+    n = height * width
+    outputs_mb = 4 * batch * (64 * n + 8 * n * n) / 2**20
+    assert peak_mb(batch, height, width) >= outputs_mb
+
+
+@needs_proc_and_glibc
+def test_peak_doubles_with_batch_and_quadruples_with_tokens():
+    base = peak_mb(1, 20, 20)
+    assert 1.7 < peak_mb(2, 20, 20) / base < 2.3
+    assert 3.4 < peak_mb(1, 20, 40) / base < 4.6
+
+
+@needs_proc_and_glibc
+@pytest.mark.parametrize("mode", ["fwd", "feature", "train"])
+def test_estimate_within_documented_factor(mode):
+    """docs/performance.md: the estimate is within 1.5x of eager's measured peak once the maps dominate."""
+    measured = peak_mb(1, 24, 24, mode)
+    estimate = flops.estimated_peak_bytes(mode, 1, 24 * 24, 64, 8) / 2**20
+    assert 1 / 1.5 < estimate / measured < 1.5
+
+
+def test_run_fills_throughput_and_ceiling_columns(tmp_path):
+    from tests.conftest import FAST
+    import pandas as pd
+
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["run", "--impl", "eager", "--res", "8", "--out", str(out), *FAST])
+    assert result.exit_code == 0, result.output
+    row = pd.read_csv(out / "results.csv").iloc[0]
+    assert row.flops == flops.flops("fwd", 1, 64, 64, 8)
+    assert row.gflops_per_s == pytest.approx(row.flops / (row.latency_ms / 1e3) / 1e9)
+    assert 0 < row.pct_peak < 100
+    assert 0 < row.floor_ms < row.latency_ms
+    assert row.peak_mem_mb > 0 and row.est_mem_mb > 0
+    import json
+
+    ceilings = json.loads((out / "results.json").read_text())["ceilings"]["cpu"]
+    assert ceilings["matmul_gflops"]["float32"] > 1 and ceilings["copy_gbytes_per_s"] > 0.1
