@@ -55,8 +55,12 @@ def reference_outputs(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
 
 
 def relative_error(value: torch.Tensor, ref: torch.Tensor) -> float:
-    diff = value.detach().double().cpu() - ref
-    return float(diff.norm() / ref.norm())
+    """``||value - ref|| / ||ref||``; infinite if ``ref`` is zero and ``value`` is not."""
+    diff_norm = float((value.detach().double().cpu() - ref).norm())
+    ref_norm = float(ref.norm())
+    if ref_norm == 0:
+        return 0.0 if diff_norm == 0 else float("inf")
+    return diff_norm / ref_norm
 
 
 def max_abs_error(value: torch.Tensor, ref: torch.Tensor) -> float:

@@ -17,12 +17,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from cmgm_bench import env as env_module
 from cmgm_bench import registry, render
-from cmgm_bench.cases import Case, Sweep, dedupe, parse_choices, parse_positive_ints, parse_resolutions, split_list
+from cmgm_bench.cases import Case, Sweep, parse_positive_ints, parse_resolutions
 from cmgm_bench.errors import UsageError
-from cmgm_bench.execute import Plan, argv, configure_threads, default_run_dir, resolve_device, run_plan
+from cmgm_bench import settings
+from cmgm_bench.execute import Plan, argv, make_plan, plan_resume, resolve_device, run_plan
+from cmgm_bench.merge import merge_runs
+from cmgm_bench.settings import PRESET_HELP
 from cmgm_bench.counters import count_all
-from cmgm_bench.runner import RunOptions, prepare_case
-from cmgm_bench.stats import StopRule
+from cmgm_bench.runner import prepare_case
 from cmgm_bench.store import load_run
 
 # click's UsageError, whether typer uses click or its own vendored copy of it.
@@ -68,6 +70,7 @@ def load_impl_files(files: list[str] | None) -> None:
 @app.command("run")
 @fail_with_usage_errors
 def run_command(
+    ctx: typer.Context,
     impl: ImplOption = None,
     impl_file: ImplFileOption = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, or auto (cuda when available).")] = "cpu",
@@ -82,39 +85,35 @@ def run_command(
     max_time: Annotated[float, typer.Option(help="Time budget per case for samples, seconds.")] = 2.0,
     min_samples: Annotated[int, typer.Option(help="Samples to take before the adaptive stop may end a case.")] = 10,
     target_rel_iqr: Annotated[float, typer.Option(help="Stop a case early once IQR/median is below this.")] = 0.03,
-    cold_cache: Annotated[bool, typer.Option(help="Flush the last-level cache before every timed call.")] = False,
+    cold_cache: Annotated[bool, typer.Option(help="Flush the last-level cache (L2 on a GPU) before every timed call; recorded per case.")] = False,
+    tf32: Annotated[bool, typer.Option(help="Allow TF32 for float32 matmuls and convolutions on CUDA; recorded, and float32 tolerance becomes the TF32 one.")] = False,
     memory: Annotated[bool, typer.Option(help="Measure peak memory of one call per case.")] = True,
-    memory_guard: Annotated[bool, typer.Option(help="Record cases predicted not to fit in memory as oom without running them.")] = True,
+    memory_guard: Annotated[bool, typer.Option(help="Record cases predicted not to fit in memory as 'oom (predicted)' without running them.")] = True,
+    timeout: Annotated[Optional[float], typer.Option(help="Seconds per case before it is stopped as 'timeout' (hard with --isolate).")] = None,
+    isolate: Annotated[bool, typer.Option(help="Run each case in a fresh subprocess: survives crashes, hard timeouts, clean memory.")] = False,
+    shard: Annotated[Optional[str], typer.Option(help="Run shard K/N of the cases (balanced by expected cost); combine with 'merge'.")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="TOML sweep file holding any of these options (names with _); the command line overrides it.")] = None,
+    preset: Annotated[Optional[str], typer.Option(help="Preset sweep: " + PRESET_HELP)] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Finish an interrupted run directory: run only its missing cases.")] = None,
     strict: Annotated[bool, typer.Option(help="Exit 1 if any case is inaccurate.")] = False,
+    report: Annotated[bool, typer.Option(help="Write report.md and plots into the run directory at the end.")] = True,
+    count_instructions: Annotated[bool, typer.Option(help="Also count instructions per case with callgrind (needs valgrind; slow).")] = False,
 ):
     """Run a sweep of cases and write results.csv and results.json into a run directory."""
-    load_impl_files(impl_file)
-    names = dedupe(split_list(impl)) if impl else list(registry.all_implementations())
-    for name in names:
-        registry.get(name)
-    device = resolve_device(device)
-    if min_samples < 1 or max_time <= 0 or target_rel_iqr <= 0:
-        raise UsageError("--min-samples, --max-time and --target-rel-iqr must be positive")
-    sweep = Sweep(
-        impls=tuple(names),
-        devices=(device,),
-        modes=tuple(dedupe(parse_choices(mode, "--mode", registry.MODES))),
-        batches=tuple(dedupe(parse_positive_ints(batch, "--batch"))),
-        resolutions=tuple(dedupe(parse_resolutions(res))),
-        heads=tuple(dedupe(parse_positive_ints(heads, "--heads"))),
-        dims=tuple(dedupe(parse_positive_ints(dim, "--dim"))),
-    )
-    configure_threads(threads)
-    options = RunOptions(
-        seed=seed,
-        stop_rule=StopRule(min_samples=min_samples, max_time_s=max_time, target_rel_iqr=target_rel_iqr),
-        cold_cache=cold_cache,
-        measure_memory=memory,
-        memory_guard=memory_guard,
-    )
-    plan = Plan(sweep=sweep, cases=sweep.cases(), options=options, out_dir=out or default_run_dir(device))
-    if plan.out_dir.exists() and any(plan.out_dir.iterdir()):
-        raise UsageError(f"--out {plan.out_dir} exists and is not empty")
+    given = {
+        name: value
+        for name, value in ctx.params.items()
+        if name not in ("out", "config", "preset", "resume") and ctx.get_parameter_source(name).name == "COMMANDLINE"
+    }
+    given = {name: settings.check_value(name, value, f"--{name.replace('_', '-')}") for name, value in given.items()}
+    if resume is not None:
+        if out is not None or config is not None or preset is not None:
+            raise UsageError("--resume takes the settings of the run directory; drop --out, --config and --preset")
+        plan = plan_resume(resume, given)
+    else:
+        plan = make_plan(settings.combine(preset, config, given), out)
+        if plan.out_dir.exists() and any(plan.out_dir.iterdir()):
+            raise UsageError(f"--out {plan.out_dir} exists and is not empty")
     writer = execute_with_progress(plan)
     frame = load_run(writer.path).frame()
     out_console = render.console()
@@ -122,14 +121,14 @@ def run_command(
     for line in render.problems(frame):
         out_console.print(f"  {line}", markup=False)
     out_console.print(f"wrote {writer.path / 'results.csv'} and {writer.path / 'results.json'}")
-    if strict and (frame["status"] == "inaccurate").any():
+    if plan.settings["strict"] and (frame["status"] == "inaccurate").any():
         raise typer.Exit(1)
 
 
 def execute_with_progress(plan: Plan):
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=render.console(stderr=True), transient=False) as progress:
-        task = progress.add_task("calibrating", total=len(plan.cases))
+        task = progress.add_task("calibrating", total=len(plan.cases), completed=len(plan.cases) - len(plan.todo))
 
         def started(case, index):
             progress.update(task, description=f"{case.impl} {case.mode} {case.shape_label}")
@@ -175,6 +174,17 @@ def flops_command(
         "FlopCounterMode counts FLOPs = 2 x MACs. fvcore also counts softmax, element-wise add/mul and norms "
         "(one op per element, not MACs, not in the total). fvcore traces the forward only, so it is empty in train mode."
     )
+
+
+@app.command("merge")
+@fail_with_usage_errors
+def merge_command(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories (for example the shards of one sweep).")],
+    out: Annotated[Path, typer.Option(help="Directory for the merged run.")],
+):
+    """Merge run directories of one sweep on one machine (shards) into one run directory."""
+    writer = merge_runs(runs, out)
+    typer.echo(f"merged {len(writer.records)} cases from {len(runs)} runs into {writer.path}")
 
 
 @app.command("list")

@@ -1,33 +1,37 @@
-"""Execute a sweep into a run directory: calibrate, run each case, append each record.
+"""Execute a sweep into a run directory: plan it, calibrate, run each case, append each record.
 
-Everything the ``run`` command does, callable from Python. A Ctrl-C stops
-after the case in flight with every finished case already on disk.
+Everything the ``run`` command does, callable from Python. Finished cases are
+on disk as soon as they end; ``--resume`` runs only the cases a directory is
+missing; a Ctrl-C stops after saving every finished case.
 """
 
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from cmgm_bench import ceilings, env, memory
-from cmgm_bench.cases import Case, Sweep
+from cmgm_bench import ceilings, env, memory, registry, settings as settings_module
+from cmgm_bench.cases import Case, Sweep, dedupe, parse_choices, parse_positive_ints, parse_resolutions, split_list
 from cmgm_bench.errors import UsageError
+from cmgm_bench.isolate import run_isolated
 from cmgm_bench.runner import CaseRunner, RunOptions
-from cmgm_bench.store import RunWriter
+from cmgm_bench.shard import select
+from cmgm_bench.stats import StopRule
+from cmgm_bench.store import RunWriter, load_run
 
 
 def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: CUDA is not available on this machine (torch %s)" % torch.__version__)
     if device not in ("cpu", "cuda"):
         raise UsageError(f"--device: unknown device {device!r} (choose from cpu, cuda, auto)")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device cuda: CUDA is not available on this machine (torch {torch.__version__})")
     return device
 
 
@@ -44,14 +48,80 @@ def configure_threads(threads: int | None) -> int:
     return torch.get_num_threads()
 
 
+def configure_cuda(tf32: bool) -> None:
+    """TF32 is a recorded setting of the run, never left to whatever the process had."""
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+
+
 @dataclass
 class Plan:
     """A validated sweep, ready to run: nothing has been written yet."""
 
+    settings: dict
     sweep: Sweep
     cases: list[Case]
     options: RunOptions
     out_dir: Path
+    done: list[dict] = field(default_factory=list)  # records of a resumed run
+
+    @property
+    def todo(self) -> list[Case]:
+        finished = {Case.from_dict(record["row"]).key for record in self.done}
+        return [case for case in self.cases if case.key not in finished]
+
+
+def make_plan(settings: dict, out_dir: Path | None) -> Plan:
+    """Validate ``settings`` (see :mod:`cmgm_bench.settings`) into a plan; raises :class:`UsageError`."""
+    for spec in settings["impl_file"]:
+        registry.load_file(spec)
+    registry.load_entry_points()
+    names = dedupe(split_list(settings["impl"])) if settings["impl"] else list(registry.all_implementations())
+    for name in names:
+        registry.get(name)
+    device = resolve_device(settings["device"])
+    if settings["min_samples"] < 1 or settings["max_time"] <= 0 or settings["target_rel_iqr"] <= 0:
+        raise UsageError("--min-samples, --max-time and --target-rel-iqr must be positive")
+    if settings["timeout"] is not None and settings["timeout"] <= 0:
+        raise UsageError(f"--timeout: {settings['timeout']} must be positive")
+    sweep = Sweep(
+        impls=tuple(names),
+        devices=(device,),
+        modes=tuple(dedupe(parse_choices(settings["mode"], "--mode", registry.MODES))),
+        batches=tuple(dedupe(parse_positive_ints(settings["batch"], "--batch"))),
+        resolutions=tuple(dedupe(parse_resolutions(settings["res"]))),
+        heads=tuple(dedupe(parse_positive_ints(settings["heads"], "--heads"))),
+        dims=tuple(dedupe(parse_positive_ints(settings["dim"], "--dim"))),
+    )
+    if settings["threads"] is not None and settings["threads"] <= 0:
+        raise UsageError(f"--threads: {settings['threads']} must be positive")
+    options = RunOptions(
+        seed=settings["seed"],
+        stop_rule=StopRule(
+            min_samples=settings["min_samples"], max_time_s=settings["max_time"], target_rel_iqr=settings["target_rel_iqr"]
+        ),
+        cold_cache=settings["cold_cache"],
+        measure_memory=settings["memory"],
+        memory_guard=settings["memory_guard"],
+        tf32=settings["tf32"],
+        timeout_s=settings["timeout"],
+    )
+    cases = select(sweep.cases(), settings["shard"])
+    return Plan(settings, sweep, cases, options, out_dir or default_run_dir(device))
+
+
+def plan_resume(run_dir: Path, given: dict) -> Plan:
+    """The plan of an interrupted run: its stored settings, its finished records."""
+    run = load_run(run_dir)
+    if "settings" not in run.meta:
+        raise UsageError(f"--resume {run_dir}: the run has no stored settings")
+    plan = make_plan(settings_module.resumed(run.meta["settings"], given, run_dir), Path(run_dir))
+    planned = {case.key for case in plan.cases}
+    strangers = [r for r in run.records if Case.from_dict(r["row"]).key not in planned]
+    if strangers:
+        raise UsageError(f"--resume {run_dir}: holds cases that are not in its sweep")
+    plan.done = run.records
+    return plan
 
 
 def run_plan(
@@ -60,23 +130,38 @@ def run_plan(
     on_case_start: Callable[[Case, int], None] | None = None,
     on_case_done: Callable[[Case, dict], None] | None = None,
 ) -> RunWriter:
-    """Run every case of ``plan``; raises ``KeyboardInterrupt`` after saving if interrupted."""
+    """Run every case of ``plan`` not done yet; a ``KeyboardInterrupt`` propagates after saving."""
+    configure_threads(plan.settings["threads"])
+    configure_cuda(plan.options.tf32)
     memory.pin_allocator_for_timing()
-    devices = sorted({case.device for case in plan.cases})
-    meta = {
-        "environment": env.collect(devices[0] if devices else "cpu", argv),
-        "sweep": {k: list(v) for k, v in asdict(plan.sweep).items()},
-        "options": {**asdict(plan.options), "stop_rule": asdict(plan.options.stop_rule)},
-        "ceilings": {
-            device: ceilings.measure(device, {c.dtype for c in plan.cases if c.device == device}) for device in devices
-        },
-    }
-    writer = RunWriter(plan.out_dir, meta)
+    devices = sorted({case.device for case in plan.cases}) or list(plan.sweep.devices)
+    if plan.done:
+        meta = load_run(plan.out_dir).meta
+        meta.setdefault("resumed", []).append(env.collect(devices[0], argv)["start_time"])
+    else:
+        meta = {
+            "environment": env.collect(devices[0], argv),
+            "settings": plan.settings,
+            "sweep": {k: list(v) for k, v in asdict(plan.sweep).items()},
+            "options": {**asdict(plan.options), "stop_rule": asdict(plan.options.stop_rule)},
+            "ceilings": {
+                device: ceilings.measure(device, {c.dtype for c in plan.cases if c.device == device}) for device in devices
+            },
+        }
+    writer = RunWriter(plan.out_dir, meta, plan.done)
     runners = {device: CaseRunner(plan.options, meta["ceilings"][device]) for device in devices}
-    for index, case in enumerate(plan.cases):
+    for index, case in enumerate(plan.todo):
         if on_case_start:
             on_case_start(case, index)
-        record = runners[case.device].run(case)
+        runner = runners[case.device]
+        if plan.settings["isolate"]:
+            impl = registry.get(case.impl)
+            record = run_isolated(
+                case, plan.options, meta["ceilings"][case.device], plan.settings["impl_file"],
+                torch.get_num_threads(), runner.base_row(case, impl),
+            )
+        else:
+            record = runner.run(case)
         writer.append(record)
         if on_case_done:
             on_case_done(case, record)

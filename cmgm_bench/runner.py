@@ -8,8 +8,11 @@ becomes a record with a status (``unsupported``, ``oom``, ``error``,
 from __future__ import annotations
 
 import collections
+import contextlib
 import copy
 import gc
+import signal
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -30,6 +33,25 @@ class CaseTimeout(Exception):
     """Raised inside a case that ran past ``--timeout``."""
 
 
+@contextlib.contextmanager
+def deadline(seconds: float | None):
+    """Raise :class:`CaseTimeout` in the main thread after ``seconds`` (checked between native calls)."""
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum, frame):
+        raise CaseTimeout(f"timed out after {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 class RecompiledDuringTiming(RuntimeError):
     pass
 
@@ -42,6 +64,7 @@ class RunOptions:
     measure_memory: bool = True
     memory_guard: bool = True
     tf32: bool = False
+    timeout_s: float | None = None
 
 
 def compile_count() -> int:
@@ -108,7 +131,7 @@ class PreparedCase:
 
 def prepare_case(case: Case, impl, seed: int) -> PreparedCase:
     """Copy the reference to the device in the mode's state, build the implementation, make inputs."""
-    module = set_module_mode(copy.deepcopy(reference_module(case.dim, case.heads, seed)).to(case.device), case.mode)
+    module = set_module_mode(copy.deepcopy(reference_module(case.dim, case.heads, seed, case.height, case.width)).to(case.device), case.mode)
     x, y = (t.to(case.device) for t in make_inputs(case.batch, case.dim, case.height, case.width, seed))
     built = impl.build(module, case)
     built = built if isinstance(built, registry.Built) else registry.Built(fn=built)
@@ -172,7 +195,8 @@ class CaseRunner:
                 row.update(status="oom", error=f"oom (predicted): needs ~{needed / 2**30:.1f} GiB, {available / 2**30:.1f} GiB available")
                 return record
         try:
-            self._measure(case, impl, record)
+            with deadline(self.options.timeout_s):
+                self._measure(case, impl, record)
         except CaseTimeout as exc:
             row.update(status="timeout", error=str(exc))
         except Exception as exc:
@@ -206,7 +230,7 @@ class CaseRunner:
     def _measure(self, case: Case, impl, record: dict) -> None:
         row, device, mode = record["row"], case.device, case.mode
         x_cpu, y_cpu = make_inputs(case.batch, case.dim, case.height, case.width, self.options.seed)
-        reference = reference_module(case.dim, case.heads, self.options.seed)
+        reference = reference_module(case.dim, case.heads, self.options.seed, case.height, case.width)
         ref = self.reference(case, set_module_mode(copy.deepcopy(reference), mode), x_cpu, y_cpu)
 
         started = time.perf_counter()

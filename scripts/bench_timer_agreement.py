@@ -26,7 +26,7 @@ def main():
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    module = copy.deepcopy(reference_module(64, 8, 0)).eval()
+    module = copy.deepcopy(reference_module(64, 8, 0, 28, 28)).eval()
     x, y = make_inputs(1, 64, 28, 28, 0)
 
     def call():

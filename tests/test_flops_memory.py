@@ -80,10 +80,10 @@ def test_peak_doubles_with_batch_and_quadruples_with_tokens():
 @needs_proc_and_glibc
 @pytest.mark.parametrize("mode", ["fwd", "feature", "train"])
 def test_estimate_within_documented_factor(mode):
-    """docs/performance.md: the estimate is within 1.5x of eager's measured peak once the maps dominate."""
+    """docs/performance.md: the estimate is within 2x of eager's measured peak once the maps dominate."""
     measured = peak_mb(1, 24, 24, mode)
     estimate = flops.estimated_peak_bytes(mode, 1, 24 * 24, 64, 8) / 2**20
-    assert 1 / 1.5 < estimate / measured < 1.5
+    assert 1 / 2 < estimate / measured < 2
 
 
 def test_run_fills_throughput_and_ceiling_columns(tmp_path):

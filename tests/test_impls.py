@@ -1,6 +1,7 @@
 """Every registered implementation, in every mode it claims, against the float64 reference."""
 
 import random
+import zlib
 import textwrap
 from pathlib import Path
 
@@ -33,7 +34,7 @@ def claimed_cases(name, shape_count):
     impl = registry.get(name)
     return [
         Case(name, "cpu", impl.dtype, mode, b, h, w, heads, dim)
-        for (b, dim, heads, h, w) in random_shapes(shape_count, seed=hash(name) % 1000)
+        for (b, dim, heads, h, w) in random_shapes(shape_count, seed=zlib.crc32(name.encode()))
         for mode in impl.modes
     ]
 
