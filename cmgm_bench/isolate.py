@@ -4,6 +4,11 @@ A child process gives a clean allocator for memory numbers, a hard
 ``--timeout`` (the child is killed), and survives crashes in native code: a
 child that dies by a signal becomes an ``error`` record naming the signal.
 Run as ``python -m cmgm_bench.isolate SPEC.json RECORD.json``.
+
+The child applies ``--timeout`` to the case itself, as an in-process run
+does; the parent kills a child that has not finished by then plus
+:data:`STARTUP_ALLOWANCE_S` (importing torch), which catches hangs inside
+native code that the in-process deadline cannot interrupt.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ from cmgm_bench.runner import RunOptions
 from cmgm_bench.stats import StopRule
 
 
+STARTUP_ALLOWANCE_S = 30.0
+
+
 def _failure_record(case: Case, base_row: dict, status: str, message: str) -> dict:
     return {"row": {**base_row, "status": status, "error": message}, "samples_s": [], "traceback": None, "notes": {"isolated": True}}
 
@@ -29,7 +37,7 @@ def run_isolated(case: Case, options: RunOptions, ceilings: dict, impl_files: li
     """Run ``case`` in a child process; ``base_row`` fills the record if the child dies."""
     spec = {
         "case": case.as_dict(),
-        "options": {**asdict(options), "stop_rule": asdict(options.stop_rule), "timeout_s": None},
+        "options": {**asdict(options), "stop_rule": asdict(options.stop_rule)},
         "ceilings": ceilings,
         "impl_files": impl_files,
         "threads": threads,
@@ -43,12 +51,13 @@ def run_isolated(case: Case, options: RunOptions, ceilings: dict, impl_files: li
             stderr=subprocess.PIPE,
             text=True,
         )
+        limit = None if options.timeout_s is None else options.timeout_s + STARTUP_ALLOWANCE_S
         try:
-            _, stderr = child.communicate(timeout=options.timeout_s)
+            _, stderr = child.communicate(timeout=limit)
         except subprocess.TimeoutExpired:
             child.kill()
             child.communicate()
-            return _failure_record(case, base_row, "timeout", f"timed out after {options.timeout_s:g} s (child killed)")
+            return _failure_record(case, base_row, "timeout", f"timed out after {limit:g} s (child killed)")
         if child.returncode < 0:
             name = signal.Signals(-child.returncode).name
             return _failure_record(case, base_row, "error", f"child process died with signal {name}")

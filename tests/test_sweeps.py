@@ -1,0 +1,258 @@
+"""Sweeps that survive: failures as rows, isolation, timeouts, kill -9 and resume, shards, config files."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from cmgm_bench.cli import app
+from cmgm_bench.store import load_run
+from tests.conftest import FAST
+
+runner = CliRunner()
+KEY = ["impl", "device", "dtype", "mode", "batch", "height", "width", "heads", "dim"]
+
+
+def impl_file(tmp_path, name, body):
+    path = tmp_path / f"{name}.py"
+    path.write_text(textwrap.dedent(body))
+    return str(path)
+
+
+def run(args):
+    return runner.invoke(app, ["run", *args])
+
+
+def keys(frame):
+    return sorted(map(tuple, frame[KEY].astype(str).values.tolist()))
+
+
+def test_an_implementation_that_raises_on_one_shape_is_one_error_row(tmp_path):
+    path = impl_file(
+        tmp_path,
+        "picky",
+        """
+        from cmgm_bench.registry import register
+
+        @register("picky", description="fails at 5x5", modes=("fwd",))
+        def build(module, case):
+            if case.height == 5:
+                raise RuntimeError("picky cannot do 5x5")
+            return lambda x, y: module(x, y)
+        """,
+    )
+    out = tmp_path / "run"
+    result = run(["--impl-file", path, "--impl", "picky", "--res", "4,5,6", "--out", str(out), *FAST])
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(out / "results.csv")
+    assert frame.set_index("height").status.to_dict() == {4: "ok", 5: "error", 6: "ok"}
+    assert frame.set_index("height").error[5] == "RuntimeError: picky cannot do 5x5"
+    record = [r for r in load_run(out).records if r["row"]["height"] == 5][0]
+    assert "Traceback" in record["traceback"] and "picky cannot do 5x5" in record["traceback"]
+
+
+SLEEPY = """
+import time
+from cmgm_bench.registry import register
+
+@register("sleepy", description="sleeps at 5x5", modes=("fwd",))
+def build(module, case):
+    def forward(x, y):
+        if case.height == 5:
+            time.sleep(30)
+        return module(x, y)
+    return forward
+"""
+
+
+@pytest.mark.parametrize("isolate", [False, True])
+def test_timeout_per_case(tmp_path, isolate):
+    path = impl_file(tmp_path, "sleepy", SLEEPY)
+    out = tmp_path / "run"
+    args = ["--impl-file", path, "--impl", "sleepy", "--res", "4,5", "--timeout", "3", "--out", str(out), *FAST]
+    started = time.monotonic()
+    result = run(args + (["--isolate"] if isolate else []))
+    assert result.exit_code == 0, result.output
+    assert time.monotonic() - started < 25
+    frame = pd.read_csv(out / "results.csv").set_index("height")
+    assert frame.status.to_dict() == {4: "ok", 5: "timeout"}
+    assert "timed out after 3 s" in frame.error[5]
+
+
+def test_a_crashing_child_under_isolate_is_recorded_and_the_sweep_goes_on(tmp_path):
+    path = impl_file(
+        tmp_path,
+        "crashy",
+        """
+        import os
+        from cmgm_bench.registry import register
+
+        @register("crashy", description="aborts at 5x5", modes=("fwd",))
+        def build(module, case):
+            if case.height == 5:
+                os.abort()
+            return lambda x, y: module(x, y)
+        """,
+    )
+    out = tmp_path / "run"
+    result = run(["--impl-file", path, "--impl", "crashy", "--res", "4,5,6", "--isolate", "--out", str(out), *FAST])
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(out / "results.csv").set_index("height")
+    assert frame.status.to_dict() == {4: "ok", 5: "error", 6: "ok"}
+    assert "SIGABRT" in frame.error[5]
+
+
+def test_predicted_oom_is_recorded_without_running(tmp_path):
+    out = tmp_path / "run"
+    result = run(["--impl", "eager", "--res", "4,300", "--out", str(out), *FAST])
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(out / "results.csv").set_index("height")
+    assert frame.status[300] == "oom" and frame.error[300].startswith("oom (predicted)")
+    assert frame.status[4] == "ok"
+
+
+def cli_process(args, **kwargs):
+    return subprocess.Popen([sys.executable, "-m", "cmgm_bench", "run", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def wait_for_rows(csv: Path, count: int, proc, limit_s: float = 120):
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if csv.exists() and len(pd.read_csv(csv)) >= count:
+            return
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.2)
+    raise AssertionError("rows never appeared")
+
+
+SWEEP = ["--impl", "eager,sdpa", "--res", "4,5,6,7", "--batch", "1,2", "--max-time", "0.3", "--min-samples", "3", "--no-report"]
+
+
+def test_kill_9_loses_nothing_and_resume_completes(tmp_path):
+    out = tmp_path / "run"
+    proc = cli_process([*SWEEP, "--out", str(out)])
+    wait_for_rows(out / "results.csv", 3, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = pd.read_csv(out / "results.csv")
+    assert 3 <= len(before) < 16 and (before.status == "ok").all()
+    result = run(["--resume", str(out)])
+    assert result.exit_code == 0, result.output
+    after = pd.read_csv(out / "results.csv")
+    assert len(after) == 16 and not after.duplicated(KEY).any()
+    clean = tmp_path / "clean"
+    assert run([*SWEEP, "--out", str(clean), "--max-time", "0.01"]).exit_code == 0
+    assert keys(after) == keys(pd.read_csv(clean / "results.csv"))
+    merged_before = after.set_index(KEY).loc[before.set_index(KEY).index]
+    assert (merged_before.latency_ms.values == before.latency_ms.values).all()  # finished rows untouched
+
+
+def test_ctrl_c_keeps_finished_cases_and_exits_130(tmp_path):
+    out = tmp_path / "run"
+    proc = cli_process([*SWEEP, "--out", str(out)])
+    wait_for_rows(out / "results.csv", 2, proc)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    frame = pd.read_csv(out / "results.csv")
+    assert len(frame) >= 2 and len(load_run(out).records) == len(frame)
+
+
+def test_shards_merge_to_the_unsharded_sweep(tmp_path):
+    sweep = ["--impl", "eager,sdpa", "--res", "4,6,9", "--mode", "fwd,feature", *FAST, "--no-report"]
+    dirs = []
+    for k in (1, 2, 3):
+        shard_dir = tmp_path / f"shard{k}"
+        assert run([*sweep, "--shard", f"{k}/3", "--out", str(shard_dir)]).exit_code == 0
+        dirs.append(str(shard_dir))
+    sizes = [len(pd.read_csv(Path(d) / "results.csv")) for d in dirs]
+    assert sum(sizes) == 12 and min(sizes) >= 2
+    merged = tmp_path / "merged"
+    result = runner.invoke(app, ["merge", *dirs, "--out", str(merged)])
+    assert result.exit_code == 0, result.output
+    whole = tmp_path / "whole"
+    assert run([*sweep, "--out", str(whole)]).exit_code == 0
+    frame = pd.read_csv(merged / "results.csv")
+    assert not frame.duplicated(KEY).any()
+    assert keys(frame) == keys(pd.read_csv(whole / "results.csv"))
+    duplicate = runner.invoke(app, ["merge", dirs[0], dirs[0], "--out", str(tmp_path / "dup")])
+    assert duplicate.exit_code == 2 and "in both" in duplicate.stderr
+
+
+def test_shard_assignment_is_balanced_by_cost():
+    from cmgm_bench.cases import Case
+    from cmgm_bench.shard import assign, expected_cost
+
+    cases = [Case("eager", "cpu", "float32", "fwd", 1, n, n, 8, 64) for n in (4, 8, 16, 28, 40, 48)] * 2
+    shard_of = assign(cases, 2)
+    loads = [sum(expected_cost(c) for c, s in zip(cases, shard_of) if s == k) for k in (0, 1)]
+    assert abs(loads[0] - loads[1]) / max(loads) < 0.05
+    assert assign(cases, 2) == shard_of
+
+
+def test_config_file_and_command_line_override(tmp_path):
+    config = tmp_path / "sweep.toml"
+    config.write_text('impl = ["eager"]\nres = [4, "3x5"]\nmode = "fwd,feature"\nmax_time = 0.05\nmin_samples = 3\n')
+    out = tmp_path / "run"
+    result = run(["--config", str(config), "--mode", "feature", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(out / "results.csv")
+    assert sorted(zip(frame.height, frame.width)) == [(3, 5), (4, 4)]
+    assert set(frame["mode"]) == {"feature"}
+
+
+def test_resume_refuses_a_different_sweep(tmp_path):
+    out = tmp_path / "run"
+    assert run(["--impl", "eager", "--res", "4", "--out", str(out), *FAST]).exit_code == 0
+    result = run(["--resume", str(out), "--res", "5"])
+    assert result.exit_code == 2 and "different sweep" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--preset", "huge"], "unknown preset"),
+        (["--shard", "3/2"], "between 1 and N"),
+        (["--shard", "0/2"], "between 1 and N"),
+        (["--shard", "half"], "not K/N"),
+        (["--mode", "fwd,sideways"], "unknown value"),
+        (["--timeout", "-1"], "positive"),
+        (["--resume", "/nonexistent/run"], "no results.json"),
+    ],
+)
+def test_more_bad_input(tmp_path, args, message):
+    result = run([*args, "--res", "4"] if "--resume" not in args else args)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [("res = [4\n", "not valid TOML"), ("resolution = 4\n", "unknown key 'resolution'"), ("max_time = 'fast'\n", "'max_time' must be"), ("isolate = 1\n", "'isolate' must be true or false")],
+)
+def test_bad_config_files(tmp_path, text, message):
+    config = tmp_path / "sweep.toml"
+    config.write_text(text)
+    out = tmp_path / "run"
+    result = run(["--config", str(config), "--out", str(out)])
+    assert result.exit_code == 2 and message in result.stderr
+    assert not out.exists()
+
+
+def test_results_file_with_missing_columns_is_refused(tmp_path):
+    import json
+
+    out = tmp_path / "run"
+    assert run(["--impl", "eager", "--res", "4", "--out", str(out), *FAST]).exit_code == 0
+    data = json.loads((out / "results.json").read_text())
+    del data["cases"][0]["row"]["latency_ms"]
+    (out / "results.json").write_text(json.dumps(data))
+    (out / "cases.jsonl").unlink()
+    result = runner.invoke(app, ["merge", str(out), "--out", str(tmp_path / "merged")])
+    assert result.exit_code == 2 and "missing columns latency_ms" in result.stderr
