@@ -7,11 +7,13 @@ Every command reports bad usage as one line on stderr with exit code 2 (see
 from __future__ import annotations
 
 import functools
+import json
 import shutil
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
+import pandas as pd
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -19,7 +21,11 @@ from cmgm_bench import env as env_module
 from cmgm_bench import registry, render
 from cmgm_bench.cases import Case, Sweep, parse_positive_ints, parse_resolutions
 from cmgm_bench.errors import UsageError
-from cmgm_bench import settings
+from cmgm_bench import compare_output, markdown, settings
+from cmgm_bench.cases import dedupe
+from cmgm_bench.compare import compare_runs
+from cmgm_bench.execute import configure_threads
+from cmgm_bench.paired import race
 from cmgm_bench.execute import Plan, argv, make_plan, plan_resume, resolve_device, run_plan
 from cmgm_bench.merge import merge_runs
 from cmgm_bench.settings import PRESET_HELP
@@ -174,6 +180,90 @@ def flops_command(
         "FlopCounterMode counts FLOPs = 2 x MACs. fvcore also counts softmax, element-wise add/mul and norms "
         "(one op per element, not MACs, not in the total). fvcore traces the forward only, so it is empty in train mode."
     )
+
+
+FormatOption = Annotated[str, typer.Option("--format", help="table (rich), markdown, json or csv.")]
+
+
+@app.command("compare")
+@fail_with_usage_errors
+def compare_command(
+    base: Annotated[Path, typer.Argument(help="Base run directory or its results.json.")],
+    cand: Annotated[Path, typer.Argument(help="Candidate run directory or its results.json.")],
+    metric: Annotated[str, typer.Option(help="latency (bootstrap interval + threshold) or instructions (deterministic).")] = "latency",
+    threshold: Annotated[Optional[float], typer.Option(help="Relative change that counts (default 0.05 for latency, 0.01 for instructions).")] = None,
+    mem_threshold: Annotated[float, typer.Option(help="Relative growth of peak memory that counts as a regression.")] = 0.10,
+    allow_env_mismatch: Annotated[bool, typer.Option(help="Judge runs from different CPUs/GPUs, torch versions or thread counts.")] = False,
+    fail_on_regression: Annotated[bool, typer.Option(help="Exit 1 if any case is slower, less accurate or uses more memory.")] = False,
+    output_format: FormatOption = "table",
+):
+    """Compare two runs case by case: latency or instructions, accuracy and memory."""
+    comparison = compare_runs(
+        load_run(base), load_run(cand), metric=metric, threshold=threshold,
+        mem_threshold=mem_threshold, allow_env_mismatch=allow_env_mismatch,
+    )
+    if output_format == "table":
+        console = render.console()
+        console.print(compare_output.rich_table(comparison))
+        for line in compare_output.summary_lines(comparison):
+            console.print(line, markup=False)
+    else:
+        writers = {"markdown": compare_output.to_markdown, "json": compare_output.to_json, "csv": compare_output.to_csv}
+        if output_format not in writers:
+            raise UsageError(f"--format: unknown format {output_format!r} (choose from {', '.join(compare_output.FORMATS)})")
+        typer.echo(writers[output_format](comparison), nl=False)
+    if fail_on_regression and comparison.regressed:
+        raise typer.Exit(1)
+
+
+@app.command("ab")
+@fail_with_usage_errors
+def ab_command(
+    base_impl: Annotated[str, typer.Argument(help="Base implementation name.")],
+    cand_impl: Annotated[str, typer.Argument(help="Candidate implementation name.")],
+    impl_file: ImplFileOption = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
+    mode: Annotated[str, typer.Option(help="fwd, feature or train.")] = "fwd",
+    batch: Annotated[str, typer.Option(help="Batch sizes, comma separated.")] = "1",
+    res: Annotated[str, typer.Option(help="Token grids, comma separated (28 or HxW).")] = "28",
+    heads: Annotated[str, typer.Option(help="Attention heads, comma separated.")] = "8",
+    dim: Annotated[str, typer.Option(help="Channels C, comma separated.")] = "64",
+    threads: Annotated[Optional[int], typer.Option(help="torch intra-op threads.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the weights and inputs.")] = 0,
+    max_time: Annotated[float, typer.Option(help="Seconds of interleaved timing per shape.")] = 10.0,
+    min_pairs: Annotated[int, typer.Option(help="Pairs to take at least.")] = 20,
+    threshold: Annotated[float, typer.Option(help="Relative change that counts.")] = 0.05,
+    fail_on_regression: Annotated[bool, typer.Option(help="Exit 1 if the candidate is slower on any shape.")] = False,
+    output_format: FormatOption = "table",
+):
+    """Race two implementations call by call in one process (A B B A ...): the recommended wall-clock gate."""
+    load_impl_files(impl_file)
+    settings_ = settings.combine(None, None, {"device": device, "mode": mode, "batch": batch, "res": res, "heads": heads, "dim": dim, "impl": f"{base_impl},{cand_impl}"})
+    plan = make_plan(settings_, Path("."))
+    if len(plan.sweep.modes) != 1:
+        raise UsageError("--mode: ab takes one mode")
+    if max_time <= 0 or min_pairs < 2 or threshold <= 0:
+        raise UsageError("--max-time, --threshold must be positive and --min-pairs at least 2")
+    configure_threads(threads)
+    shapes = dedupe([case for case in plan.cases if case.impl == base_impl])
+    results = [race(base_impl, cand_impl, shape, seed=seed, max_time_s=max_time, min_pairs=min_pairs, threshold=threshold) for shape in shapes]
+    headers = ["shape", f"{base_impl} ms", f"{cand_impl} ms", "median pair ratio", "95% CI", "verdict", "pairs"]
+    rows = [
+        [r.base.shape_label, f"{r.base_ms:.3f}", f"{r.cand_ms:.3f}", f"{r.ratio:.4f}", f"[{r.low:.4f}, {r.high:.4f}]", r.verdict, str(r.pairs)]
+        for r in results
+    ]
+    if output_format == "table":
+        render.console().print(render.simple_table(headers, rows, title=f"ab: {cand_impl} / {base_impl} ({mode}, threshold {threshold:.1%})"))
+    elif output_format == "markdown":
+        typer.echo(markdown.table(headers, rows, ["l", "r", "r", "r", "r", "l", "r"]))
+    elif output_format == "json":
+        typer.echo(json.dumps([dict(zip(headers, row)) for row in rows], indent=1))
+    elif output_format == "csv":
+        typer.echo(pd.DataFrame(rows, columns=headers).to_csv(index=False), nl=False)
+    else:
+        raise UsageError(f"--format: unknown format {output_format!r} (choose from table, markdown, json, csv)")
+    if fail_on_regression and any(r.verdict == "slower" for r in results):
+        raise typer.Exit(1)
 
 
 @app.command("merge")

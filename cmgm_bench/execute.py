@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from cmgm_bench import ceilings, env, memory, registry, settings as settings_module
+from cmgm_bench import ceilings, env, instructions, memory, registry, settings as settings_module
 from cmgm_bench.cases import Case, Sweep, dedupe, parse_choices, parse_positive_ints, parse_resolutions, split_list
 from cmgm_bench.errors import UsageError
 from cmgm_bench.isolate import run_isolated
@@ -106,6 +106,8 @@ def make_plan(settings: dict, out_dir: Path | None) -> Plan:
         tf32=settings["tf32"],
         timeout_s=settings["timeout"],
     )
+    if settings["count_instructions"]:
+        instructions.require_valgrind()
     cases = select(sweep.cases(), settings["shard"])
     return Plan(settings, sweep, cases, options, out_dir or default_run_dir(device))
 
@@ -165,7 +167,18 @@ def run_plan(
         writer.append(record)
         if on_case_done:
             on_case_done(case, record)
+    if plan.settings["count_instructions"]:
+        add_instruction_counts(writer, plan)
     return writer
+
+
+def add_instruction_counts(writer: RunWriter, plan: Plan) -> None:
+    """Count instructions of every case that ran, in one valgrind process, and store them."""
+    records = [r for r in writer.records if r["row"]["status"] in ("ok", "inaccurate") and not r["row"].get("instructions")]
+    counts = instructions.count([Case.from_dict(r["row"]) for r in records], plan.options.seed, plan.settings["impl_file"])
+    for record, value in zip(records, counts):
+        record["row"]["instructions"] = value
+    writer.replace_all(writer.records)
 
 
 def argv() -> list[str]:

@@ -35,11 +35,14 @@ class Built:
 
     ``prepare_inputs`` runs once, outside the timed region, to put the inputs
     in the form the implementation expects (for example channels-last).
+    ``module`` is the module whose parameters ``fn`` uses, when it is not the
+    one the builder was given (train mode clears its gradients each step).
     ``notes`` are recorded in the results as they are.
     """
 
     fn: Callable[..., Any]
     prepare_inputs: Callable[[Any, Any], tuple[Any, Any]] | None = None
+    module: Any = None
     notes: dict[str, Any] = field(default_factory=dict)
 
 

@@ -114,3 +114,12 @@ def flops_table(counts: dict[str, dict[str, int]], title: str) -> Table:
     total = lambda mapping, scale=1.0: f"{sum(mapping.get(f, 0) for f in MAC_FAMILIES) * scale:,.0f}" if mapping else "-"
     table.add_row("[bold]total (MAC families)[/]", total(analytic), total(fv), total(fc), total(fc, 0.5), "")
     return table
+
+
+def simple_table(headers: list[str], rows: list[list[str]], title: str) -> Table:
+    table = Table(title=title, header_style="bold")
+    for index, name in enumerate(headers):
+        table.add_column(name, justify="left" if index == 0 else "right")
+    for row in rows:
+        table.add_row(*row)
+    return table

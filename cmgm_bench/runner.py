@@ -138,6 +138,7 @@ def prepare_case(case: Case, impl, seed: int) -> PreparedCase:
     if built.prepare_inputs is not None:
         x, y = built.prepare_inputs(x, y)
     x, y = x.detach(), y.detach()
+    module = built.module if built.module is not None else module
     step = make_step(built.fn, case.mode, module, x, y)
     return PreparedCase(module, built.fn, x, y, step, dict(built.notes))
 

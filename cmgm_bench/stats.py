@@ -78,14 +78,39 @@ def bootstrap_ratio_of_medians(base, cand, *, confidence=0.95, resamples=2000, s
     return float(np.median(cand) / np.median(base)), float(low), float(high)
 
 
-def bootstrap_median(values, *, confidence=0.95, resamples=2000, seed=0) -> tuple[float, float, float]:
-    """Median of ``values`` (for example per-pair ratios) with a percentile-bootstrap interval."""
+def _block_resample_indices(n: int, block: int, resamples: int, rng) -> np.ndarray:
+    """Indices of a moving-block bootstrap: runs of ``block`` consecutive samples."""
+    block = max(1, min(block, n))
+    count = -(-n // block)
+    starts = rng.integers(0, n - block + 1, (resamples, count))
+    return (starts[..., None] + np.arange(block)).reshape(resamples, -1)[:, :n]
+
+
+def bootstrap_median(values, *, confidence=0.95, resamples=2000, seed=0, block: int = 1) -> tuple[float, float, float]:
+    """Median of ``values`` (for example per-pair ratios) with a percentile-bootstrap interval.
+
+    ``block > 1`` resamples runs of consecutive values (moving-block
+    bootstrap), for series whose noise is correlated in time, as it is on a
+    shared machine that drifts between fast and slow periods.
+    """
     values = np.asarray(values, dtype=float)
     rng = np.random.default_rng(seed)
-    medians = np.median(values[rng.integers(0, values.size, (resamples, values.size))], axis=1)
+    medians = np.median(values[_block_resample_indices(values.size, block, resamples, rng)], axis=1)
     alpha = (1 - confidence) / 2
     low, high = np.quantile(medians, [alpha, 1 - alpha])
     return float(np.median(values)), float(low), float(high)
+
+
+def paired_ratios(base_times, cand_times) -> np.ndarray:
+    """Per-quad ratios of an A B B A timing sequence.
+
+    Pair ``i`` ran base first when ``i`` is even and cand first when odd; the
+    geometric mean of the two ratios of each (even, odd) pair cancels any
+    advantage of running first or second. An odd last pair is dropped.
+    """
+    ratios = np.asarray(cand_times, dtype=float) / np.asarray(base_times, dtype=float)
+    quads = ratios.size // 2
+    return np.sqrt(ratios[0 : 2 * quads : 2] * ratios[1 : 2 * quads : 2])
 
 
 def verdict(ratio: float, low: float, high: float, threshold: float) -> str:

@@ -111,6 +111,12 @@ class RunWriter:
         self.records.append(record)
         self._rewrite()
 
+    def replace_all(self, records: list[dict]) -> None:
+        """Replace every record (after a pass that adds a column to finished cases)."""
+        self.records = [_json_safe(record) for record in records]
+        _atomic_write(self.journal, "".join(json.dumps(record) + "\n" for record in self.records))
+        self._rewrite()
+
     def _rewrite(self) -> None:
         run = Run(self.path, self.meta, self.records)
         _atomic_write(self.path / "results.csv", run.frame().to_csv(index=False))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cmgm_bench.registry import register
+from cmgm_bench.registry import Built, register
 
 
 class CMGM(nn.Module):
@@ -83,6 +83,16 @@ class CMGM(nn.Module):
     modes=("fwd", "feature", "train"),
     baseline=True,
 )
-def build(module: CMGM, case):
+def build(module, case):
+    """Run this file's ``CMGM`` code with the reference's weights.
+
+    When this file is loaded from another revision (``--impl-file base=...``),
+    the harness's reference is a different class; the weights are copied into
+    this file's class so that an A/B race times the two revisions' code.
+    """
     want_map = case.mode != "feature"
-    return lambda x, y: module(x, y, attn_map=want_map)
+    if type(module) is not CMGM:
+        own = CMGM(module.dim, module.num_heads)
+        own.load_state_dict(module.state_dict())
+        module = own.to(next(module.parameters()).device).train(module.training)
+    return Built(fn=lambda x, y: module(x, y, attn_map=want_map), module=module)

@@ -98,3 +98,19 @@ def test_ten_percent_slowdown_is_caught():
 def test_ten_percent_speedup_is_caught():
     verdicts = _trial_verdicts(-0.10, 200)
     assert sum(v == "faster" for v in verdicts) >= 190
+
+
+def test_paired_ratios_cancel_a_position_advantage():
+    from cmgm_bench.stats import paired_ratios
+
+    # Identical code, but whichever runs second in a pair is 10% faster.
+    base = [1.0 if i % 2 == 0 else 0.9 for i in range(100)]
+    cand = [0.9 if i % 2 == 0 else 1.0 for i in range(100)]
+    assert np.allclose(paired_ratios(base, cand), 1.0)
+
+
+def test_block_bootstrap_is_wider_for_drifting_series():
+    drifting = np.repeat([0.97, 1.03], 200)  # two regimes, each half of the run
+    iid_low, iid_high = bootstrap_median(drifting)[1:]
+    block_low, block_high = bootstrap_median(drifting, block=50)[1:]
+    assert block_high - block_low > iid_high - iid_low
