@@ -26,6 +26,8 @@ from cmgm_bench.cases import dedupe
 from cmgm_bench.compare import compare_runs
 from cmgm_bench.execute import configure_threads
 from cmgm_bench.paired import race
+from cmgm_bench.profiling import profile_case
+from cmgm_bench.report import write_report
 from cmgm_bench.execute import Plan, argv, make_plan, plan_resume, resolve_device, run_plan
 from cmgm_bench.merge import merge_runs
 from cmgm_bench.settings import PRESET_HELP
@@ -121,12 +123,15 @@ def run_command(
         if plan.out_dir.exists() and any(plan.out_dir.iterdir()):
             raise UsageError(f"--out {plan.out_dir} exists and is not empty")
     writer = execute_with_progress(plan)
+    if plan.settings["report"]:
+        write_report(writer.path)
     frame = load_run(writer.path).frame()
     out_console = render.console()
     out_console.print(render.results_table(frame, registry.baseline_name(), title=f"results ({writer.path})"))
     for line in render.problems(frame):
         out_console.print(f"  {line}", markup=False)
-    out_console.print(f"wrote {writer.path / 'results.csv'} and {writer.path / 'results.json'}")
+    written = ["results.csv", "results.json"] + (["report.md"] if plan.settings["report"] else [])
+    out_console.print(f"wrote {', '.join(str(writer.path / name) for name in written)}")
     if plan.settings["strict"] and (frame["status"] == "inaccurate").any():
         raise typer.Exit(1)
 
@@ -264,6 +269,84 @@ def ab_command(
         raise UsageError(f"--format: unknown format {output_format!r} (choose from table, markdown, json, csv)")
     if fail_on_regression and any(r.verdict == "slower" for r in results):
         raise typer.Exit(1)
+
+
+@app.command("report")
+@fail_with_usage_errors
+def report_command(run_dir: Annotated[Path, typer.Argument(help="Run directory.")]):
+    """Write report.md and PNG plots (latency vs N, speed-up, memory, throughput) into a run directory."""
+    path = write_report(run_dir)
+    typer.echo(f"wrote {path}")
+
+
+@app.command("show")
+@fail_with_usage_errors
+def show_command(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory or its results.json.")],
+    impl: ImplOption = None,
+    mode: Annotated[Optional[str], typer.Option(help="Only these modes, comma separated.")] = None,
+    sort: Annotated[Optional[str], typer.Option(help="Sort by this results.csv column (for example latency_ms).")] = None,
+    output_format: FormatOption = "table",
+):
+    """Print a run's results again, filtered and sorted; csv, markdown and json go to stdout for piping."""
+    from cmgm_bench.cases import split_list
+    from cmgm_bench.store import COLUMNS
+
+    frame = load_run(run_dir).frame()
+    if impl:
+        frame = frame[frame.impl.isin(split_list(impl))]
+    if mode:
+        frame = frame[frame["mode"].isin(split_list(mode))]
+    if sort:
+        if sort not in COLUMNS:
+            raise UsageError(f"--sort: unknown column {sort!r}")
+        frame = frame.sort_values(sort, kind="stable")
+    if output_format == "table":
+        render.console().print(render.results_table(frame, registry.baseline_name(), title=str(run_dir)))
+    elif output_format == "csv":
+        typer.echo(frame.to_csv(index=False), nl=False)
+    elif output_format == "json":
+        typer.echo(frame.to_json(orient="records", indent=1))
+    elif output_format == "markdown":
+        typer.echo(markdown.table(list(frame.columns), frame.values.tolist()))
+    else:
+        raise UsageError(f"--format: unknown format {output_format!r} (choose from table, csv, markdown, json)")
+
+
+@app.command("profile")
+@fail_with_usage_errors
+def profile_command(
+    impl: Annotated[str, typer.Option("--impl", "-i", help="Implementation to profile.")] = "eager",
+    impl_file: ImplFileOption = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
+    mode: Annotated[str, typer.Option(help="fwd, feature or train.")] = "fwd",
+    batch: Annotated[int, typer.Option(help="Batch size.")] = 1,
+    res: Annotated[str, typer.Option(help="Token grid: 28 or HxW.")] = "28",
+    heads: Annotated[int, typer.Option(help="Attention heads.")] = 8,
+    dim: Annotated[int, typer.Option(help="Channels C.")] = 64,
+    threads: Annotated[Optional[int], typer.Option(help="torch intra-op threads.")] = None,
+    memory: Annotated[bool, typer.Option(help="Record allocations; report the peak and the operator at the peak.")] = False,
+    top: Annotated[int, typer.Option(help="Operators to list.")] = 15,
+    trace: Annotated[Optional[Path], typer.Option(help="Chrome/Perfetto trace file (default results/profile-<impl>-<mode>.json).")] = None,
+):
+    """Profile one case with torch.profiler: top operators by self time, a trace file, the memory peak."""
+    load_impl_files(impl_file)
+    plan = make_plan(settings.combine(None, None, {"impl": impl, "device": device, "mode": mode, "batch": str(batch), "res": res, "heads": str(heads), "dim": str(dim)}), Path("."))
+    if len(plan.cases) != 1:
+        raise UsageError("profile takes one case: one --mode and one --res")
+    case = plan.cases[0]
+    reason = registry.get(impl).unsupported_reason(case)
+    if reason:
+        raise UsageError(reason)
+    configure_threads(threads)
+    trace = trace or Path("results") / f"profile-{impl}-{mode}.json"
+    result = profile_case(prepare_case(case, registry.get(impl), seed=0), mode, case.device, trace, memory=memory, top=top)
+    rows = [[r.name, str(r.calls), f"{r.self_ms:.3f}", f"{100 * r.share:.1f}%", r.input_shapes] for r in result.operators]
+    console = render.console()
+    console.print(render.simple_table(["operator", "calls", "self ms", "share", "input shapes"], rows, title=f"top operators by self time: {impl} {mode} {case.shape_label} (3 calls)"))
+    if memory:
+        console.print(f"peak allocated during the calls: {(result.peak_bytes or 0) / 2**20:.1f} MiB, at {result.peak_operator}", markup=False)
+    console.print(f"trace written to {result.trace} (open in chrome://tracing or ui.perfetto.dev)", markup=False)
 
 
 @app.command("merge")

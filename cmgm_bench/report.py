@@ -1,0 +1,178 @@
+"""A run's report: ``report.md`` with tables and PNG plots, written into the run directory.
+
+Plots (matplotlib, headless): latency against tokens N on log-log axes with
+the fitted scaling exponent per line, speed-up over the baseline per shape,
+peak memory against N, and achieved GFLOP/s against the measured ceiling.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from cmgm_bench import markdown, registry  # noqa: E402
+from cmgm_bench.errors import UsageError  # noqa: E402
+from cmgm_bench.render import speedups  # noqa: E402
+from cmgm_bench.store import Run, load_run  # noqa: E402
+
+TIMED = ("ok", "inaccurate")
+
+
+def fit_exponent(tokens, latency) -> float:
+    """Slope of log(latency) against log(N): 2 for work that grows as N²."""
+    return float(np.polyfit(np.log(np.asarray(tokens, float)), np.log(np.asarray(latency, float)), 1)[0])
+
+
+def _shape_label(row) -> str:
+    return f"B{row.batch} {row.height}x{row.width} h{row.heads} C{row.dim}"
+
+
+def _timed(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame[frame.status.isin(TIMED) & frame.latency_ms.notna()].copy()
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_latency_vs_tokens(frame: pd.DataFrame, path: Path) -> Path | None:
+    timed = _timed(frame)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    drawn = 0
+    for (impl, mode, batch, heads, dim), group in timed.groupby(["impl", "mode", "batch", "heads", "dim"]):
+        group = group.sort_values("tokens")
+        if group.tokens.nunique() < 2:
+            continue
+        slope = fit_exponent(group.tokens, group.latency_ms)
+        ax.plot(group.tokens, group.latency_ms, marker="o", label=f"{impl} {mode} B{batch} h{heads}: N^{slope:.2f}")
+        drawn += 1
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set(xscale="log", yscale="log", xlabel="tokens N = H x W", ylabel="latency (ms, median)", title="Latency vs tokens (log-log, fitted exponent)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    return _save(fig, path)
+
+
+def plot_speedups(frame: pd.DataFrame, baseline: str | None, path: Path) -> Path | None:
+    timed = _timed(frame)
+    timed["speedup"] = speedups(timed, baseline)
+    timed = timed[timed.impl != baseline].dropna(subset=["speedup"])
+    if timed.empty:
+        return None
+    timed = timed.sort_values(["mode", "tokens", "batch", "heads", "dim"])
+    timed["shape"] = [f"{m} {_shape_label(r)}" for m, r in zip(timed["mode"], timed.itertuples())]
+    order = list(dict.fromkeys(timed["shape"]))
+    table = timed.pivot_table(index="shape", columns="impl", values="speedup").reindex(order)
+    fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(table) * max(1, len(table.columns)) / 2), 5))
+    table.plot.bar(ax=ax, width=0.8)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set(ylabel=f"speed-up over {baseline} (x)", xlabel="", title=f"Speed-up over {baseline} (higher is faster)")
+    ax.tick_params(axis="x", labelrotation=30)
+    plt.setp(ax.get_xticklabels(), ha="right")
+    ax.legend(fontsize=8, title="implementation")
+    return _save(fig, path)
+
+
+def plot_memory(frame: pd.DataFrame, path: Path) -> Path | None:
+    timed = _timed(frame).dropna(subset=["peak_mem_mb"])
+    if timed.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for (impl, mode, batch), group in timed.groupby(["impl", "mode", "batch"]):
+        group = group.sort_values("tokens")
+        ax.plot(group.tokens, group.peak_mem_mb.clip(lower=0.01), marker="o", label=f"{impl} {mode} B{batch}")
+    ax.set(xscale="log", yscale="log", xlabel="tokens N = H x W", ylabel="peak extra memory per call (MiB)", title="Peak memory vs tokens")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    return _save(fig, path)
+
+
+def plot_throughput(frame: pd.DataFrame, ceilings: dict, path: Path) -> Path | None:
+    timed = _timed(frame).dropna(subset=["gflops_per_s"])
+    if timed.empty:
+        return None
+    timed["label"] = [f"{r.impl} {r.mode} {_shape_label(r)}" for r in timed.itertuples()]
+    fig, ax = plt.subplots(figsize=(9, max(4, 0.28 * len(timed) + 1.5)))
+    ax.barh(timed.label, timed.gflops_per_s, color="tab:blue")
+    for index, (dtype, value) in enumerate(sorted((ceilings.get(timed.device.iloc[0], {}).get("matmul_gflops") or {}).items())):
+        if value:
+            ax.axvline(value, linestyle="--", color=f"C{index + 1}", label=f"measured {dtype} matmul ceiling {value:.0f} GFLOP/s")
+    ax.set(xscale="log", xlabel="achieved GFLOP/s (closed-form FLOPs / median latency)", title="Throughput against the measured ceiling")
+    ax.invert_yaxis()
+    ax.tick_params(axis="y", labelsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="lower right")
+    return _save(fig, path)
+
+
+def _tables(frame: pd.DataFrame, baseline: str | None) -> str:
+    frame = frame.copy()
+    frame["speedup"] = speedups(frame, baseline)
+    parts = []
+    for (mode, device), group in frame.groupby(["mode", "device"], sort=False):
+        headers = ["implementation", "shape", "status", "latency ms", "IQR ms", f"speed-up vs {baseline}", "% peak", "peak MiB", "out rel err", "attn rel err", "grad rel err"]
+        rows = [
+            [
+                r.impl, _shape_label(r), r.status,
+                markdown.cell(r.latency_ms, ".3f"), markdown.cell(r.latency_iqr_ms, ".3f"),
+                markdown.cell(r.speedup, ".2f"), markdown.cell(r.pct_peak, ".1f"), markdown.cell(r.peak_mem_mb, ".1f"),
+                markdown.cell(r.out_rel_err, ".1e"), markdown.cell(r.attn_rel_err, ".1e"), markdown.cell(r.grad_rel_err, ".1e"),
+            ]
+            for r in group.sort_values(["tokens", "batch", "impl"]).itertuples()
+        ]
+        parts.append(f"### {mode} on {device}\n\n" + markdown.table(headers, rows, ["l", "l", "l"] + ["r"] * 8))
+    return "\n\n".join(parts)
+
+
+def write_report(run_dir: Path) -> Path:
+    """Write ``report.md`` and the plots into ``run_dir``; returns the report's path."""
+    run = load_run(run_dir)
+    if not run.records:
+        raise UsageError(f"{run_dir}: the run has no cases to report")
+    return _write(run)
+
+
+def _write(run: Run) -> Path:
+    frame = run.frame()
+    baseline = registry.baseline_name()
+    plots = [
+        ("Latency vs tokens", plot_latency_vs_tokens(frame, run.path / "latency_vs_tokens.png")),
+        ("Speed-up", plot_speedups(frame, baseline, run.path / "speedup.png")),
+        ("Peak memory", plot_memory(frame, run.path / "memory_vs_tokens.png")),
+        ("Throughput", plot_throughput(frame, run.meta.get("ceilings", {}), run.path / "throughput.png")),
+    ]
+    environment = run.meta["environment"]
+    env_rows = [[key, markdown.cell(environment.get(key))] for key in (
+        "start_time", "command_line", "git_commit", "torch_version", "device", "cpu_model", "gpu_name",
+        "cuda_version", "cudnn_version", "threads", "tf32_matmul",
+    ) if environment.get(key) is not None]
+    ceilings = run.meta.get("ceilings", {})
+    ceiling_rows = [
+        [device, dtype, markdown.cell(value, ".1f")]
+        for device, values in ceilings.items()
+        for dtype, value in sorted((values.get("matmul_gflops") or {}).items())
+    ] + [[device, "copy bandwidth (GB/s)", markdown.cell(values.get("copy_gbytes_per_s"), ".1f")] for device, values in ceilings.items()]
+    problems = frame[frame.status != "ok"]
+    problem_lines = [f"- `{r.impl}` {r.mode} {r.device} {_shape_label(r)}: **{r.status}**: {r.error}" for r in problems.itertuples()]
+    sections = [
+        f"# cmgm-bench report\n\n{len(frame)} cases, {int((frame.status == 'ok').sum())} ok. Speed-ups are relative to `{baseline}`.",
+        "## Environment\n\n" + markdown.table(["", "value"], env_rows),
+        "## Measured ceilings\n\n" + markdown.table(["device", "matmul dtype", "GFLOP/s"], ceiling_rows, ["l", "l", "r"]),
+        "## Results\n\n" + _tables(frame, baseline),
+        "## Cases that are not ok\n\n" + ("\n".join(problem_lines) if problem_lines else "None."),
+        "## Plots\n\n" + "\n\n".join(f"### {title}\n\n![{title}]({path.name})" for title, path in plots if path is not None),
+    ]
+    report = run.path / "report.md"
+    report.write_text("\n\n".join(sections) + "\n")
+    return report
