@@ -40,18 +40,22 @@ class ReferenceOutputs:
     grad: torch.Tensor | None  # x.grad and y.grad, flattened and concatenated (train mode)
 
 
-def reference_outputs(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, train: bool) -> ReferenceOutputs:
-    """Run a float64 copy of ``module`` on the CPU; in train mode also the input gradients."""
-    ref = set_module_mode(copy.deepcopy(module).double().cpu(), "train" if train else "fwd")
-    x64 = x.detach().double().cpu().requires_grad_(train)
-    y64 = y.detach().double().cpu().requires_grad_(train)
+def reference_outputs(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, train: bool, device: str = "cpu") -> ReferenceOutputs:
+    """Run a float64 copy of ``module`` on ``device``; in train mode also the input gradients.
+
+    On CUDA the reference runs on the GPU in float64 (TF32 does not apply to
+    float64), which keeps large cases affordable; the results live on the CPU.
+    """
+    ref = set_module_mode(copy.deepcopy(module).double().to(device), "train" if train else "fwd")
+    x64 = x.detach().double().to(device).requires_grad_(train)
+    y64 = y.detach().double().to(device).requires_grad_(train)
     with torch.set_grad_enabled(train):
         out, attn_map = ref(x64, y64)
         grad = None
         if train:
             training_loss(out, attn_map).backward()
             grad = torch.cat([x64.grad.flatten(), y64.grad.flatten()])
-    return ReferenceOutputs(out.detach(), attn_map.detach(), grad)
+    return ReferenceOutputs(out.detach().cpu(), attn_map.detach().cpu(), None if grad is None else grad.cpu())
 
 
 def relative_error(value: torch.Tensor, ref: torch.Tensor) -> float:

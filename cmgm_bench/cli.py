@@ -95,6 +95,7 @@ def run_command(
     target_rel_iqr: Annotated[float, typer.Option(help="Stop a case early once IQR/median is below this.")] = 0.03,
     cold_cache: Annotated[bool, typer.Option(help="Flush the last-level cache (L2 on a GPU) before every timed call; recorded per case.")] = False,
     tf32: Annotated[bool, typer.Option(help="Allow TF32 for float32 matmuls and convolutions on CUDA; recorded, and float32 tolerance becomes the TF32 one.")] = False,
+    cudnn_benchmark: Annotated[bool, typer.Option(help="Let cuDNN autotune convolution algorithms (torch.backends.cudnn.benchmark); recorded.")] = False,
     memory: Annotated[bool, typer.Option(help="Measure peak memory of one call per case.")] = True,
     memory_guard: Annotated[bool, typer.Option(help="Record cases predicted not to fit in memory as 'oom (predicted)' without running them.")] = True,
     timeout: Annotated[Optional[float], typer.Option(help="Seconds per case before it is stopped as 'timeout' (hard with --isolate).")] = None,

@@ -46,21 +46,25 @@ _FVCORE_FAMILY = {
 }
 
 _aten = torch.ops.aten
+_FLOP_COUNTER_FAMILY_NAMES = {
+    "mm": "linear",
+    "addmm": "linear",
+    "bmm": "attention",
+    "baddbmm": "attention",
+    "_scaled_dot_product_flash_attention_for_cpu": "attention",
+    "_scaled_dot_product_flash_attention_for_cpu_backward": "attention",
+    "_scaled_dot_product_flash_attention": "attention",
+    "_scaled_dot_product_flash_attention_backward": "attention",
+    "_scaled_dot_product_efficient_attention": "attention",
+    "_scaled_dot_product_efficient_attention_backward": "attention",
+    "_scaled_dot_product_cudnn_attention": "attention",
+    "_scaled_dot_product_cudnn_attention_backward": "attention",
+    "convolution": "conv",
+    "convolution_backward": "conv",
+}
+# Operators this torch build does not have are skipped (older and newer builds differ).
 _FLOP_COUNTER_FAMILY = {
-    _aten.mm: "linear",
-    _aten.addmm: "linear",
-    _aten.bmm: "attention",
-    _aten.baddbmm: "attention",
-    _aten._scaled_dot_product_flash_attention_for_cpu: "attention",
-    _aten._scaled_dot_product_flash_attention_for_cpu_backward: "attention",
-    _aten._scaled_dot_product_flash_attention: "attention",
-    _aten._scaled_dot_product_flash_attention_backward: "attention",
-    _aten._scaled_dot_product_efficient_attention: "attention",
-    _aten._scaled_dot_product_efficient_attention_backward: "attention",
-    _aten._scaled_dot_product_cudnn_attention: "attention",
-    _aten._scaled_dot_product_cudnn_attention_backward: "attention",
-    _aten.convolution: "conv",
-    _aten.convolution_backward: "conv",
+    getattr(_aten, name): family for name, family in _FLOP_COUNTER_FAMILY_NAMES.items() if hasattr(_aten, name)
 }
 
 
@@ -137,8 +141,12 @@ def _cpu_sdpa_backward_flop(grad_out_shape, query_shape, key_shape, value_shape,
 
 
 CPU_SDPA_MAPPING = {
-    _aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flop,
-    _aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_sdpa_backward_flop,
+    getattr(_aten, name): formula
+    for name, formula in (
+        ("_scaled_dot_product_flash_attention_for_cpu", _cpu_sdpa_flop),
+        ("_scaled_dot_product_flash_attention_for_cpu_backward", _cpu_sdpa_backward_flop),
+    )
+    if hasattr(_aten, name)
 }
 
 

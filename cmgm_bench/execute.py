@@ -48,10 +48,11 @@ def configure_threads(threads: int | None) -> int:
     return torch.get_num_threads()
 
 
-def configure_cuda(tf32: bool) -> None:
-    """TF32 is a recorded setting of the run, never left to whatever the process had."""
+def configure_cuda(tf32: bool, cudnn_benchmark: bool) -> None:
+    """TF32 and cuDNN autotuning are recorded settings of the run, never left to whatever the process had."""
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cudnn.benchmark = cudnn_benchmark
 
 
 @dataclass
@@ -104,6 +105,7 @@ def make_plan(settings: dict, out_dir: Path | None) -> Plan:
         measure_memory=settings["memory"],
         memory_guard=settings["memory_guard"],
         tf32=settings["tf32"],
+        cudnn_benchmark=settings["cudnn_benchmark"],
         timeout_s=settings["timeout"],
     )
     if settings["count_instructions"]:
@@ -134,7 +136,7 @@ def run_plan(
 ) -> RunWriter:
     """Run every case of ``plan`` not done yet; a ``KeyboardInterrupt`` propagates after saving."""
     configure_threads(plan.settings["threads"])
-    configure_cuda(plan.options.tf32)
+    configure_cuda(plan.options.tf32, plan.options.cudnn_benchmark)
     memory.pin_allocator_for_timing()
     devices = sorted({case.device for case in plan.cases}) or list(plan.sweep.devices)
     if plan.done:

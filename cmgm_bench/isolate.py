@@ -73,6 +73,7 @@ def _child(spec_path: str, record_path: str) -> None:
     import torch
 
     from cmgm_bench import memory, registry
+    from cmgm_bench.execute import configure_cuda
     from cmgm_bench.runner import CaseRunner
 
     spec = json.loads(Path(spec_path).read_text())
@@ -82,6 +83,7 @@ def _child(spec_path: str, record_path: str) -> None:
         registry.load_file(impl_file)
     options = spec["options"]
     options["stop_rule"] = StopRule(**options["stop_rule"])
+    configure_cuda(options["tf32"], options["cudnn_benchmark"])
     record = CaseRunner(RunOptions(**options), spec["ceilings"]).run(Case(**spec["case"]))
     Path(record_path).write_text(json.dumps(record))
 

@@ -29,6 +29,10 @@ DTYPES = ("float32", "bfloat16", "float16")
 ENTRY_POINT_GROUP = "cmgm_bench.impls"
 
 
+class Unsupported(Exception):
+    """Raised by a builder (or its first call) when the case cannot run here; the message is the reason."""
+
+
 @dataclass
 class Built:
     """What a builder may return instead of a bare callable.

@@ -64,6 +64,7 @@ class RunOptions:
     measure_memory: bool = True
     memory_guard: bool = True
     tf32: bool = False
+    cudnn_benchmark: bool = False
     timeout_s: float | None = None
 
 
@@ -200,6 +201,8 @@ class CaseRunner:
                 self._measure(case, impl, record)
         except CaseTimeout as exc:
             row.update(status="timeout", error=str(exc))
+        except registry.Unsupported as exc:
+            row.update(status="unsupported", error=str(exc))
         except Exception as exc:
             row.update(status="oom" if is_out_of_memory(exc) else "error", error=one_line(exc))
             record["traceback"] = traceback.format_exc()
@@ -219,13 +222,22 @@ class CaseRunner:
         return 2 * flops.estimated_peak_bytes(case.mode, case.batch, case.tokens, case.dim, case.heads, "float64")
 
     # -- measuring -----------------------------------------------------------
-    def reference(self, case: Case, module, x, y) -> accuracy.ReferenceOutputs:
+    def reference(self, case: Case, module, x, y) -> accuracy.ReferenceOutputs | None:
+        """The float64 reference on the case's device (cached per shape); ``None`` if it does not fit."""
         train = case.mode == "train"
-        key = (train, case.batch, case.height, case.width, case.heads, case.dim)
+        key = (train, case.device, case.batch, case.height, case.width, case.heads, case.dim)
         if key not in self._references:
             if len(self._references) >= 2:
                 self._references.popitem(last=False)
-            self._references[key] = accuracy.reference_outputs(module, x, y, train)
+            try:
+                self._references[key] = accuracy.reference_outputs(module, x, y, train, case.device)
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                gc.collect()
+                if case.device.startswith("cuda"):
+                    torch.cuda.empty_cache()
+                self._references[key] = None
         return self._references[key]
 
     def _measure(self, case: Case, impl, record: dict) -> None:
@@ -246,7 +258,10 @@ class CaseRunner:
             grad = None
             if mode == "train":
                 grad = torch.cat([x.grad.flatten(), y.grad.flatten()])
-            row.update(accuracy.output_errors(out, attn_map, grad, ref))
+            if ref is None:
+                record["notes"]["accuracy"] = "not measured: the float64 reference did not fit in memory"
+            else:
+                row.update(accuracy.output_errors(out, attn_map, grad, ref))
             row.update(memory_format=memory_format_of(out), out_dtype=str(out.dtype).replace("torch.", ""))
             del out, attn_map, grad
 
@@ -279,7 +294,7 @@ class CaseRunner:
         peak = self.ceilings.get("matmul_gflops", {}).get(case.dtype)
         row["pct_peak"] = 100 * row["gflops_per_s"] / peak if peak else None
         worst = accuracy.worst_relative_error(row)
-        row["status"] = "ok" if worst <= row["tolerance"] else "inaccurate"
+        row["status"] = "ok" if ref is None or worst <= row["tolerance"] else "inaccurate"
         if row["status"] == "inaccurate":
             row["error"] = f"relative error {worst:.3g} above the {case.dtype} tolerance {row['tolerance']:.3g}"
 

@@ -29,6 +29,7 @@ DEFAULTS: dict = {
     "target_rel_iqr": 0.03,
     "cold_cache": False,
     "tf32": False,
+    "cudnn_benchmark": False,
     "memory": True,
     "memory_guard": True,
     "timeout": None,

@@ -1,0 +1,34 @@
+"""``sdpa-flash``: ``feature`` mode in bfloat16 with SDPA restricted to the flash-attention kernel (CUDA).
+
+The N x N matrix is never materialised. If the flash kernel cannot run this
+case (head dim, GPU generation), the case is ``unsupported`` with the reason
+PyTorch gives.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from cmgm_bench.registry import Unsupported, register
+from impls.sdpa import forward as sdpa_forward
+
+
+@register(
+    "sdpa-flash",
+    description="feature mode, autocast bfloat16, SDPA forced to the flash-attention kernel",
+    devices=("cuda",),
+    modes=("feature",),
+    dtype="bfloat16",
+)
+def build(module, case):
+    def forward(x, y):
+        try:
+            with sdpa_kernel(SDPBackend.FLASH_ATTENTION), torch.autocast("cuda", dtype=torch.bfloat16):
+                return sdpa_forward(module, x, y, want_map=False)
+        except RuntimeError as exc:
+            if "No available kernel" in str(exc) or "flash" in str(exc).lower():
+                raise Unsupported(f"flash attention cannot run this case: {str(exc).splitlines()[0]}") from exc
+            raise
+
+    return forward

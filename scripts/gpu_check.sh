@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# One-shot GPU check for cmgm-bench.
+#
+# On a machine with a CUDA GPU, PyTorch already installed and no network:
+#   scripts/gpu_check.sh OUT_DIR [WHEEL_DIR]
+# installs the project without downloading anything (pure-Python packages the
+# machine lacks, e.g. fvcore, iopath, yacs, termcolor, can be given as wheels in
+# WHEEL_DIR), runs the GPU tests, runs a sweep of every implementation and mode
+# at B in {1, 8}, grids {28, 48, 64}, 8 heads, writes the run directory and its
+# report to OUT_DIR/run, and prints a short summary table last.
+set -euo pipefail
+
+out=${1:?usage: scripts/gpu_check.sh OUT_DIR [WHEEL_DIR]}
+wheels=${2:-}
+python=${PYTHON:-python3}
+cd "$(dirname "$0")/.."
+mkdir -p "$out"
+started=$(date +%s)
+
+step() { printf '\n== %s (%ss)\n' "$1" "$(( $(date +%s) - started ))"; }
+
+step "checking the GPU"
+"$python" - <<'PY'
+import torch
+assert torch.cuda.is_available(), "no CUDA device visible to PyTorch"
+print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, {torch.cuda.get_device_name()}")
+PY
+
+step "installing the project (no downloads)"
+if [ -n "$wheels" ]; then
+  "$python" -m pip install --quiet --no-index --no-deps "$wheels"/*.whl
+fi
+# --no-deps: the machine's own torch and packages are used as they are.
+"$python" -m pip install --quiet --no-index --no-deps --no-build-isolation -e .
+"$python" -c "import cmgm_bench.counters, cmgm_bench.report" # fails here if a dependency is missing
+
+step "GPU tests"
+"$python" -m pytest -q -m cuda tests 2>&1 | tee "$out/gpu_tests.log"
+
+step "sweep: every implementation and mode, B 1 and 8, grids 28/48/64, 8 heads"
+"$python" -m cmgm_bench run --device cuda --mode fwd,feature,train --batch 1,8 --res 28,48,64 --heads 8 \
+  --max-time 0.3 --min-samples 10 --timeout 120 --out "$out/run"
+
+step "cold-cache check: the same cases with the L2 flushed before every call"
+"$python" -m cmgm_bench run --device cuda --impl eager,sdpa --mode feature --batch 1 --res 28 --heads 8 \
+  --max-time 0.5 --cold-cache --no-report --out "$out/cold"
+
+step "summary (B=8, 28x28, 8 heads)"
+"$python" -m cmgm_bench show "$out/run" --mode fwd,feature,train --sort latency_ms --format csv \
+  | "$python" -c '
+import sys, pandas as pd
+f = pd.read_csv(sys.stdin)
+f = f[(f.batch == 8) & (f.height == 28)]
+base = f[f.impl == "eager"].set_index("mode").latency_ms
+f["speedup"] = f["mode"].map(base) / f.latency_ms
+cols = ["impl", "mode", "status", "latency_ms", "speedup", "pct_peak", "peak_mem_mb", "out_rel_err", "attn_rel_err", "sdpa_backend"]
+print(f.sort_values(["mode", "latency_ms"])[cols].to_string(index=False, float_format=lambda v: f"{v:.3g}"))'
+echo "done in $(( $(date +%s) - started )) s; run directory: $out/run"

@@ -1,0 +1,125 @@
+"""The CUDA code paths: what can be checked on the CPU, and GPU checks marked `cuda`."""
+
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cmgm_bench import registry, timing
+from cmgm_bench.cases import Case
+from cmgm_bench.cli import app
+from cmgm_bench.runner import CaseRunner, RunOptions
+from cmgm_bench.stats import StopRule
+from tests.conftest import FAST
+
+runner = CliRunner()
+
+
+def test_clock_selection(monkeypatch):
+    assert isinstance(timing.clock_for("cpu"), timing.WallClock)
+
+    class FakeEvent:
+        def __init__(self, enable_timing):
+            assert enable_timing
+
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    assert isinstance(timing.clock_for("cuda"), timing.CudaEventClock)
+    assert isinstance(timing.clock_for("cuda:1"), timing.CudaEventClock)
+
+
+def test_cold_cache_flushes_before_every_sample_and_is_recorded(tmp_path):
+    calls = []
+    samples = timing.collect_samples(lambda: None, timing.WallClock(), StopRule(min_samples=5, max_time_s=0.01), before_each=lambda: calls.append(1))
+    assert len(calls) == len(samples) >= 5
+    flusher = timing.CacheFlusher("cpu", nbytes=1 << 20)
+    flusher.buffer.fill_(7)
+    flusher()
+    assert int(flusher.buffer.abs().sum()) == 0
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["run", "--impl", "eager", "--res", "4", "--cold-cache", "--out", str(out), *FAST, "--no-report"])
+    assert result.exit_code == 0, result.output
+    import json
+
+    data = json.loads((out / "results.json").read_text())
+    assert data["cases"][0]["notes"]["cold_cache"] is True and data["options"]["cold_cache"] is True
+
+
+def test_tf32_and_cudnn_options_are_recorded(tmp_path):
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["run", "--impl", "eager", "--res", "4", "--tf32", "--cudnn-benchmark", "--out", str(out), *FAST, "--no-report"])
+    assert result.exit_code == 0, result.output
+    import json
+
+    options = json.loads((out / "results.json").read_text())["options"]
+    assert options["tf32"] is True and options["cudnn_benchmark"] is True
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the failure path without CUDA")
+def test_graph_capture_failure_is_unsupported_with_reason():
+    from impls.cudagraph import capture
+
+    with pytest.raises(registry.Unsupported, match="CUDA graph capture failed"):
+        capture(lambda x, y: (x, y), torch.ones(2), torch.ones(2))
+
+
+def test_unsupported_raised_by_a_builder_becomes_a_row(tmp_path):
+    path = tmp_path / "refuses.py"
+    path.write_text(
+        "from cmgm_bench.registry import Unsupported, register\n\n"
+        "@register('refuses', description='raises Unsupported', modes=('fwd',))\n"
+        "def build(module, case):\n"
+        "    raise Unsupported('no kernel for this GPU')\n"
+    )
+    registry.load_file(str(path))
+    row = CaseRunner(RunOptions(stop_rule=StopRule(min_samples=1, max_time_s=0))).run(Case("refuses", "cpu", "float32", "fwd", 1, 4, 4, 2, 8))["row"]
+    assert row["status"] == "unsupported" and row["error"] == "no kernel for this GPU"
+
+
+def test_gpu_only_implementations_are_unsupported_on_the_cpu(tmp_path):
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["run", "--impl", "cudagraph,sdpa-flash", "--mode", "fwd,feature", "--res", "4", "--out", str(out), *FAST, "--no-report"])
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(out / "results.csv")
+    assert (frame.status == "unsupported").all() and frame.error.str.contains("supports").all()
+
+
+# -- on a GPU ----------------------------------------------------------------------------------
+
+QUICK = RunOptions(stop_rule=StopRule(min_samples=3, max_time_s=0.05), measure_memory=True)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", list(registry.all_implementations()))
+def test_every_implementation_within_tolerance_on_cuda(name):
+    impl = registry.get(name)
+    runner_ = CaseRunner(QUICK)
+    for mode in impl.modes:
+        for batch, height, width, heads, dim in [(2, 7, 9, 4, 32)]:
+            row = runner_.run(Case(name, "cuda", impl.dtype, mode, batch, height, width, heads, dim))["row"]
+            assert row["status"] in ("ok", "unsupported"), (name, mode, row["error"])
+            if row["status"] == "ok":
+                assert row["peak_mem_mb"] > 0
+
+
+@pytest.mark.cuda
+def test_cuda_graph_replays_match_eager():
+    from cmgm_bench.runner import prepare_case
+
+    case = Case("cudagraph", "cuda", "float32", "fwd", 2, 9, 9, 8, 64)
+    graph = prepare_case(case, registry.get("cudagraph"), seed=0)
+    eager = prepare_case(Case("eager", *case.key[1:]), registry.get("eager"), seed=0)
+    with torch.inference_mode():
+        want = eager.step()
+        for _ in range(3):
+            got = graph.step()
+            for a, b in zip(got, want):
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.cuda
+def test_cold_cache_is_not_faster_than_warm():
+    case = Case("eager", "cuda", "float32", "feature", 1, 16, 16, 8, 64)
+    rule = StopRule(min_samples=30, min_time_s=0.2, max_time_s=1.0, target_rel_iqr=0.01)
+    warm = CaseRunner(RunOptions(stop_rule=rule, measure_memory=False)).run(case)["row"]["latency_ms"]
+    cold = CaseRunner(RunOptions(stop_rule=rule, measure_memory=False, cold_cache=True)).run(case)["row"]["latency_ms"]
+    assert cold >= warm * 0.97
