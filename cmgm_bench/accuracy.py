@@ -17,12 +17,16 @@ from cmgm_bench.modes import set_module_mode, training_loss
 
 # Relative-L2 tolerance per compute dtype, applied to every output (and the
 # input gradients in train mode); float32 with TF32 on CUDA uses "tf32".
-# About 8x (float32) or 2-3x (half types) the worst error of a correct
-# implementation measured with scripts/measure_tolerances.py; the worst are the
-# map (float32) and the train-mode input gradients (half types).
+# About 3x the worst error of a correct implementation, measured with
+# scripts/measure_tolerances.py (CPU) and scripts/gpu_check.sh (H100). The worst
+# float32 case is train mode on the GPU at N >= 2304 (7.1e-4 for every
+# implementation, eager included, identical to 4 digits): the map's BatchNorm in
+# batch-statistics mode divides by a tiny standard deviation. On the CPU and in
+# inference float32 stays below 1.5e-5. The half types' worst are the train-mode
+# input gradients.
 TOLERANCES = {
     "float64": 1e-12,
-    "float32": 5e-5,
+    "float32": 2e-3,
     "tf32": 5e-2,
     "float16": 5e-2,
     "bfloat16": 1e-1,

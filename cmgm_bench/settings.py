@@ -75,7 +75,7 @@ def check_value(key: str, value, where: str):
     if key not in DEFAULTS:
         raise UsageError(f"{where}: unknown key {key!r}")
     if key in _LIST_KEYS:
-        items = value if isinstance(value, list) else [value]
+        items = list(value) if isinstance(value, (list, tuple)) else [value]
         if not all(isinstance(item, (str, int)) and not isinstance(item, bool) for item in items):
             raise UsageError(f"{where}: {key!r} must be a string, an integer or a list of them")
         if key == "impl_file":

@@ -35,7 +35,9 @@ fi
 "$python" -c "import cmgm_bench.counters, cmgm_bench.report" # fails here if a dependency is missing
 
 step "GPU tests"
-"$python" -m pytest -q -m cuda tests 2>&1 | tee "$out/gpu_tests.log"
+tests_status=0
+"$python" -m pytest -q -m cuda tests > "$out/gpu_tests.log" 2>&1 || tests_status=$?
+tail -n 15 "$out/gpu_tests.log"
 
 step "sweep: every implementation and mode, B 1 and 8, grids 28/48/64, 8 heads"
 "$python" -m cmgm_bench run --device cuda --mode fwd,feature,train --batch 1,8 --res 28,48,64 --heads 8 \
@@ -55,4 +57,5 @@ base = f[f.impl == "eager"].set_index("mode").latency_ms
 f["speedup"] = f["mode"].map(base) / f.latency_ms
 cols = ["impl", "mode", "status", "latency_ms", "speedup", "pct_peak", "peak_mem_mb", "out_rel_err", "attn_rel_err", "sdpa_backend"]
 print(f.sort_values(["mode", "latency_ms"])[cols].to_string(index=False, float_format=lambda v: f"{v:.3g}"))'
-echo "done in $(( $(date +%s) - started )) s; run directory: $out/run"
+echo "done in $(( $(date +%s) - started )) s; run directory: $out/run; GPU tests exit code $tests_status"
+exit "$tests_status"

@@ -88,6 +88,15 @@ def test_gpu_only_implementations_are_unsupported_on_the_cpu(tmp_path):
 QUICK = RunOptions(stop_rule=StopRule(min_samples=3, max_time_s=0.05), measure_memory=True)
 
 
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    """What `run` does by default (--no-tf32); cuDNN's own default would allow TF32 convolutions."""
+    if torch.cuda.is_available():
+        from cmgm_bench.execute import configure_cuda
+
+        configure_cuda(tf32=False, cudnn_benchmark=False)
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("name", list(registry.all_implementations()))
 def test_every_implementation_within_tolerance_on_cuda(name):
@@ -97,8 +106,8 @@ def test_every_implementation_within_tolerance_on_cuda(name):
         for batch, height, width, heads, dim in [(2, 7, 9, 4, 32)]:
             row = runner_.run(Case(name, "cuda", impl.dtype, mode, batch, height, width, heads, dim))["row"]
             assert row["status"] in ("ok", "unsupported"), (name, mode, row["error"])
-            if row["status"] == "ok":
-                assert row["peak_mem_mb"] > 0
+            if row["status"] == "ok":  # a CUDA-graph replay allocates nothing: 0 is a valid peak
+                assert row["peak_mem_mb"] >= 0
 
 
 @pytest.mark.cuda
