@@ -59,6 +59,16 @@ def extension_problem() -> str | None:
     return None
 
 
+KERNEL_HEADS = (1, 2, 4, 8, 16)
+
+
+def map_kernel_problem(case) -> str | None:
+    """Why the map kernel cannot run ``case`` (it is compiled for 1, 2, 4, 8 and 16 heads)."""
+    if case.heads not in KERNEL_HEADS:
+        return f"the fused map kernel is compiled for {', '.join(map(str, KERNEL_HEADS))} heads, not {case.heads}"
+    return extension_problem()
+
+
 def fold_batchnorm(conv: torch.nn.Conv2d, bn: torch.nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     """Weight and bias of ``bn(conv(x))`` as one convolution (inference statistics)."""
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
@@ -129,7 +139,7 @@ def _register(name: str, dtype: torch.dtype, label: str, description: str):
         devices=("cpu",),
         modes=("fwd", "feature"),
         dtype=label,
-        check=lambda case: extension_problem() if case.mode == "fwd" else None,
+        check=lambda case: map_kernel_problem(case) if case.mode == "fwd" else None,
     )
     def build(module, case):
         fused = FusedCMGM(module, dtype)
