@@ -6,22 +6,31 @@ import torch
 FAST = ["--max-time", "0.05", "--min-samples", "3"]
 
 
-@pytest.fixture(autouse=True)
-def _isolated_global_state():
-    """Keep each test's threads and registered implementations independent of the others.
-
-    `--impl-file` may replace a built-in (a slower `eager`, say); without this the
-    replacement would leak into every later test of the session.
-    """
+@pytest.fixture(scope="session")
+def _pristine_registry():
+    """The registered implementations before any test loaded a file."""
     from cmgm_bench import registry
 
     registry.load_entry_points()
+    return dict(registry._REGISTRY)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_global_state(_pristine_registry):
+    """Keep each test's threads and registered implementations independent of the others.
+
+    `--impl-file` may replace a built-in (a slower `eager`, say); without this the
+    replacement would leak into every later test of the session. The registry is
+    restored to the session's start, not to the test's, because a module-scoped
+    fixture may load files before a test's own set-up.
+    """
+    from cmgm_bench import registry
+
     threads = torch.get_num_threads()
-    implementations = dict(registry._REGISTRY)
     yield
     torch.set_num_threads(threads)
     registry._REGISTRY.clear()
-    registry._REGISTRY.update(implementations)
+    registry._REGISTRY.update(_pristine_registry)
 
 
 def pytest_collection_modifyitems(config, items):
