@@ -54,6 +54,15 @@ ImplFileOption = Annotated[
     typer.Option("--impl-file", help="Python file registering implementations (PATH or NAME=PATH); repeatable."),
 ]
 
+DeviceOption = Annotated[str, typer.Option(help="cpu, cuda, or auto (cuda when available).")]
+BatchOption = Annotated[str, typer.Option(help="Batch sizes, comma separated.")]
+ResOption = Annotated[str, typer.Option(help="Token grids: side of a square grid (28) or HxW (32x24), comma separated.")]
+HeadsOption = Annotated[str, typer.Option(help="Attention heads, comma separated; each must divide every --dim.")]
+DimOption = Annotated[str, typer.Option(help="Channels C of x and y, comma separated.")]
+ThreadsOption = Annotated[Optional[int], typer.Option(help="torch intra-op threads (default: torch's choice, recorded).")]
+SeedOption = Annotated[int, typer.Option(help="Seed of the weights and inputs.")]
+FormatOption = Annotated[str, typer.Option("--format", help="table (rich), markdown, json or csv.")]
+
 
 def fail_with_usage_errors(command):
     """Turn a :class:`UsageError` into one line on stderr and exit code 2."""
@@ -81,14 +90,14 @@ def run_command(
     ctx: typer.Context,
     impl: ImplOption = None,
     impl_file: ImplFileOption = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda, or auto (cuda when available).")] = "cpu",
+    device: DeviceOption = "cpu",
     mode: Annotated[str, typer.Option(help="Modes, comma separated: fwd (inference, both outputs), feature (inference, fused feature only), train (forward+backward).")] = "fwd",
-    batch: Annotated[str, typer.Option(help="Batch sizes, comma separated.")] = "1",
-    res: Annotated[str, typer.Option(help="Token grids: side of a square grid (28) or HxW (32x24), comma separated.")] = "11,28,48",
-    heads: Annotated[str, typer.Option(help="Attention heads, comma separated; each must divide every --dim.")] = "8",
-    dim: Annotated[str, typer.Option(help="Channels C of x and y, comma separated.")] = "64",
-    threads: Annotated[Optional[int], typer.Option(help="torch intra-op threads (default: torch's choice, recorded).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the weights and inputs.")] = 0,
+    batch: BatchOption = "1",
+    res: ResOption = "11,28,48",
+    heads: HeadsOption = "8",
+    dim: DimOption = "64",
+    threads: ThreadsOption = None,
+    seed: SeedOption = 0,
     out: Annotated[Optional[Path], typer.Option(help="Run directory (default results/<UTC time>-<device>/).")] = None,
     max_time: Annotated[float, typer.Option(help="Time budget per case for samples, seconds.")] = 2.0,
     min_samples: Annotated[int, typer.Option(help="Samples to take before the adaptive stop may end a case.")] = 10,
@@ -188,7 +197,6 @@ def flops_command(
     )
 
 
-FormatOption = Annotated[str, typer.Option("--format", help="table (rich), markdown, json or csv.")]
 
 
 @app.command("compare")
@@ -228,14 +236,14 @@ def ab_command(
     base_impl: Annotated[str, typer.Argument(help="Base implementation name.")],
     cand_impl: Annotated[str, typer.Argument(help="Candidate implementation name.")],
     impl_file: ImplFileOption = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
+    device: DeviceOption = "cpu",
     mode: Annotated[str, typer.Option(help="fwd, feature or train.")] = "fwd",
-    batch: Annotated[str, typer.Option(help="Batch sizes, comma separated.")] = "1",
-    res: Annotated[str, typer.Option(help="Token grids, comma separated (28 or HxW).")] = "28",
-    heads: Annotated[str, typer.Option(help="Attention heads, comma separated.")] = "8",
-    dim: Annotated[str, typer.Option(help="Channels C, comma separated.")] = "64",
-    threads: Annotated[Optional[int], typer.Option(help="torch intra-op threads.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the weights and inputs.")] = 0,
+    batch: BatchOption = "1",
+    res: ResOption = "28",
+    heads: HeadsOption = "8",
+    dim: DimOption = "64",
+    threads: ThreadsOption = None,
+    seed: SeedOption = 0,
     max_time: Annotated[float, typer.Option(help="Seconds of interleaved timing per shape.")] = 10.0,
     min_pairs: Annotated[int, typer.Option(help="Pairs to take at least.")] = 20,
     threshold: Annotated[float, typer.Option(help="Relative change that counts.")] = 0.05,
@@ -319,13 +327,13 @@ def show_command(
 def profile_command(
     impl: Annotated[str, typer.Option("--impl", "-i", help="Implementation to profile.")] = "eager",
     impl_file: ImplFileOption = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
+    device: DeviceOption = "cpu",
     mode: Annotated[str, typer.Option(help="fwd, feature or train.")] = "fwd",
     batch: Annotated[int, typer.Option(help="Batch size.")] = 1,
     res: Annotated[str, typer.Option(help="Token grid: 28 or HxW.")] = "28",
     heads: Annotated[int, typer.Option(help="Attention heads.")] = 8,
     dim: Annotated[int, typer.Option(help="Channels C.")] = 64,
-    threads: Annotated[Optional[int], typer.Option(help="torch intra-op threads.")] = None,
+    threads: ThreadsOption = None,
     memory: Annotated[bool, typer.Option(help="Record allocations; report the peak and the operator at the peak.")] = False,
     top: Annotated[int, typer.Option(help="Operators to list.")] = 15,
     trace: Annotated[Optional[Path], typer.Option(help="Chrome/Perfetto trace file (default results/profile-<impl>-<mode>.json).")] = None,
