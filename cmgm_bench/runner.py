@@ -107,6 +107,12 @@ def memory_format_of(tensor: torch.Tensor) -> str:
     return "contiguous" if tensor.is_contiguous() else "strided"
 
 
+def release_memory(device: str) -> None:
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
 def one_line(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}".strip()
     return text.splitlines()[0][:300] if text else type(exc).__name__
@@ -210,14 +216,13 @@ class CaseRunner:
             # TorchDynamo caches compiled code per Python function, across cases: without
             # a reset, a sweep hits its recompile limit and later cases silently run eager.
             torch._dynamo.reset()
-            gc.collect()
-            if case.device.startswith("cuda"):
-                torch.cuda.empty_cache()
+            release_memory(case.device)
         return record
 
     def _reference_bytes(self, case: Case) -> int:
-        """The float64 reference runs on the CPU, so it only counts against CPU memory."""
-        if not case.device == "cpu":
+        """Memory of the float64 reference, counted only on the CPU: on a GPU a reference
+        that does not fit is caught and the case runs without accuracy columns."""
+        if case.device != "cpu":
             return 0
         return 2 * flops.estimated_peak_bytes(case.mode, case.batch, case.tokens, case.dim, case.heads, "float64")
 
@@ -234,9 +239,7 @@ class CaseRunner:
             except Exception as exc:
                 if not is_out_of_memory(exc):
                     raise
-                gc.collect()
-                if case.device.startswith("cuda"):
-                    torch.cuda.empty_cache()
+                release_memory(case.device)
                 self._references[key] = None
         return self._references[key]
 

@@ -180,3 +180,13 @@ def test_instruction_counts_repeat_and_flag_more_work(tmp_path):
     assert more / first > 1.05
     assert verdict(more / first, more / first, more / first, threshold=0.01) == "slower"
     assert verdict(second / first, second / first, second / first, threshold=0.01) == "same"
+
+
+def test_committed_ci_baseline_has_instruction_counts_and_compares():
+    from pathlib import Path
+
+    baseline = Path(__file__).resolve().parent.parent / "results" / "baselines" / "ci"
+    result = runner.invoke(app, ["compare", str(baseline), str(baseline), "--metric", "instructions", "--fail-on-regression", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    cases = json.loads(result.output)["cases"]
+    assert len(cases) == 6 and all(case["base"] > 1_000_000 and case["verdict"] == "same" for case in cases)
