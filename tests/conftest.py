@@ -1,9 +1,18 @@
-"""Shared fixtures: small, fast settings for CLI runs."""
+"""Shared fixtures and helpers: small, fast settings for CLI runs, files written for a test."""
+
+import textwrap
 
 import pytest
 import torch
 
 FAST = ["--max-time", "0.05", "--min-samples", "3"]
+
+
+def write_file(directory, name: str, text: str):
+    """Write ``text`` (dedented) to ``directory/name`` and return the path."""
+    path = directory / name
+    path.write_text(textwrap.dedent(text))
+    return path
 
 
 @pytest.fixture(scope="session")

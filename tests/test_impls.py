@@ -2,7 +2,6 @@
 
 import random
 import zlib
-import textwrap
 from pathlib import Path
 
 import pandas as pd
@@ -14,7 +13,7 @@ from cmgm_bench.cases import Case
 from cmgm_bench.cli import app
 from cmgm_bench.runner import CaseRunner, RunOptions
 from cmgm_bench.stats import StopRule
-from tests.conftest import FAST
+from tests.conftest import FAST, write_file
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = RunOptions(stop_rule=StopRule(min_samples=1, max_time_s=0.0, floor_samples=1), measure_memory=False)
@@ -67,14 +66,8 @@ def test_compiled_implementation_within_tolerance():
         assert row["compile_s"] > 0
 
 
-def write(tmp_path, name, text):
-    path = tmp_path / name
-    path.write_text(textwrap.dedent(text))
-    return path
-
-
 def test_unsupported_mode_and_device_give_rows_with_reasons(tmp_path):
-    impl_file = write(
+    impl_file = write_file(
         tmp_path,
         "fwd_only.py",
         """
@@ -94,7 +87,7 @@ def test_unsupported_mode_and_device_give_rows_with_reasons(tmp_path):
 
 
 def test_wrong_implementation_is_inaccurate_and_strict_exits_1(tmp_path):
-    impl_file = write(
+    impl_file = write_file(
         tmp_path,
         "no_residual.py",
         """
@@ -132,7 +125,7 @@ def test_wrong_implementation_is_inaccurate_and_strict_exits_1(tmp_path):
     [("raise ImportError('boom')\n", "failed to import"), ("x = 1\n", "registers no implementation")],
 )
 def test_bad_implementation_file_exits_2_naming_the_file(tmp_path, text, message):
-    path = write(tmp_path, "bad.py", text)
+    path = write_file(tmp_path, "bad.py", text)
     result = CliRunner().invoke(app, ["run", "--impl-file", str(path), "--out", str(tmp_path / "run")])
     assert result.exit_code == 2
     assert message in result.stderr and "bad.py" in result.stderr
@@ -152,7 +145,7 @@ def test_readme_example_is_the_example_file_and_runs(tmp_path):
 
 
 def test_recompile_while_timing_invalidates_the_case(tmp_path):
-    impl_file = write(
+    impl_file = write_file(
         tmp_path,
         "recompiles.py",
         """
@@ -181,7 +174,7 @@ def test_recompile_while_timing_invalidates_the_case(tmp_path):
 
 
 def test_entry_point_group_registers_implementations(monkeypatch, tmp_path):
-    module_path = write(
+    module_path = write_file(
         tmp_path,
         "third_party_impl.py",
         """

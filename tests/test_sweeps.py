@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -14,16 +13,14 @@ from typer.testing import CliRunner
 
 from cmgm_bench.cli import app
 from cmgm_bench.store import load_run
-from tests.conftest import FAST
+from tests.conftest import FAST, write_file
 
 runner = CliRunner()
 KEY = ["impl", "device", "dtype", "mode", "batch", "height", "width", "heads", "dim"]
 
 
 def impl_file(tmp_path, name, body):
-    path = tmp_path / f"{name}.py"
-    path.write_text(textwrap.dedent(body))
-    return str(path)
+    return str(write_file(tmp_path, f"{name}.py", body))
 
 
 def run(args):
