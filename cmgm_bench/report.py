@@ -45,22 +45,24 @@ def _save(fig, path: Path) -> Path:
 
 
 def plot_latency_vs_tokens(frame: pd.DataFrame, path: Path) -> Path | None:
+    """One panel per mode, a line per (implementation, batch, heads, dim), legends beside the panels."""
     timed = _timed(frame)
-    fig, ax = plt.subplots(figsize=(8, 5))
-    drawn = 0
-    for (impl, mode, batch, heads, dim), group in timed.groupby(["impl", "mode", "batch", "heads", "dim"]):
-        group = group.sort_values("tokens")
-        if group.tokens.nunique() < 2:
-            continue
-        slope = fit_exponent(group.tokens, group.latency_ms)
-        ax.plot(group.tokens, group.latency_ms, marker="o", label=f"{impl} {mode} B{batch} h{heads}: N^{slope:.2f}")
-        drawn += 1
-    if not drawn:
-        plt.close(fig)
+    groups = {
+        mode: [(key, g.sort_values("tokens")) for key, g in part.groupby(["impl", "batch", "heads", "dim"]) if g.tokens.nunique() >= 2]
+        for mode, part in timed.groupby("mode", sort=False)
+    }
+    groups = {mode: lines for mode, lines in groups.items() if lines}
+    if not groups:
         return None
-    ax.set(xscale="log", yscale="log", xlabel="tokens N = H x W", ylabel="latency (ms, median)", title="Latency vs tokens (log-log, fitted exponent)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left")
+    heights = [max(3.5, 0.24 * len(lines)) for lines in groups.values()]
+    fig, axes = plt.subplots(len(groups), 1, figsize=(10, sum(heights)), squeeze=False, gridspec_kw={"height_ratios": heights})
+    for ax, (mode, lines) in zip(axes[:, 0], groups.items()):
+        for (impl, batch, heads, dim), group in lines:
+            slope = fit_exponent(group.tokens, group.latency_ms)
+            ax.plot(group.tokens, group.latency_ms, marker="o", label=f"{impl} B{batch} h{heads} C{dim}: N^{slope:.2f}")
+        ax.set(xscale="log", yscale="log", xlabel="tokens N = H x W", ylabel="latency (ms, median)", title=f"{mode}: latency vs tokens (log-log, fitted exponent)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     return _save(fig, path)
 
 
@@ -74,7 +76,8 @@ def plot_speedups(frame: pd.DataFrame, baseline: str | None, path: Path) -> Path
     timed["shape"] = [f"{m} {_shape_label(r)}" for m, r in zip(timed["mode"], timed.itertuples())]
     order = list(dict.fromkeys(timed["shape"]))
     table = timed.pivot_table(index="shape", columns="impl", values="speedup").reindex(order)
-    fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(table) * max(1, len(table.columns)) / 2), 5))
+    width = min(16.0, max(8.0, 0.12 * len(table) * len(table.columns) + 2))  # readable, never a banner
+    fig, ax = plt.subplots(figsize=(width, 5.5))
     table.plot.bar(ax=ax, width=0.8)
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set(ylabel=f"speed-up over {baseline} (x)", xlabel="", title=f"Speed-up over {baseline} (higher is faster)")
@@ -88,13 +91,13 @@ def plot_memory(frame: pd.DataFrame, path: Path) -> Path | None:
     timed = _timed(frame).dropna(subset=["peak_mem_mb"])
     if timed.empty:
         return None
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(11, max(5, 0.1 * timed.groupby(["impl", "mode", "batch"]).ngroups)))
     for (impl, mode, batch), group in timed.groupby(["impl", "mode", "batch"]):
         group = group.sort_values("tokens")
         ax.plot(group.tokens, group.peak_mem_mb.clip(lower=0.01), marker="o", label=f"{impl} {mode} B{batch}")
     ax.set(xscale="log", yscale="log", xlabel="tokens N = H x W", ylabel="peak extra memory per call (MiB)", title="Peak memory vs tokens")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, ncol=1 + len(ax.lines) // 30)
     return _save(fig, path)
 
 
