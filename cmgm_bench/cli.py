@@ -47,7 +47,7 @@ app = typer.Typer(
 
 ImplOption = Annotated[
     Optional[list[str]],
-    typer.Option("--impl", "-i", help="Implementation(s) to run, repeatable or comma separated; default: all registered."),
+    typer.Option("--impl", "-i", help="Implementation(s) to run, repeatable or comma separated; default: every registered one that supports --device."),
 ]
 ImplFileOption = Annotated[
     Optional[list[str]],
@@ -292,7 +292,7 @@ def report_command(run_dir: Annotated[Path, typer.Argument(help="Run directory."
 @fail_with_usage_errors
 def show_command(
     run_dir: Annotated[Path, typer.Argument(help="Run directory or its results.json.")],
-    impl: ImplOption = None,
+    impl: Annotated[Optional[list[str]], typer.Option("--impl", "-i", help="Only these implementations, repeatable or comma separated.")] = None,
     mode: Annotated[Optional[str], typer.Option(help="Only these modes, comma separated.")] = None,
     sort: Annotated[Optional[str], typer.Option(help="Sort by this results.csv column (for example latency_ms).")] = None,
     output_format: FormatOption = "table",

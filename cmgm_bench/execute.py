@@ -77,10 +77,13 @@ def make_plan(settings: dict, out_dir: Path | None) -> Plan:
     for spec in settings["impl_file"]:
         registry.load_file(spec)
     registry.load_entry_points()
-    names = dedupe(split_list(settings["impl"])) if settings["impl"] else list(registry.all_implementations())
+    device = resolve_device(settings["device"])
+    if settings["impl"]:
+        names = dedupe(split_list(settings["impl"]))
+    else:  # every implementation that can run on this device
+        names = [name for name, impl in registry.all_implementations().items() if device in impl.devices]
     for name in names:
         registry.get(name)
-    device = resolve_device(settings["device"])
     if settings["min_samples"] < 1 or settings["max_time"] <= 0 or settings["target_rel_iqr"] <= 0:
         raise UsageError("--min-samples, --max-time and --target-rel-iqr must be positive")
     if settings["timeout"] is not None and settings["timeout"] <= 0:
