@@ -100,6 +100,8 @@ class RunWriter:
         self.records: list[dict] = list(records or [])
         self.path.mkdir(parents=True, exist_ok=True)
         self.journal = self.path / "cases.jsonl"
+        if not self.journal.exists():  # a new or merged run: the journal starts with what it is given
+            _atomic_write(self.journal, "".join(json.dumps(_json_safe(r)) + "\n" for r in self.records))
         self._rewrite()
 
     def append(self, record: dict) -> None:
@@ -121,8 +123,6 @@ class RunWriter:
         run = Run(self.path, self.meta, self.records)
         _atomic_write(self.path / "results.csv", run.frame().to_csv(index=False))
         _atomic_write(self.path / "results.json", json.dumps(_json_safe({**self.meta, "cases": self.records}), indent=1))
-        if not self.records and not self.journal.exists():
-            self.journal.touch()
 
 
 def read_journal(path: Path) -> list[dict]:
