@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import json
-import shutil
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -17,22 +16,19 @@ import pandas as pd
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from cmgm_bench import compare_output, markdown, registry, render, settings
 from cmgm_bench import env as env_module
-from cmgm_bench import registry, render
-from cmgm_bench.cases import Case, Sweep, parse_positive_ints, parse_resolutions
-from cmgm_bench.errors import UsageError
-from cmgm_bench import compare_output, markdown, settings
-from cmgm_bench.cases import dedupe
+from cmgm_bench.cases import Case, Sweep, dedupe, parse_positive_ints, parse_resolutions
 from cmgm_bench.compare import compare_runs
-from cmgm_bench.execute import configure_threads
+from cmgm_bench.counters import count_all
+from cmgm_bench.errors import UsageError
+from cmgm_bench.execute import Plan, argv, configure_threads, make_plan, plan_resume, resolve_device, run_plan
+from cmgm_bench.merge import merge_runs
 from cmgm_bench.paired import race
 from cmgm_bench.profiling import profile_case
 from cmgm_bench.report import write_report
-from cmgm_bench.execute import Plan, argv, make_plan, plan_resume, resolve_device, run_plan
-from cmgm_bench.merge import merge_runs
-from cmgm_bench.settings import PRESET_HELP
-from cmgm_bench.counters import count_all
 from cmgm_bench.runner import prepare_case
+from cmgm_bench.settings import PRESET_HELP
 from cmgm_bench.store import load_run
 
 # click's UsageError, whether typer uses click or its own vendored copy of it.

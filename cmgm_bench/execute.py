@@ -40,10 +40,14 @@ def default_run_dir(device: str) -> Path:
     return Path("results") / f"{stamp}-{device}"
 
 
+def check_threads(threads: int | None) -> None:
+    if threads is not None and threads <= 0:
+        raise UsageError(f"--threads: {threads} must be positive")
+
+
 def configure_threads(threads: int | None) -> int:
+    check_threads(threads)
     if threads is not None:
-        if threads <= 0:
-            raise UsageError(f"--threads: {threads} must be positive")
         torch.set_num_threads(threads)
     return torch.get_num_threads()
 
@@ -97,8 +101,7 @@ def make_plan(settings: dict, out_dir: Path | None) -> Plan:
         heads=tuple(dedupe(parse_positive_ints(settings["heads"], "--heads"))),
         dims=tuple(dedupe(parse_positive_ints(settings["dim"], "--dim"))),
     )
-    if settings["threads"] is not None and settings["threads"] <= 0:
-        raise UsageError(f"--threads: {settings['threads']} must be positive")
+    check_threads(settings["threads"])
     options = RunOptions(
         seed=settings["seed"],
         stop_rule=StopRule(

@@ -1,7 +1,6 @@
 """FLOPs three ways agree exactly; peak memory behaves like the B·h·N² maps it is made of."""
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from cmgm_bench import flops, memory, registry

@@ -174,7 +174,7 @@ def test_recompile_while_timing_invalidates_the_case(tmp_path):
 
 
 def test_entry_point_group_registers_implementations(monkeypatch, tmp_path):
-    module_path = write_file(
+    write_file(
         tmp_path,
         "third_party_impl.py",
         """

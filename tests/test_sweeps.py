@@ -1,6 +1,5 @@
 """Sweeps that survive: failures as rows, isolation, timeouts, kill -9 and resume, shards, config files."""
 
-import os
 import signal
 import subprocess
 import sys
