@@ -5,16 +5,19 @@ Built from the reference module's weights at build time:
 * the LayerNorm affine parameters are folded into the projections that follow
   them, and the attention scale into the query rows of ``qv``;
 * each BatchNorm is folded into the convolution before it;
+* the attention runs as one C++ kernel (``csrc/softmax_attention.cpp``): a
+  few rows of ``softmax(q kᵀ)`` at a time in L1, multiplied by ``v`` there,
+  the N x N matrix written once when the map needs it and never in
+  ``feature`` mode;
 * the map branch ``ReLU(BN(conv3x3(A + Aᵀ)))`` runs as one C++ kernel
-  (``csrc/fused_map.cpp``) that reads the attention matrix in cache-sized
-  tiles, forms ``A + Aᵀ`` in the tile, and writes the map once;
-* ``feature`` mode runs the attention as one fused SDPA call, no N x N matrix.
+  (``csrc/fused_map.cpp``) that reads the attention matrix once, in mirrored
+  pairs of cache-sized tiles, forms ``A + Aᵀ`` in the tile, and writes the map once.
 
-``fused-bf16`` keeps the projections, the attention and the feature
-convolutions in bfloat16 (AMX on CPUs that have it); the map kernel reads the
-bfloat16 attention matrix and accumulates in float32.
+``fused-bf16`` keeps the projections and the feature convolutions in bfloat16
+(AMX on CPUs that have it) and stores the attention matrix in bfloat16; both
+kernels compute and accumulate in float32.
 
-The kernel is compiled on first use with ``torch.utils.cpp_extension`` (a
+The kernels are compiled on first use with ``torch.utils.cpp_extension`` (a
 C++ compiler is needed; without one the cases are ``unsupported``).
 """
 
@@ -30,7 +33,7 @@ import torch.nn.functional as F
 
 from cmgm_bench.registry import register
 
-SOURCE = Path(__file__).parent / "csrc" / "fused_map.cpp"
+SOURCES = [Path(__file__).parent / "csrc" / name for name in ("fused_map.cpp", "softmax_attention.cpp", "bindings.cpp")]
 
 
 @functools.lru_cache(maxsize=None)
@@ -38,8 +41,8 @@ def extension():
     from torch.utils import cpp_extension
 
     return cpp_extension.load(
-        name="cmgm_fused_map",
-        sources=[str(SOURCE)],
+        name="cmgm_fused_kernels",
+        sources=[str(path) for path in SOURCES],
         extra_cflags=["-O3", "-march=native", "-fopenmp"],
         extra_ldflags=["-fopenmp"],
         verbose=False,
@@ -48,14 +51,14 @@ def extension():
 
 @functools.lru_cache(maxsize=None)
 def extension_problem() -> str | None:
-    """Why the fused map kernel cannot be used here, or ``None``."""
+    """Why the fused kernels cannot be used here, or ``None``."""
     compiler = os.environ.get("CXX", "c++")
     if shutil.which(compiler) is None:
-        return f"no C++ compiler ({compiler}) to build the fused map kernel"
+        return f"no C++ compiler ({compiler}) to build the fused kernels"
     try:
         extension()
     except Exception as exc:  # any build failure means: not here
-        return f"the fused map kernel failed to build: {str(exc).strip().splitlines()[-1][:200]}"
+        return f"the fused kernels failed to build: {str(exc).strip().splitlines()[-1][:200]}"
     return None
 
 
@@ -115,13 +118,9 @@ class FusedCMGM:
         yn = F.layer_norm(y.flatten(2).transpose(1, 2), (C,), eps=self.eps_y).to(self.dtype)
         k = F.linear(yn, self.k_w, self.k_b).view(B, N, h, d).transpose(1, 2)
         q, v = F.linear(xn, self.qv_w, self.qv_b).view(B, N, 2, h, d).permute(2, 0, 3, 1, 4)
-        attn = None
-        if want_map:
-            attn = torch.softmax(q @ k.transpose(-2, -1), dim=-1)
-            mixed = attn @ v
-        else:
-            mixed = F.scaled_dot_product_attention(q, k, v, scale=1.0)
-        fused = F.linear(mixed.transpose(1, 2).reshape(B, N, C), self.proj_w, self.proj_b) + x_tokens.to(self.dtype)
+        mixed, attn = extension().softmax_attention(q.float(), k.float(), v.float(), want_map, self.dtype)
+        mixed = mixed.to(self.dtype)
+        fused = F.linear(mixed, self.proj_w, self.proj_b) + x_tokens.to(self.dtype)
         # (B, N, C) tokens are an NHWC image: view them as channels-last (B, C, H, W).
         fused = fused.view(B, H, W, C).permute(0, 3, 1, 2)
         g = F.relu(F.conv2d(fused, self.c1_w, self.c1_b, padding=1))
@@ -129,7 +128,7 @@ class FusedCMGM:
         out = (g + fused).float()
         if not want_map:
             return out, None
-        return out, extension().fused_map(attn.contiguous(), self.map_w, self.map_b)
+        return out, extension().fused_map(attn, self.map_w, self.map_b)
 
 
 def _register(name: str, dtype: torch.dtype, label: str, description: str):
@@ -139,7 +138,7 @@ def _register(name: str, dtype: torch.dtype, label: str, description: str):
         devices=("cpu",),
         modes=("fwd", "feature"),
         dtype=label,
-        check=lambda case: map_kernel_problem(case) if case.mode == "fwd" else None,
+        check=lambda case: map_kernel_problem(case) if case.mode == "fwd" else extension_problem(),
     )
     def build(module, case):
         fused = FusedCMGM(module, dtype)
@@ -149,5 +148,5 @@ def _register(name: str, dtype: torch.dtype, label: str, description: str):
     return build
 
 
-build_fp32 = _register("fused", torch.float32, "float32", "folded LN/BN/scale, one-pass C++ map kernel, SDPA in feature mode; float32")
-build_bf16 = _register("fused-bf16", torch.bfloat16, "bfloat16", "as fused, with projections, attention and convs in bfloat16; map accumulated in float32")
+build_fp32 = _register("fused", torch.float32, "float32", "folded LN/BN/scale, C++ row-blocked attention and one-pass map kernels; float32")
+build_bf16 = _register("fused-bf16", torch.bfloat16, "bfloat16", "as fused, with projections, convs and the stored attention matrix in bfloat16; kernels accumulate in float32")

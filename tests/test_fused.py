@@ -13,7 +13,7 @@ from cmgm_bench.runner import CaseRunner, RunOptions
 from cmgm_bench.stats import StopRule
 from impls.fused import FusedCMGM, extension_problem
 
-pytestmark = pytest.mark.skipif(extension_problem() is not None, reason=f"fused map kernel unavailable: {extension_problem()}")
+pytestmark = pytest.mark.skipif(extension_problem() is not None, reason=f"fused kernels unavailable: {extension_problem()}")
 QUICK = RunOptions(stop_rule=StopRule(min_samples=1, max_time_s=0.0, floor_samples=1), measure_memory=False)
 
 
@@ -54,7 +54,7 @@ def test_map_kernel_matches_conv_for_every_supported_head_count():
     from impls.fused import extension
 
     for heads in (1, 2, 4, 8, 16):
-        for n in (5, 33, 70):
+        for n in (5, 33, 70, 130):  # 130: interior tiles off the diagonal, paired with their mirrors
             attn = torch.softmax(torch.randn(2, heads, n, n), dim=-1)
             weight, bias = torch.randn(heads, heads, 3, 3), torch.randn(heads)
             want = torch.relu(torch.nn.functional.conv2d(attn + attn.transpose(-1, -2), weight, bias, padding=1))
@@ -66,3 +66,33 @@ def test_unsupported_head_count_is_a_clear_error():
 
     with pytest.raises(RuntimeError, match="1, 2, 4, 8 or 16 heads"):
         extension().fused_map(torch.rand(1, 3, 4, 4), torch.rand(3, 3, 3, 3), torch.rand(3))
+
+
+@pytest.mark.parametrize("n, d", [(5, 1), (17, 8), (70, 16), (33, 64)])
+def test_attention_kernel_matches_softmax_attention(n, d):
+    """Row counts that are not a multiple of the 4-row groups or 16-float vectors, head dims padded to 8."""
+    from impls.fused import extension
+
+    torch.manual_seed(n * d)
+    q, k, v = (torch.randn(2, n, 3, d).transpose(1, 2) for _ in range(3))  # strided, as the projections give them
+    want_attn = torch.softmax(q @ k.transpose(-1, -2), dim=-1)
+    want_out = (want_attn @ v).transpose(1, 2).reshape(2, n, 3 * d)
+    out, attn = extension().softmax_attention(q, k, v, True, torch.float32)
+    torch.testing.assert_close(attn, want_attn, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out, want_out, rtol=1e-5, atol=1e-5)
+    out_only, none = extension().softmax_attention(q, k, v, False, torch.float32)
+    assert none is None
+    torch.testing.assert_close(out_only, want_out, rtol=1e-5, atol=1e-5)
+    _, attn_bf16 = extension().softmax_attention(q, k, v, True, torch.bfloat16)
+    assert attn_bf16.dtype == torch.bfloat16
+    torch.testing.assert_close(attn_bf16.float(), want_attn, rtol=1e-2, atol=1e-3)
+
+
+def test_map_kernel_reads_bfloat16_attention():
+    from impls.fused import extension
+
+    attn = torch.softmax(torch.randn(1, 4, 50, 50), dim=-1).bfloat16()
+    weight, bias = torch.randn(4, 4, 3, 3), torch.randn(4)
+    wide = attn.float()
+    want = torch.relu(torch.nn.functional.conv2d(wide + wide.transpose(-1, -2), weight, bias, padding=1))
+    torch.testing.assert_close(extension().fused_map(attn, weight, bias), want, rtol=1e-5, atol=1e-5)

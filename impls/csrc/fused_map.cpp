@@ -3,57 +3,81 @@
 // with the BatchNorm already folded into the weight W (h, h, 3, 3) and bias (h).
 // A is the (B, h, N, N) softmax matrix. The map is processed in T x T tiles:
 // each tile of A + A^T, with a one-pixel halo (zero outside the map), is built
-// in a small buffer (the A^T half read as rows of A and transposed in cache),
+// in a small buffer (the A^T half read as rows of A and transposed in registers),
 // then all h output channels are accumulated from it, 16 pixels at a time in
-// SIMD registers, and written once.
-#include <torch/extension.h>
+// SIMD registers, and written once. A + A^T is symmetric: the tile at (J, I)
+// is the transpose of the one at (I, J), so tiles are done in mirrored pairs
+// and A is read from memory once.
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <cstring>
+#include <utility>
 #include <vector>
+
+#include "simd.h"
 
 namespace {
 
-constexpr int64_t T = 32;           // tile side (pixels)
+using cmgm::load16;
+using cmgm::v16;
+
+constexpr int64_t T = 32;           // tile side (pixels): two 16-float vectors per row
 constexpr int64_t P = T + 2;        // padded tile side
-typedef float v16 __attribute__((vector_size(64)));  // 16 floats; GCC maps it to the machine's SIMD
 
-inline v16 load16(const float* p) { v16 v; std::memcpy(&v, p, sizeof v); return v; }
-
-// The same as load_tile's first step for tiles at the border of the map (zero outside it).
+// s = A + A^T over a tile at the border of the map, with its one-pixel halo (zero outside the map).
 template <typename scalar_t>
-void load_edge_tile(const scalar_t* a, float* s, float* scratch, int64_t n, int64_t i0, int64_t j0) {
-  for (int64_t r = 0; r < P; ++r) {           // rows i0-1.. of A (direct) and rows j0-1.. (for A^T)
-    const int64_t i = i0 + r - 1, j = j0 + r - 1;
+void load_edge_tile(const scalar_t* a, float* s, int64_t n, int64_t i0, int64_t j0) {
+  for (int64_t r = 0; r < P; ++r) {
+    const int64_t i = i0 + r - 1;
     for (int64_t q = 0; q < P; ++q) {
-      const int64_t jc = j0 + q - 1, ic = i0 + q - 1;
-      s[r * P + q] = (i >= 0 && i < n && jc >= 0 && jc < n) ? static_cast<float>(a[i * n + jc]) : 0.f;
-      scratch[r * P + q] = (j >= 0 && j < n && ic >= 0 && ic < n) ? static_cast<float>(a[j * n + ic]) : 0.f;
+      const int64_t j = j0 + q - 1;
+      const bool inside = i >= 0 && i < n && j >= 0 && j < n;
+      s[r * P + q] = inside ? static_cast<float>(a[i * n + j]) + static_cast<float>(a[j * n + i]) : 0.f;
     }
   }
 }
 
-// s = A + A^T over the tile and its one-pixel halo, zero outside the map.
-// The A^T half is read as rows of A into `scratch`, then transposed in cache.
-template <typename scalar_t>
-void load_tile(const scalar_t* a, float* s, float* scratch, int64_t n, int64_t i0, int64_t j0) {
-  if (i0 >= 1 && j0 >= 1 && i0 + T + 1 <= n && j0 + T + 1 <= n) {  // interior: no bounds to check
-    for (int64_t r = 0; r < P; ++r) {
-      const scalar_t* direct = a + (i0 + r - 1) * n + j0 - 1;
-      const scalar_t* mirrored = a + (j0 + r - 1) * n + i0 - 1;
-      for (int64_t q = 0; q < P; ++q) {
-        s[r * P + q] = static_cast<float>(direct[q]);
-        scratch[r * P + q] = static_cast<float>(mirrored[q]);
+// dst[r][q] (+)= src[q][r] over the 32 x 32 core of a padded tile (rows and
+// columns 1..32): read as rows of src, transposed in registers 16 x 16 at a time.
+template <bool accumulate, typename scalar_t>
+void transpose_core(const scalar_t* src, int64_t stride, float* dst) {
+  for (int64_t R = 0; R < T; R += 16) {
+    for (int64_t Q = 0; Q < T; Q += 16) {
+      v16 rows[16];  // rows[t] = src[Q + t][R ...]; after the transpose rows[u] = src[Q ...][R + u]
+      for (int t = 0; t < 16; ++t) rows[t] = load16(src + (Q + t) * stride + R);
+      cmgm::transpose16(rows);
+      for (int u = 0; u < 16; ++u) {
+        float* line = dst + (1 + R + u) * P + 1 + Q;
+        cmgm::store16(line, accumulate ? load16(line) + rows[u] : rows[u]);
       }
     }
-  } else {
-    load_edge_tile(a, s, scratch, n, i0, j0);
   }
-  for (int64_t r = 0; r < P; ++r)             // s[ii][jj] += A[j0-1+jj][i0-1+ii] = scratch[jj][ii]
-    for (int64_t q = 0; q < P; ++q) s[r * P + q] += scratch[q * P + r];
 }
 
+// s = A + A^T over an interior tile and its halo. The direct half is copied
+// row by row, the transposed core comes from transpose_core, the ring is scalar.
+template <typename scalar_t>
+void load_tile(const scalar_t* a, float* s, int64_t n, int64_t i0, int64_t j0) {
+  if (i0 < 1 || j0 < 1 || i0 + T + 1 > n || j0 + T + 1 > n) return load_edge_tile(a, s, n, i0, j0);
+  for (int64_t r = 0; r < P; ++r) {
+    const scalar_t* direct = a + (i0 + r - 1) * n + j0 - 1;
+    cmgm::store16(s + r * P, load16(direct));
+    cmgm::store16(s + r * P + 16, load16(direct + 16));
+    for (int64_t q = 32; q < P; ++q) s[r * P + q] = static_cast<float>(direct[q]);
+  }
+  transpose_core<true>(a + j0 * n + i0, n, s);
+  auto add_mirrored = [&](int64_t r, int64_t q) { s[r * P + q] += static_cast<float>(a[(j0 + q - 1) * n + i0 + r - 1]); };
+  for (int64_t q = 0; q < P; ++q) add_mirrored(0, q), add_mirrored(P - 1, q);
+  for (int64_t r = 1; r < P - 1; ++r) add_mirrored(r, 0), add_mirrored(r, P - 1);
+}
+
+// A + A^T is symmetric, so the padded tile at (j0, i0) is the transpose of the one at (i0, j0).
+void transpose_tile(const float* s, float* t) {
+  transpose_core<false>(s + P + 1, P, t);
+  for (int64_t q = 0; q < P; ++q) t[q] = s[q * P], t[(P - 1) * P + q] = s[q * P + P - 1];
+  for (int64_t r = 1; r < P - 1; ++r) t[r * P] = s[r], t[r * P + P - 1] = s[(P - 1) * P + r];
+}
 
 // One row of a tile: all H output channels of G * 16 pixels, accumulated in
 // registers (H and G known at compile time so the accumulators stay in them).
@@ -77,29 +101,89 @@ inline void row_block(const float* tile, const float* W, const float* bias, floa
   }
   for (int o = 0; o < H; ++o) {
     float* dst = out + out_offset + o * n * n;
-    for (int g = 0; g < G; ++g)
-      for (int k = 0; k < 16 && 16 * g + k < width; ++k) dst[16 * g + k] = std::max(acc[o][g][k], 0.f);
+    for (int g = 0; g < G; ++g) {
+      const v16 value = cmgm::relu16(acc[o][g]);
+      if (16 * g + 16 <= width) {
+        cmgm::store16(dst + 16 * g, value);
+      } else {
+        for (int k = 0; 16 * g + k < width; ++k) dst[16 * g + k] = value[k];
+      }
+    }
+  }
+}
+
+// The rows of A that load_tile reads for the pair at (i0, j0), handed out a
+// few at a time to be prefetched while the previous pair is being convolved:
+// A's short row segments, one page apart, are otherwise fetched at the
+// latency of memory rather than its bandwidth.
+template <typename scalar_t>
+class RowPrefetcher {
+ public:
+  void plan(const scalar_t* a, int64_t heads, int64_t n, int64_t i0, int64_t j0) {
+    rows_.clear();
+    next_ = 0;
+    for (int64_t c = 0; c < heads; ++c) {
+      const scalar_t* plane = a + c * n * n;
+      for (int64_t r = std::max<int64_t>(i0 - 1, 0); r < std::min(i0 + T + 1, n); ++r) rows_.push_back(plane + r * n + std::max<int64_t>(j0 - 1, 0));
+      for (int64_t r = std::max<int64_t>(j0 - 1, 0); r < std::min(j0 + T + 1, n); ++r) rows_.push_back(plane + r * n + std::max<int64_t>(i0 - 1, 0));
+    }
+  }
+  void step(size_t count) {
+    for (const size_t end = std::min(rows_.size(), next_ + count); next_ < end; ++next_) {
+      const char* row = reinterpret_cast<const char*>(rows_[next_]);
+      for (size_t byte = 0; byte < P * sizeof(scalar_t); byte += 64) __builtin_prefetch(row + byte);
+    }
+  }
+  size_t size() const { return rows_.size(); }
+
+ private:
+  std::vector<const scalar_t*> rows_;
+  size_t next_ = 0;
+};
+
+// All H output channels of one tile from its padded input tile; prefetches
+// `per_row` planned rows of the next pair after each output row.
+template <int H, int G, typename scalar_t>
+void convolve_tile(const float* tile, const float* W, const float* bias, float* out, int64_t n, int64_t b, int64_t i0, int64_t j0,
+                   RowPrefetcher<scalar_t>& prefetcher, size_t per_row) {
+  const int64_t rows = std::min(T, n - i0), cols = std::min(T, n - j0);
+  for (int64_t ii = 0; ii < rows; ++ii) {
+    for (int64_t jv = 0; jv < cols; jv += 16 * G)
+      row_block<H, G>(tile, W, bias, out, n, ii, jv, cols - jv, (b * H * n + i0 + ii) * n + j0 + jv);
+    prefetcher.step(per_row);
   }
 }
 
 // W is laid out (c, di, dj, o): the h weights of one tap are contiguous.
+// Tiles are taken in mirrored pairs (I, J), (J, I): A is read once for both,
+// and the second tile of A + A^T is the first one transposed in cache.
 template <int H, typename scalar_t>
 void fused_map_kernel(const scalar_t* A, const float* W, const float* bias, float* out, int64_t batch, int64_t n) {
   constexpr int G = H <= 8 ? 2 : 1;  // 16 x G pixels per step: H * G accumulators must fit the registers
   const int64_t tiles = (n + T - 1) / T;
-  at::parallel_for(0, batch * tiles * tiles, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> tile(H * P * P), scratch(P * P);
+  std::vector<std::pair<int64_t, int64_t>> pairs;  // (I, J) with I <= J
+  for (int64_t I = 0; I < tiles; ++I)
+    for (int64_t J = I; J < tiles; ++J) pairs.emplace_back(I * T, J * T);
+  const int64_t per_batch = static_cast<int64_t>(pairs.size());
+  auto plane = [&](int64_t t) { return A + (t / per_batch) * H * n * n; };
+  at::parallel_for(0, batch * per_batch, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> tile(H * P * P), mirrored(H * P * P);
+    RowPrefetcher<scalar_t> prefetcher;
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t b = t / (tiles * tiles);
-      const int64_t i0 = ((t / tiles) % tiles) * T;
-      const int64_t j0 = (t % tiles) * T;
-      const int64_t rows = std::min(T, n - i0);
-      const int64_t cols = std::min(T, n - j0);
+      const int64_t b = t / per_batch;
+      const auto [i0, j0] = pairs[t % per_batch];
       for (int64_t c = 0; c < H; ++c)
-        load_tile(A + (b * H + c) * n * n, tile.data() + c * P * P, scratch.data(), n, i0, j0);
-      for (int64_t ii = 0; ii < rows; ++ii)
-        for (int64_t jv = 0; jv < cols; jv += 16 * G)
-          row_block<H, G>(tile.data(), W, bias, out, n, ii, jv, cols - jv, (b * H * n + i0 + ii) * n + j0 + jv);
+        load_tile(plane(t) + c * n * n, tile.data() + c * P * P, n, i0, j0);
+      if (t + 1 < end) {
+        const auto [next_i0, next_j0] = pairs[(t + 1) % per_batch];
+        prefetcher.plan(plane(t + 1), H, n, next_i0, next_j0);
+      }
+      const int64_t output_rows = (i0 == j0 ? 1 : 2) * std::min(T, n - i0);
+      const size_t per_row = (prefetcher.size() + output_rows - 1) / output_rows;
+      convolve_tile<H, G>(tile.data(), W, bias, out, n, b, i0, j0, prefetcher, per_row);
+      if (i0 == j0) continue;
+      for (int64_t c = 0; c < H; ++c) transpose_tile(tile.data() + c * P * P, mirrored.data() + c * P * P);
+      convolve_tile<H, G>(mirrored.data(), W, bias, out, n, b, j0, i0, prefetcher, per_row);
     }
   });
 }
@@ -118,23 +202,19 @@ void dispatch_heads(const scalar_t* A, const float* W, const float* bias, float*
 
 }  // namespace
 
-torch::Tensor fused_map(torch::Tensor attn, torch::Tensor weight, torch::Tensor bias) {
+at::Tensor fused_map(at::Tensor attn, at::Tensor weight, at::Tensor bias) {
   TORCH_CHECK(attn.dim() == 4 && attn.size(2) == attn.size(3), "attn must be (B, h, N, N)");
   TORCH_CHECK(attn.device().is_cpu() && attn.is_contiguous(), "attn must be a contiguous CPU tensor");
   const int64_t batch = attn.size(0), heads = attn.size(1), n = attn.size(2);
-  auto w = weight.to(torch::kFloat).permute({1, 2, 3, 0}).contiguous();  // (c, di, dj, o)
-  auto b = bias.to(torch::kFloat).contiguous();
+  auto w = weight.to(at::kFloat).permute({1, 2, 3, 0}).contiguous();  // (c, di, dj, o)
+  auto b = bias.to(at::kFloat).contiguous();
   TORCH_CHECK(w.numel() == heads * heads * 9 && b.numel() == heads, "weight must be (h, h, 3, 3), bias (h)");
-  auto out = torch::empty({batch, heads, n, n}, attn.options().dtype(torch::kFloat));
-  if (attn.scalar_type() == torch::kFloat) {
+  auto out = at::empty({batch, heads, n, n}, attn.options().dtype(at::kFloat));
+  if (attn.scalar_type() == at::kFloat) {
     dispatch_heads<float>(attn.data_ptr<float>(), w.data_ptr<float>(), b.data_ptr<float>(), out.data_ptr<float>(), batch, heads, n);
   } else {
-    TORCH_CHECK(attn.scalar_type() == torch::kBFloat16, "attn must be float32 or bfloat16");
+    TORCH_CHECK(attn.scalar_type() == at::kBFloat16, "attn must be float32 or bfloat16");
     dispatch_heads<c10::BFloat16>(attn.data_ptr<c10::BFloat16>(), w.data_ptr<float>(), b.data_ptr<float>(), out.data_ptr<float>(), batch, heads, n);
   }
   return out;
-}
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("fused_map", &fused_map, "ReLU(conv3x3(A + A^T) with folded BatchNorm), one pass over A");
 }
