@@ -91,7 +91,7 @@ def test_attention_kernel_matches_softmax_attention(n, d):
 def test_map_kernel_reads_bfloat16_attention():
     from impls.fused import extension
 
-    attn = torch.softmax(torch.randn(1, 4, 50, 50), dim=-1).bfloat16()
+    attn = torch.softmax(torch.randn(1, 4, 130, 130), dim=-1).bfloat16()
     weight, bias = torch.randn(4, 4, 3, 3), torch.randn(4)
     wide = attn.float()
     want = torch.relu(torch.nn.functional.conv2d(wide + wide.transpose(-1, -2), weight, bias, padding=1))
