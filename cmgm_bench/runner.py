@@ -90,15 +90,28 @@ _SDPA_KERNELS = (
 
 
 def observed_sdpa_backend(step) -> str | None:
-    """Which scaled-dot-product-attention kernel one call really ran (``None`` if none)."""
-    activities = [torch.profiler.ProfilerActivity.CPU]
-    if torch.cuda.is_available():
-        activities.append(torch.profiler.ProfilerActivity.CUDA)
-    with native_stderr_silenced(), torch.profiler.profile(activities=activities) as prof:
+    """Which scaled-dot-product-attention kernel one call really ran (``None`` if none).
+
+    The backend is told by the ATen operator SDPA dispatched to, which the
+    profiler records on the CPU side for every device; tracing the GPU as well
+    (CUPTI) would only add its start-up cost to every case.
+    """
+    with native_stderr_silenced(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         step()
     names = {event.name for event in prof.events()}
     found = [label for op, label in _SDPA_KERNELS if any(op in name for name in names)]
     return found[0] if found else None
+
+
+@contextlib.contextmanager
+def phase(record: dict, name: str):
+    """Add the wall time of the block to ``record["notes"]["phase_s"][name]``: where a sweep's time goes."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        phases = record["notes"].setdefault("phase_s", {})
+        phases[name] = round(phases.get(name, 0.0) + time.perf_counter() - started, 4)
 
 
 def memory_format_of(tensor: torch.Tensor) -> str:
@@ -202,6 +215,7 @@ class CaseRunner:
             if available is not None and needed > 0.9 * available:
                 row.update(status="oom", error=f"oom (predicted): needs ~{needed / 2**30:.1f} GiB, {available / 2**30:.1f} GiB available")
                 return record
+        started = time.perf_counter()
         try:
             with deadline(self.options.timeout_s):
                 self._measure(case, impl, record)
@@ -215,8 +229,10 @@ class CaseRunner:
         finally:
             # TorchDynamo caches compiled code per Python function, across cases: without
             # a reset, a sweep hits its recompile limit and later cases silently run eager.
-            torch._dynamo.reset()
-            release_memory(case.device)
+            with phase(record, "cleanup"):
+                torch._dynamo.reset()
+                release_memory(case.device)
+            record["notes"]["wall_s"] = round(time.perf_counter() - started, 4)
         return record
 
     def _reference_bytes(self, case: Case) -> int:
@@ -247,16 +263,19 @@ class CaseRunner:
         row, device, mode = record["row"], case.device, case.mode
         x_cpu, y_cpu = make_inputs(case.batch, case.dim, case.height, case.width, self.options.seed)
         reference = reference_module(case.dim, case.heads, self.options.seed, case.height, case.width)
-        ref = self.reference(case, set_module_mode(copy.deepcopy(reference), mode), x_cpu, y_cpu)
+        with phase(record, "reference"):
+            ref = self.reference(case, set_module_mode(copy.deepcopy(reference), mode), x_cpu, y_cpu)
 
         started = time.perf_counter()
-        prepared = prepare_case(case, impl, self.options.seed)
-        step, x, y = prepared.step, prepared.x, prepared.y
-        record["notes"].update(prepared.notes)
+        with phase(record, "build_and_first_call"):
+            prepared = prepare_case(case, impl, self.options.seed)
+            step, x, y = prepared.step, prepared.x, prepared.y
+            record["notes"].update(prepared.notes)
 
         with autograd_context(mode):
-            out, attn_map = step()
-            sync(device)
+            with phase(record, "build_and_first_call"):
+                out, attn_map = step()
+                sync(device)
             row["compile_s"] = time.perf_counter() - started
             grad = None
             if mode == "train":
@@ -269,18 +288,22 @@ class CaseRunner:
             del out, attn_map, grad
 
             clock = clock_for(device)
-            warm_up(step, clock)
-            row["sdpa_backend"] = observed_sdpa_backend(step)
+            with phase(record, "warm_up"):
+                warm_up(step, clock)
+            with phase(record, "sdpa_backend"):
+                row["sdpa_backend"] = observed_sdpa_backend(step)
             compiles = compile_count()
             flusher = CacheFlusher(device) if self.options.cold_cache else None
-            samples = collect_samples(step, clock, self.options.stop_rule, before_each=flusher)
+            with phase(record, "sampling"):
+                samples = collect_samples(step, clock, self.options.stop_rule, before_each=flusher)
             del flusher
             if compile_count() != compiles:
                 raise RecompiledDuringTiming(
                     f"recompiled {compile_count() - compiles} time(s) while being timed; the measurement is invalid"
                 )
             if self.options.measure_memory:
-                peak = memory.peak_bytes(step, device)
+                with phase(record, "memory"):
+                    peak = memory.peak_bytes(step, device)
                 row["peak_mem_mb"] = None if peak is None else peak / 2**20
 
         summary = summarize(samples)

@@ -8,6 +8,15 @@
 # WHEEL_DIR), runs the GPU tests, runs a sweep of every implementation and mode
 # at B in {1, 8}, grids {28, 48, 64}, 8 heads, writes the run directory and its
 # report to OUT_DIR/run, and prints a short summary table last.
+#
+# Time: the whole script is meant to finish in under 6 minutes on an H100.
+# GPU_CHECK_BUDGET_S (default 330) bounds it: the sweep gets what is left after
+# the tests minus a reserve for the cold-cache check and the summary, and is
+# stopped with SIGINT when that runs out. The run keeps every finished case
+# (its journal), its report is written from them, and the summary says how
+# many cases are missing; `cmgm-bench run --resume OUT_DIR/run` finishes it.
+# Where the sweep's time went (per phase of a case, per implementation) is
+# printed before the summary, from the journal.
 set -euo pipefail
 
 out=${1:?usage: scripts/gpu_check.sh OUT_DIR [WHEEL_DIR]}
@@ -16,6 +25,8 @@ python=${PYTHON:-python3}
 cd "$(dirname "$0")/.."
 mkdir -p "$out"
 started=$(date +%s)
+budget=${GPU_CHECK_BUDGET_S:-330}
+reserve=45  # cold-cache check, report, summaries
 
 step() { printf '\n== %s (%ss)\n' "$1" "$(( $(date +%s) - started ))"; }
 
@@ -40,12 +51,35 @@ tests_status=0
 tail -n 15 "$out/gpu_tests.log"
 
 step "sweep: every implementation and mode, B 1 and 8, grids 28/48/64, 8 heads"
-"$python" -m cmgm_bench run --device cuda --mode fwd,feature,train --batch 1,8 --res 28,48,64 --heads 8 \
-  --max-time 0.3 --min-samples 10 --timeout 120 --out "$out/run"
+sweep_s=$(( budget - reserve - ($(date +%s) - started) ))
+[ "$sweep_s" -ge 60 ] || sweep_s=60  # timeout 0 would mean no limit at all
+echo "time left for the sweep: ${sweep_s}s"
+sweep_status=0
+timeout --signal=INT --kill-after=30 "$sweep_s" \
+  "$python" -m cmgm_bench run --device cuda --mode fwd,feature,train --batch 1,8 --res 28,48,64 --heads 8 \
+  --max-time 0.3 --min-samples 10 --timeout 60 --out "$out/run" || sweep_status=$?
+if [ "$sweep_status" -ne 0 ]; then
+  echo "the sweep stopped early (exit $sweep_status); writing the report of the finished cases"
+  "$python" -m cmgm_bench report "$out/run" || true
+fi
 
 step "cold-cache check: the same cases with the L2 flushed before every call"
+cold_status=0
 "$python" -m cmgm_bench run --device cuda --impl eager,sdpa --mode feature --batch 1 --res 28 --heads 8 \
-  --max-time 0.5 --cold-cache --no-report --out "$out/cold"
+  --max-time 0.5 --cold-cache --no-report --out "$out/cold" || cold_status=$?
+
+step "where the sweep's time went (seconds, from the journal)"
+"$python" - "$out/run/cases.jsonl" <<'PY' || echo "no journal to read"
+import json, sys
+import pandas as pd
+from cmgm_bench import registry
+registry.load_entry_points()
+planned = 3 * 2 * 3 * sum("cuda" in impl.devices for impl in registry.all_implementations().values())
+records = [json.loads(line) for line in open(sys.argv[1])]
+phases = pd.DataFrame([{"impl": r["row"]["impl"], "wall": r["notes"].get("wall_s", 0.0), **r["notes"].get("phase_s", {})} for r in records])
+print(phases.groupby("impl").sum(numeric_only=True).round(1).to_string())
+print(f"{len(records)} of {planned} cases finished, {phases.wall.sum():.0f} s in cases")
+PY
 
 step "summary (B=8, 28x28, 8 heads)"
 "$python" -m cmgm_bench show "$out/run" --mode fwd,feature,train --sort latency_ms --format csv \
@@ -56,6 +90,7 @@ f = f[(f.batch == 8) & (f.height == 28)]
 base = f[f.impl == "eager"].set_index("mode").latency_ms
 f["speedup"] = f["mode"].map(base) / f.latency_ms
 cols = ["impl", "mode", "status", "latency_ms", "speedup", "pct_peak", "peak_mem_mb", "out_rel_err", "attn_rel_err", "sdpa_backend"]
-print(f.sort_values(["mode", "latency_ms"])[cols].to_string(index=False, float_format=lambda v: f"{v:.3g}"))'
-echo "done in $(( $(date +%s) - started )) s; run directory: $out/run; GPU tests exit code $tests_status"
-exit "$tests_status"
+print(f.sort_values(["mode", "latency_ms"])[cols].to_string(index=False, float_format=lambda v: f"{v:.3g}"))' \
+  || echo "no summary: the run has no results"
+echo "done in $(( $(date +%s) - started )) s; run directory: $out/run; GPU tests exit code $tests_status; sweep exit code $sweep_status; cold-cache exit code $cold_status"
+[ "$tests_status" -eq 0 ] && [ "$sweep_status" -eq 0 ] && [ "$cold_status" -eq 0 ]

@@ -193,3 +193,33 @@ def test_entry_point_group_registers_implementations(monkeypatch, tmp_path):
     monkeypatch.setattr(registry, "_loaded_entry_points", False)
     registry.load_entry_points()
     assert registry.get("third-party").description == "from an entry point"
+
+
+def test_the_sdpa_backend_that_ran_is_observed(tmp_path):
+    """The column reports the kernel SDPA dispatched to, not a constant: forcing the math backend shows up."""
+    path = write_file(
+        tmp_path,
+        "math_sdpa.py",
+        """
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        from cmgm_bench.registry import register
+        from impls.sdpa import build as build_sdpa
+
+        @register("sdpa-math", description="sdpa forced onto the math backend", modes=("feature",))
+        def build(module, case):
+            inner = build_sdpa(module, case)
+
+            def forward(x, y):
+                with sdpa_kernel(SDPBackend.MATH):
+                    return inner(x, y)
+
+            return forward
+        """,
+    )
+    registry.load_file(str(path))
+    runner = CaseRunner(QUICK)
+    backends = {
+        name: runner.run(Case(name, "cpu", "float32", "feature", 1, 6, 5, 2, 32))["row"]["sdpa_backend"]
+        for name in ("eager", "sdpa", "sdpa-math")
+    }
+    assert backends == {"eager": None, "sdpa": "flash-cpu", "sdpa-math": "math"}

@@ -54,6 +54,30 @@ def test_an_implementation_that_raises_on_one_shape_is_one_error_row(tmp_path):
     assert "Traceback" in record["traceback"] and "picky cannot do 5x5" in record["traceback"]
 
 
+def test_each_record_says_where_its_time_went(tmp_path):
+    """The journal keeps per-phase wall times: a sweep that runs long can be explained afterwards."""
+    path = impl_file(
+        tmp_path,
+        "slow_build",
+        """
+        import time
+        from cmgm_bench.registry import register
+
+        @register("slow_build", description="sleeps 0.3 s while building", modes=("fwd",))
+        def build(module, case):
+            time.sleep(0.3)
+            return lambda x, y: module(x, y)
+        """,
+    )
+    out = tmp_path / "run"
+    assert run(["--impl-file", path, "--impl", "slow_build", "--res", "4", "--out", str(out), *FAST]).exit_code == 0
+    (record,) = load_run(out).records
+    phases, wall = record["notes"]["phase_s"], record["notes"]["wall_s"]
+    assert {"reference", "build_and_first_call", "warm_up", "sdpa_backend", "sampling", "cleanup"} <= set(phases)
+    assert phases["build_and_first_call"] >= 0.3 > phases["warm_up"]
+    assert sum(phases.values()) <= wall < sum(phases.values()) + 0.5
+
+
 SLEEPY = """
 import time
 from cmgm_bench.registry import register
