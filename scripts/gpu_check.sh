@@ -23,6 +23,10 @@ out=${1:?usage: scripts/gpu_check.sh OUT_DIR [WHEEL_DIR]}
 wheels=${2:-}
 python=${PYTHON:-python3}
 cd "$(dirname "$0")/.."
+if [ -e "$out/run" ] || [ -e "$out/cold" ]; then
+  echo "error: $out already holds a run; give a fresh OUT_DIR" >&2
+  exit 2
+fi
 mkdir -p "$out"
 started=$(date +%s)
 budget=${GPU_CHECK_BUDGET_S:-330}
@@ -47,7 +51,7 @@ fi
 
 step "GPU tests"
 tests_status=0
-"$python" -m pytest -q -m cuda tests > "$out/gpu_tests.log" 2>&1 || tests_status=$?
+timeout --signal=INT --kill-after=15 120 "$python" -m pytest -q -m cuda tests > "$out/gpu_tests.log" 2>&1 || tests_status=$?
 tail -n 15 "$out/gpu_tests.log"
 
 step "sweep: every implementation and mode, B 1 and 8, grids 28/48/64, 8 heads"
