@@ -5,10 +5,11 @@ Built from the reference module's weights at build time:
 * the LayerNorm affine parameters are folded into the projections that follow
   them, and the attention scale into the query rows of ``qv``;
 * each BatchNorm is folded into the convolution before it;
-* the attention runs as one C++ kernel (``csrc/softmax_attention.cpp``): a
-  few rows of ``softmax(q kᵀ)`` at a time in L1, multiplied by ``v`` there,
-  the N x N matrix written once when the map needs it and never in
-  ``feature`` mode;
+* in ``fwd`` mode the attention runs as one C++ kernel
+  (``csrc/softmax_attention.cpp``): a few rows of ``softmax(q kᵀ)`` at a time
+  in L1, multiplied by ``v`` there, the N x N matrix written once for the map;
+  in ``feature`` mode it is one SDPA call (flash on the CPU, no N x N matrix),
+  which measured faster than the same kernel without the matrix;
 * the map branch ``ReLU(BN(conv3x3(A + Aᵀ)))`` runs as one C++ kernel
   (``csrc/fused_map.cpp``) that reads the attention matrix once, in mirrored
   pairs of cache-sized tiles, forms ``A + Aᵀ`` in the tile, and writes the map once.
@@ -118,8 +119,11 @@ class FusedCMGM:
         yn = F.layer_norm(y.flatten(2).transpose(1, 2), (C,), eps=self.eps_y).to(self.dtype)
         k = F.linear(yn, self.k_w, self.k_b).view(B, N, h, d).transpose(1, 2)
         q, v = F.linear(xn, self.qv_w, self.qv_b).view(B, N, 2, h, d).permute(2, 0, 3, 1, 4)
-        mixed, attn = extension().softmax_attention(q.float(), k.float(), v.float(), want_map, self.dtype)
-        mixed = mixed.to(self.dtype)
+        if want_map:
+            mixed, attn = extension().softmax_attention(q.float(), k.float(), v.float(), True, self.dtype)
+            mixed = mixed.to(self.dtype)
+        else:  # no N x N matrix at all: ATen's flash kernel measured faster than ours without one
+            mixed = F.scaled_dot_product_attention(q, k, v, scale=1.0).transpose(1, 2).reshape(B, N, C)
         fused = F.linear(mixed, self.proj_w, self.proj_b) + x_tokens.to(self.dtype)
         # (B, N, C) tokens are an NHWC image: view them as channels-last (B, C, H, W).
         fused = fused.view(B, H, W, C).permute(0, 3, 1, 2)

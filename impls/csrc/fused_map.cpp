@@ -210,6 +210,7 @@ at::Tensor fused_map(at::Tensor attn, at::Tensor weight, at::Tensor bias) {
   auto b = bias.to(at::kFloat).contiguous();
   TORCH_CHECK(w.numel() == heads * heads * 9 && b.numel() == heads, "weight must be (h, h, 3, 3), bias (h)");
   auto out = at::empty({batch, heads, n, n}, attn.options().dtype(at::kFloat));
+  cmgm::prefer_huge_pages(out.data_ptr(), out.nbytes());
   if (attn.scalar_type() == at::kFloat) {
     dispatch_heads<float>(attn.data_ptr<float>(), w.data_ptr<float>(), b.data_ptr<float>(), out.data_ptr<float>(), batch, heads, n);
   } else {

@@ -11,6 +11,9 @@
 
 #include <cstdint>
 #include <cstring>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 namespace cmgm {
 
@@ -18,6 +21,22 @@ typedef float v16 __attribute__((vector_size(64)));
 typedef int32_t v16i __attribute__((vector_size(64)));
 typedef uint32_t v16u __attribute__((vector_size(64)));
 typedef uint16_t v16h __attribute__((vector_size(32)));
+
+// Ask Linux for 2 MiB pages over the whole pages of a fresh buffer, before it
+// is first written. Buffers of tens of MB come straight from mmap on every
+// call, and faulting them in 4 KiB at a time cost more than writing them
+// (about 0.5 ms per MB on the development VM). A hint: ignored where
+// transparent huge pages are off, and a no-op off Linux.
+inline void prefer_huge_pages(void* data, size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t huge = uintptr_t{2} << 20;
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + huge - 1) & ~(huge - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes) & ~(huge - 1);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#else
+  (void)data, (void)bytes;
+#endif
+}
 
 inline v16 splat(float x) { return v16{} + x; }
 

@@ -146,9 +146,11 @@ std::tuple<at::Tensor, at::Tensor> softmax_attention(const at::Tensor& q, const 
     attend_all<float>(q_padded, kT, vT, L, nullptr, out.data_ptr<float>());
   } else if (attn_dtype == at::kFloat) {
     attn = at::empty({batch, heads, n, n}, q.options().dtype(at::kFloat));
+    cmgm::prefer_huge_pages(attn.data_ptr(), attn.nbytes());
     attend_all(q_padded, kT, vT, L, attn.data_ptr<float>(), out.data_ptr<float>());
   } else {
     attn = at::empty({batch, heads, n, n}, q.options().dtype(at::kBFloat16));
+    cmgm::prefer_huge_pages(attn.data_ptr(), attn.nbytes());
     attend_all(q_padded, kT, vT, L, attn.data_ptr<c10::BFloat16>(), out.data_ptr<float>());
   }
   return {out, attn};
