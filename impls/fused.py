@@ -50,12 +50,17 @@ def extension():
     )
 
 
+def compiler_problem() -> str | None:
+    """Why no C++ compiler is at hand to build the kernels, or ``None``."""
+    compiler = os.environ.get("CXX", "c++")
+    return None if shutil.which(compiler) else f"no C++ compiler ({compiler}) to build the fused kernels"
+
+
 @functools.lru_cache(maxsize=None)
 def extension_problem() -> str | None:
     """Why the fused kernels cannot be used here, or ``None``."""
-    compiler = os.environ.get("CXX", "c++")
-    if shutil.which(compiler) is None:
-        return f"no C++ compiler ({compiler}) to build the fused kernels"
+    if compiler_problem():
+        return compiler_problem()
     try:
         extension()
     except Exception as exc:  # any build failure means: not here

@@ -11,10 +11,17 @@ from cmgm_bench.cases import Case
 from cmgm_bench.reference import make_inputs, reference_module
 from cmgm_bench.runner import CaseRunner, RunOptions
 from cmgm_bench.stats import StopRule
-from impls.fused import FusedCMGM, extension_problem
+from impls.fused import FusedCMGM, compiler_problem, extension_problem
 
-pytestmark = pytest.mark.skipif(extension_problem() is not None, reason=f"fused kernels unavailable: {extension_problem()}")
+# Only a missing compiler skips: where one exists, a kernel that fails to build fails the tests.
+pytestmark = pytest.mark.skipif(compiler_problem() is not None, reason=str(compiler_problem()))
+
+
 QUICK = RunOptions(stop_rule=StopRule(min_samples=1, max_time_s=0.0, floor_samples=1), measure_memory=False)
+
+
+def test_the_kernels_build_where_a_compiler_exists():
+    assert extension_problem() is None
 
 
 @pytest.mark.parametrize("name", ["fused", "fused-bf16"])
@@ -96,3 +103,19 @@ def test_map_kernel_reads_bfloat16_attention():
     wide = attn.float()
     want = torch.relu(torch.nn.functional.conv2d(wide + wide.transpose(-1, -2), weight, bias, padding=1))
     torch.testing.assert_close(extension().fused_map(attn, weight, bias), want, rtol=1e-5, atol=1e-5)
+
+
+def test_without_a_compiler_the_cases_are_unsupported_with_the_reason(monkeypatch):
+    import impls.fused as fused
+
+    monkeypatch.setenv("CXX", "no-such-compiler-cmgm")
+    fused.extension_problem.cache_clear()
+    try:
+        runner = CaseRunner(QUICK)
+        for mode in ("fwd", "feature"):
+            row = runner.run(Case("fused", "cpu", "float32", mode, 1, 5, 5, 2, 16))["row"]
+            assert row["status"] == "unsupported"
+            assert row["error"] == "no C++ compiler (no-such-compiler-cmgm) to build the fused kernels"
+    finally:
+        monkeypatch.undo()
+        fused.extension_problem.cache_clear()
