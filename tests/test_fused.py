@@ -93,6 +93,13 @@ def test_attention_kernel_matches_softmax_attention(n, d):
     _, attn_bf16 = extension().softmax_attention(q, k, v, True, torch.bfloat16)
     assert attn_bf16.dtype == torch.bfloat16
     torch.testing.assert_close(attn_bf16.float(), want_attn, rtol=1e-2, atol=1e-3)
+    # bfloat16 inputs are widened exactly: the same as passing their float32 values
+    narrow = [t.bfloat16() for t in (q, k, v)]
+    torch.testing.assert_close(
+        extension().softmax_attention(*narrow, False, torch.float32)[0],
+        extension().softmax_attention(*(t.float() for t in narrow), False, torch.float32)[0],
+        rtol=0, atol=0,
+    )
 
 
 def test_map_kernel_reads_bfloat16_attention():

@@ -128,7 +128,8 @@ void attend_all(const at::Tensor& q, const at::Tensor& kT, const at::Tensor& vT,
 
 }  // namespace
 
-// q, k, v: (B, h, N, d), any strides; q already scaled. Returns (A V as (B, N, h * d) float32,
+// q, k, v: (B, h, N, d), any strides and floating dtype (copied to float32
+// while padding); q already scaled. Returns (A V as (B, N, h * d) float32,
 // A as (B, h, N, N) in attn_dtype, or an undefined tensor when want_attn is false).
 std::tuple<at::Tensor, at::Tensor> softmax_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                      bool want_attn, at::ScalarType attn_dtype) {
