@@ -73,17 +73,9 @@ cold_status=0
   --max-time 0.5 --cold-cache --no-report --out "$out/cold" || cold_status=$?
 
 step "where the sweep's time went (seconds, from the journal)"
-"$python" - "$out/run/cases.jsonl" <<'PY' || echo "no journal to read"
-import json, sys
-import pandas as pd
-from cmgm_bench import registry
-registry.load_entry_points()
-planned = 3 * 2 * 3 * sum("cuda" in impl.devices for impl in registry.all_implementations().values())
-records = [json.loads(line) for line in open(sys.argv[1])]
-phases = pd.DataFrame([{"impl": r["row"]["impl"], "wall": r["notes"].get("wall_s", 0.0), **r["notes"].get("phase_s", {})} for r in records])
-print(phases.groupby("impl").sum(numeric_only=True).round(1).to_string())
-print(f"{len(records)} of {planned} cases finished, {phases.wall.sum():.0f} s in cases")
-PY
+# 18 cases per implementation: 3 modes x 2 batches x 3 grids
+planned=$("$python" -c 'from cmgm_bench import registry; registry.load_entry_points(); print(18 * sum("cuda" in i.devices for i in registry.all_implementations().values()))') || planned=0
+"$python" scripts/phase_times.py "$out/run" --planned "$planned" || echo "no run to read"
 
 step "summary (B=8, 28x28, 8 heads)"
 "$python" -m cmgm_bench show "$out/run" --mode fwd,feature,train --sort latency_ms --format csv \

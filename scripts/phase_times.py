@@ -1,0 +1,42 @@
+"""Where a sweep's time went: the per-phase wall times of a run's journal, summed per implementation.
+
+Each journal record (``cases.jsonl``) carries ``notes.wall_s`` and
+``notes.phase_s`` (float64 reference, build and first call, warm-up,
+SDPA-backend probe, sampling, memory call, cleanup). Records written before
+those notes existed count as zero.
+
+    python scripts/phase_times.py RUN_DIR [--planned N]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from cmgm_bench.store import load_run
+
+
+def phase_table(records: list[dict]) -> pd.DataFrame:
+    rows = [
+        {"impl": record["row"]["impl"], "wall": record["notes"].get("wall_s", 0.0), **record["notes"].get("phase_s", {})}
+        for record in records
+    ]
+    return pd.DataFrame(rows).groupby("impl").sum(numeric_only=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--planned", type=int, help="cases the sweep was to run, to say how many are missing")
+    args = parser.parse_args()
+    records = load_run(args.run_dir).records
+    table = phase_table(records)
+    print(table.round(1).to_string())
+    of = f" of {args.planned}" if args.planned else ""
+    print(f"{len(records)}{of} cases finished, {table.wall.sum():.0f} s in cases")
+
+
+if __name__ == "__main__":
+    main()
