@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from cmgm_bench import registry
+from cmgm_bench import memory, registry
 from cmgm_bench.cases import Case
 from cmgm_bench.errors import UsageError
 from cmgm_bench.modes import autograd_context
@@ -57,7 +57,14 @@ def race(
     min_pairs: int = 20,
     threshold: float = 0.05,
 ) -> PairedResult:
-    """Time ``base_name`` and ``cand_name`` interleaved on ``shape`` (its impl field is ignored)."""
+    """Time ``base_name`` and ``cand_name`` interleaved on ``shape`` (its impl field is ignored).
+
+    glibc's allocator is pinned as ``run`` pins it: unpinned, its mmap threshold
+    follows the frees, and eager's 20 MB maps at 28x28 were faulted in afresh
+    on every call (eager ``feature`` 36 ms instead of 16 ms on the CPU machine),
+    so the two commands disagreed about the same implementation.
+    """
+    memory.pin_allocator_for_timing()
     base_case, cand_case = _case_for(base_name, shape), _case_for(cand_name, shape)
     base = prepare_case(base_case, registry.get(base_name), seed)
     cand = prepare_case(cand_case, registry.get(cand_name), seed)

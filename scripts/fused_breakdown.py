@@ -17,6 +17,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from cmgm_bench import memory
 from cmgm_bench.reference import make_inputs, reference_module
 from impls.fused import FusedCMGM, extension
 
@@ -30,6 +31,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=30)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    memory.pin_allocator_for_timing()  # as `cmgm-bench run` times
 
     C, h, n = args.dim, args.heads, args.res * args.res
     d = C // h

@@ -143,6 +143,17 @@ def test_paired_race_of_identical_code_is_same():
     assert row["verdict"] == "same"
 
 
+def test_paired_race_times_under_the_same_allocator_settings_as_run(monkeypatch):
+    """run pins glibc's mmap threshold before timing; ab must too, or the two disagree."""
+    from cmgm_bench import memory, paired
+    from cmgm_bench.cases import Case
+
+    pinned = []
+    monkeypatch.setattr(memory, "pin_allocator_for_timing", lambda: pinned.append(True))
+    paired.race("eager", "eager", Case("eager", "cpu", "float32", "fwd", 1, 5, 5, 2, 16), max_time_s=0.0, min_pairs=2)
+    assert pinned
+
+
 def test_paired_race_of_two_revision_files_catches_more_work(tmp_path):
     base = tmp_path / "base_eager.py"
     base.write_text(MORE_WORK.format(times=1))
