@@ -3,9 +3,10 @@
 Each journal record (``cases.jsonl``) carries ``notes.wall_s`` and
 ``notes.phase_s`` (float64 reference, build and first call, warm-up,
 SDPA-backend probe, sampling, memory call, cleanup). Records written before
-those notes existed count as zero.
+those notes existed count as zero. How many cases the sweep holds comes from
+the run's stored settings, as ``run --resume`` reads them.
 
-    python scripts/phase_times.py RUN_DIR [--planned N]
+    python scripts/phase_times.py RUN_DIR
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from cmgm_bench.errors import UsageError
+from cmgm_bench.execute import plan_resume
 from cmgm_bench.store import load_run
 
 
@@ -29,12 +32,14 @@ def phase_table(records: list[dict]) -> pd.DataFrame:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--planned", type=int, help="cases the sweep was to run, to say how many are missing")
     args = parser.parse_args()
     records = load_run(args.run_dir).records
     table = phase_table(records)
     print(table.round(1).to_string())
-    of = f" of {args.planned}" if args.planned else ""
+    try:
+        of = f" of {len(plan_resume(args.run_dir, {}).cases)}"
+    except UsageError:  # no stored sweep, or one this machine cannot plan (e.g. cuda here)
+        of = ""
     print(f"{len(records)}{of} cases finished, {table.wall.sum():.0f} s in cases")
 
 
