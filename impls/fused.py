@@ -59,8 +59,9 @@ def compiler_problem() -> str | None:
 @functools.lru_cache(maxsize=None)
 def extension_problem() -> str | None:
     """Why the fused kernels cannot be used here, or ``None``."""
-    if compiler_problem():
-        return compiler_problem()
+    missing = compiler_problem()
+    if missing:
+        return missing
     try:
         extension()
     except Exception as exc:  # any build failure means: not here
