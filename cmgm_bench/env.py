@@ -12,19 +12,10 @@ from pathlib import Path
 import torch
 
 import cmgm_bench
+from cmgm_bench import cpu_features
 
 # Keys that must agree for two runs to be compared (``compare`` refuses otherwise).
 COMPARABLE_KEYS = ("cpu_model", "gpu_name", "torch_version", "threads")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def git_commit() -> str | None:
@@ -61,7 +52,7 @@ def collect(device: str = "cpu", argv: list[str] | None = None) -> dict:
         "torch_version": torch.__version__,
         "platform": platform.platform(),
         "device": device,
-        "cpu_model": cpu_model(),
+        **cpu_features.describe(),
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "interop_threads": torch.get_num_interop_threads(),

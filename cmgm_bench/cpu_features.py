@@ -1,0 +1,78 @@
+"""What this CPU is and which instruction sets it has, read at run time.
+
+Numbers from one CPU do not carry to another: a run records the vendor, the
+model and the instruction sets that decide which code paths are fast
+(AVX2+FMA, AVX-512F, AVX512-BF16, AMX). On Linux they come from the kernel's
+``/proc/cpuinfo`` flags, which say what the CPU offers *and* the kernel
+enables (AMX needs both); elsewhere from PyTorch's own dispatch level.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import platform
+from pathlib import Path
+
+import torch
+
+# Instruction sets that change which code path is fast, by their /proc/cpuinfo flag(s).
+INSTRUCTION_SETS = {
+    "avx2_fma": ("avx2", "fma"),
+    "avx512f": ("avx512f",),
+    "avx512_bf16": ("avx512_bf16",),
+    "amx_bf16": ("amx_bf16", "amx_tile"),
+}
+
+
+def _cpuinfo_fields() -> dict[str, str]:
+    """The first processor's fields of ``/proc/cpuinfo`` (empty where there is none)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    fields: dict[str, str] = {}
+    for line in text.split("\n\n", 1)[0].splitlines():
+        name, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(name.strip(), value.strip())
+    return fields
+
+
+@functools.lru_cache(maxsize=1)
+def flags() -> frozenset[str]:
+    return frozenset(_cpuinfo_fields().get("flags", "").split())
+
+
+def has(feature: str) -> bool:
+    """Whether the CPU has ``feature``, a key of :data:`INSTRUCTION_SETS`."""
+    cpu_flags = flags()
+    if cpu_flags:
+        return all(flag in cpu_flags for flag in INSTRUCTION_SETS[feature])
+    capability = torch.backends.cpu.get_cpu_capability()  # no cpuinfo: what PyTorch dispatches to
+    return {"avx2_fma": capability in ("AVX2", "AVX512"), "avx512f": capability == "AVX512"}.get(feature, False)
+
+
+def native_bfloat16() -> bool:
+    """Whether bfloat16 arithmetic runs natively (AVX512-BF16 or AMX-BF16) rather than emulated."""
+    return has("avx512_bf16") or has("amx_bf16")
+
+
+@functools.lru_cache(maxsize=1)
+def describe() -> dict:
+    """Vendor, model and instruction sets, as stored in a run's environment."""
+    fields = _cpuinfo_fields()
+    return {
+        "cpu_vendor": fields.get("vendor_id") or platform.processor() or None,
+        "cpu_model": fields.get("model name") or platform.processor() or platform.machine(),
+        "cpu_family_model": f"{fields['cpu family']}/{fields['model']}" if "cpu family" in fields and "model" in fields else None,
+        "cpu_instruction_sets": ",".join(name for name in INSTRUCTION_SETS if has(name)) or "none of " + ",".join(INSTRUCTION_SETS),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
+
+
+def fingerprint() -> str:
+    """A short digest of the CPU model and every flag: code built for one CPU is keyed by it."""
+    described = describe()
+    text = f"{described['cpu_vendor']}|{described['cpu_model']}|{' '.join(sorted(flags()))}"
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
