@@ -84,8 +84,10 @@ def make_plan(settings: dict, out_dir: Path | None) -> Plan:
     device = resolve_device(settings["device"])
     if settings["impl"]:
         names = dedupe(split_list(settings["impl"]))
-    else:  # every implementation that can run on this device
-        names = [name for name, impl in registry.all_implementations().items() if device in impl.devices]
+    else:  # every implementation of the default sweep that can run on this device
+        names = [
+            name for name, impl in registry.all_implementations().items() if device in impl.devices and impl.in_default_sweep
+        ]
     for name in names:
         registry.get(name)
     if settings["min_samples"] < 1 or settings["max_time"] <= 0 or settings["target_rel_iqr"] <= 0:

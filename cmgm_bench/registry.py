@@ -61,9 +61,18 @@ class Implementation:
     source: str
     check: Callable[[Any], str | None] | None = None
     baseline: bool = False
+    requires: Callable[[], str | None] | None = None
+    in_default_sweep: bool = True
+
+    def missing(self) -> str | None:
+        """What this machine lacks for the implementation to run at all (with the install hint), or ``None``."""
+        return self.requires() if self.requires else None
 
     def unsupported_reason(self, case) -> str | None:
         """Why this implementation cannot run ``case``, or ``None`` if it can."""
+        missing = self.missing()
+        if missing:
+            return missing
         if case.device not in self.devices:
             return f"{self.name} supports devices {', '.join(self.devices)}, not {case.device}"
         if case.mode not in self.modes:
@@ -85,12 +94,18 @@ def register(
     dtype: str = "float32",
     check: Callable[[Any], str | None] | None = None,
     baseline: bool = False,
+    requires: Callable[[], str | None] | None = None,
+    in_default_sweep: bool = True,
 ):
     """Decorator that registers ``build`` as the implementation ``name``.
 
     ``check(case)`` may return a reason why a case the declared devices and
     modes admit still cannot run (a missing compiler, an unsupported dtype).
+    ``requires()`` may return what the machine lacks for any case to run (an
+    optional package, with the command that installs it); ``list`` shows it.
     ``baseline`` marks the implementation that speed-ups are measured against.
+    ``in_default_sweep=False`` leaves the implementation out of a sweep that
+    names no ``--impl`` (for builds that take tens of seconds per shape).
     """
     bad = [d for d in devices if d not in DEVICES] + [m for m in modes if m not in MODES]
     if bad or dtype not in DTYPES:
@@ -107,6 +122,8 @@ def register(
             source=inspect.getsourcefile(build) or "?",
             check=check,
             baseline=baseline,
+            requires=requires,
+            in_default_sweep=in_default_sweep,
         )
         target = _capture[-1] if _capture else _REGISTRY
         if name in target:

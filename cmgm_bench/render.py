@@ -7,6 +7,7 @@ import math
 import pandas as pd
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 STATUS_STYLE = {"ok": "green", "inaccurate": "red", "oom": "yellow", "unsupported": "dim", "error": "red", "timeout": "yellow"}
 
@@ -65,17 +66,20 @@ def problems(frame: pd.DataFrame) -> list[str]:
 
 def implementations_table(impls) -> Table:
     table = Table(title="registered implementations", header_style="bold")
-    for name in ("name", "description", "devices", "modes", "dtype", "loaded from"):
+    for name in ("name", "description", "devices", "modes", "dtype", "available", "loaded from"):
         table.add_column(name)
     for impl in impls:
-        table.add_row(
-            impl.name + (" (baseline)" if impl.baseline else ""),
+        missing = impl.missing()
+        cells = (
+            impl.name + (" (baseline)" if impl.baseline else "") + ("" if impl.in_default_sweep else " (only when named)"),
             impl.description,
             ",".join(impl.devices),
             ",".join(impl.modes),
             impl.dtype,
+            f"no: {missing}" if missing else "yes",
             impl.source,
         )
+        table.add_row(*(Text(cell) for cell in cells))  # plain text: "[runtimes]" is not markup
     return table
 
 
@@ -84,7 +88,7 @@ def mapping_table(mapping: dict, title: str) -> Table:
     table.add_column("key", style="bold")
     table.add_column("value")
     for key, value in mapping.items():
-        table.add_row(str(key), str(value))
+        table.add_row(Text(str(key)), Text(str(value)))
     return table
 
 
