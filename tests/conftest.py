@@ -1,5 +1,6 @@
 """Shared fixtures and helpers: small, fast settings for CLI runs, files written for a test."""
 
+import os
 import textwrap
 
 import pytest
@@ -13,6 +14,27 @@ def write_file(directory, name: str, text: str):
     path = directory / name
     path.write_text(textwrap.dedent(text))
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_export_cache(tmp_path_factory):
+    """Exports made by this test session only: never a developer's cached file, never written to their home."""
+    previous = os.environ.get("CMGM_BENCH_CACHE")
+    os.environ["CMGM_BENCH_CACHE"] = str(tmp_path_factory.mktemp("export-cache"))
+    yield
+    if previous is None:
+        del os.environ["CMGM_BENCH_CACHE"]
+    else:
+        os.environ["CMGM_BENCH_CACHE"] = previous
+
+
+def require_tool(problem: str | None) -> None:
+    """Fail under CI (``CI=true``) when a tool the test needs is missing; skip on a developer's machine."""
+    if problem is None:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI must install this: {problem}")
+    pytest.skip(problem)
 
 
 @pytest.fixture(scope="session")

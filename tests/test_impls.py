@@ -38,7 +38,11 @@ def claimed_cases(name, shape_count):
     ]
 
 
-@pytest.mark.parametrize("name", [n for n in registry.all_implementations() if n != "compile"])
+# Builds that take seconds to tens of seconds per shape: fewer shapes, below.
+COMPILED = ("compile", "compile-max", "aot-inductor")
+
+
+@pytest.mark.parametrize("name", [n for n in registry.all_implementations() if n not in COMPILED])
 def test_implementation_within_tolerance(name):
     runner = CaseRunner(QUICK)
     for case in claimed_cases(name, 5):
@@ -57,10 +61,11 @@ def test_implementation_within_tolerance(name):
 
 
 @pytest.mark.slow
-def test_compiled_implementation_within_tolerance():
-    """Compilation costs ~10 s a case on two cores, so two shapes only."""
+@pytest.mark.parametrize("name,shapes", [("compile", 2), ("compile-max", 1), ("aot-inductor", 1)])
+def test_compiled_implementation_within_tolerance(name, shapes):
+    """Compilation costs ~10 s a case on two cores, so one or two shapes only."""
     runner = CaseRunner(QUICK)
-    for case in claimed_cases("compile", 2):
+    for case in claimed_cases(name, shapes):
         row = runner.run(case)["row"]
         assert row["status"] == "ok", (case, row["error"])
         assert row["compile_s"] > 0

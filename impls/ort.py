@@ -1,0 +1,150 @@
+"""``onnxruntime`` (and ``onnxruntime-trt``): the reference exported to ONNX, run by ONNX Runtime.
+
+The graph is exported once per weights and shape (``export_cache``) with
+static shapes; the ``InferenceSession`` has every graph optimisation on,
+``intra_op_num_threads`` equal to the run's thread count and one inter-op
+thread, sequential execution. Session creation and the first call count as
+``compile_s``.
+
+* CPU: the CPU execution provider; inputs are handed over as NumPy views of
+  the torch tensors (no copy) and the outputs come back as tensors over
+  ONNX Runtime's result arrays.
+* CUDA: the CUDA execution provider on torch's current stream, with I/O
+  binding to the torch tensors' device memory, so no host copy is timed.
+  ``onnxruntime-trt`` is the same with the TensorRT provider first; it is
+  registered only where this ONNX Runtime build has that provider.
+
+ONNX Runtime keeps a memory arena between calls (its deployment default), so
+``peak_mem_mb`` shows what one call allocates beyond the arena it already holds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from cmgm_bench.registry import Built, Unsupported, register
+from impls import export_cache
+
+PACKAGES = ("onnxruntime", "onnx", "onnxscript")
+
+
+def available_providers() -> list[str]:
+    if export_cache.missing_packages("onnxruntime"):
+        return []
+    import onnxruntime
+
+    return onnxruntime.get_available_providers()
+
+
+def provider_problem(case, provider: str) -> str | None:
+    if case.device == "cuda" and provider not in available_providers():
+        return f"this ONNX Runtime has no {provider} (pip install onnxruntime-gpu)"
+    return None
+
+
+def session_options(threads: int):
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only
+    return options
+
+
+def providers_for(case, accelerator: str | None) -> list:
+    if case.device == "cpu":
+        return ["CPUExecutionProvider"]
+    index = torch.device(case.device).index or torch.cuda.current_device()
+    cuda = ("CUDAExecutionProvider", {"device_id": index, "user_compute_stream": str(torch.cuda.current_stream(index).cuda_stream)})
+    return ([(accelerator, {"device_id": index})] if accelerator else []) + [cuda, "CPUExecutionProvider"]
+
+
+def cpu_runner(session, want_map: bool):
+    def forward(x, y):
+        outputs = session.run(None, {"x": x.numpy(), "y": y.numpy()})
+        out = torch.from_numpy(outputs[0])
+        return (out, torch.from_numpy(outputs[1])) if want_map else (out, None)
+
+    return forward
+
+
+def cuda_runner(session, case, want_map: bool):
+    """Inputs and outputs bound to torch's device memory; outputs are reused from call to call."""
+    device = torch.device(case.device)
+    index = device.index or torch.cuda.current_device()
+    out = torch.empty(case.batch, case.dim, case.height, case.width, device=device)
+    outputs = {"out": out}
+    if want_map:
+        outputs["attn_map"] = torch.empty(case.batch, case.heads, case.tokens, case.tokens, device=device)
+    binding = session.io_binding()
+    for name, tensor in outputs.items():
+        binding.bind_output(name, "cuda", index, np.float32, list(tensor.shape), tensor.data_ptr())
+    bound: dict[str, int] = {}
+
+    def forward(x, y):
+        for name, tensor in (("x", x), ("y", y)):
+            if bound.get(name) != tensor.data_ptr():
+                binding.bind_input(name, "cuda", index, np.float32, list(tensor.shape), tensor.contiguous().data_ptr())
+                bound[name] = tensor.data_ptr()
+        session.run_with_iobinding(binding)
+        return out, outputs.get("attn_map")
+
+    return forward
+
+
+def build_session(module, case, accelerator: str | None = None):
+    import onnxruntime
+
+    path, notes = export_cache.onnx_file(module, case)
+    threads = torch.get_num_threads()
+    session = onnxruntime.InferenceSession(str(path), session_options(threads), providers=providers_for(case, accelerator))
+    ran_on = session.get_providers()[0]
+    wanted = accelerator or ("CPUExecutionProvider" if case.device == "cpu" else "CUDAExecutionProvider")
+    if ran_on != wanted:
+        raise Unsupported(f"ONNX Runtime fell back to {ran_on} instead of {wanted}")
+    options = session.get_session_options()
+    notes.update(
+        runtime=f"onnxruntime {onnxruntime.__version__}",
+        provider=ran_on,
+        intra_op_threads=options.intra_op_num_threads,
+        inter_op_threads=options.inter_op_num_threads,
+        graph_optimization="ORT_ENABLE_ALL",
+    )
+    return session, notes
+
+
+def _register(name: str, accelerator: str | None, devices: tuple[str, ...], description: str):
+    def check(case):
+        return provider_problem(case, accelerator or "CUDAExecutionProvider")
+
+    @register(
+        name,
+        description=description,
+        devices=devices,
+        modes=("fwd", "feature"),
+        requires=lambda: export_cache.missing_packages(*PACKAGES),
+        check=check,
+    )
+    def build(module, case):
+        session, notes = build_session(module, case, accelerator)
+        want_map = case.mode != "feature"
+        runner = cpu_runner(session, want_map) if case.device == "cpu" else cuda_runner(session, case, want_map)
+        return Built(fn=runner, notes=notes)
+
+    return build
+
+
+build = _register(
+    "onnxruntime",
+    None,
+    ("cpu", "cuda"),
+    "ONNX export (dynamo exporter, static shapes) run by ONNX Runtime: CPU provider, or CUDA provider with I/O binding",
+)
+if "TensorrtExecutionProvider" in available_providers():
+    build_trt = _register(
+        "onnxruntime-trt", "TensorrtExecutionProvider", ("cuda",), "the ONNX export run by ONNX Runtime's TensorRT provider"
+    )

@@ -1,0 +1,126 @@
+"""The deployment runtimes (ONNX Runtime, OpenVINO, AOTInductor): exports that follow the weights,
+threads as asked, and a clear row when a runtime is not installed.
+
+Their accuracy on random shapes is checked with every other implementation in
+``test_impls.py``; the tests here need the ``runtimes`` extra, which CI installs.
+"""
+
+import copy
+import importlib.util
+import json
+
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cmgm_bench import registry
+from cmgm_bench.cases import Case
+from cmgm_bench.cli import app
+from cmgm_bench.reference import make_inputs, reference_module
+from cmgm_bench.runner import CaseRunner
+from impls import export_cache
+from impls.ov import core
+from tests.conftest import FAST, require_tool
+from tests.test_impls import QUICK
+
+EXPORTED = ("onnxruntime", "openvino", "aot-inductor")
+
+
+@pytest.fixture(params=EXPORTED)
+def exported_impl(request):
+    impl = registry.get(request.param)
+    require_tool(impl.missing())
+    return impl
+
+
+def test_the_runtimes_are_installed_where_the_extra_is():
+    """Under CI, where `.ci/run` installs the extra, every runtime is available: none is silently `unsupported`."""
+    for name in (*EXPORTED, "openvino-bf16"):
+        require_tool(registry.get(name).missing())
+
+
+def test_a_changed_weight_changes_the_output(exported_impl):
+    """The export cache is keyed by the weights: building again after a change never loads the old graph."""
+    case = Case(exported_impl.name, "cpu", "float32", "fwd", 1, 5, 6, 2, 16)
+    module = copy.deepcopy(reference_module(16, 2, 0, 5, 6)).eval()
+    x, y = make_inputs(1, 16, 5, 6, seed=0)
+    before = exported_impl.build(module, case)
+    with torch.inference_mode():
+        out_before, map_before = (t.clone() for t in before.fn(x, y))
+    with torch.no_grad():
+        module.proj.bias.add_(0.5)
+        module.conv.weight.mul_(1.5)
+    after = exported_impl.build(module, case)
+    with torch.inference_mode():
+        out_after, map_after = after.fn(x, y)
+        expected_out, expected_map = module(x, y)
+    kind = "onnx" if "onnx_cache" in after.notes else "aoti"
+    assert after.notes[f"{kind}_key"]["module"] != before.notes[f"{kind}_key"]["module"]
+    assert torch.allclose(out_after, expected_out, rtol=1e-4, atol=1e-5)
+    assert torch.allclose(map_after, expected_map, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(out_after, out_before, rtol=1e-3, atol=1e-3)
+    assert not torch.allclose(map_after, map_before, rtol=1e-3, atol=1e-3)
+    again = exported_impl.build(module, case)
+    assert again.notes[f"{kind}_cache"] == "hit"
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_runtime_threads_follow_the_threads_option(tmp_path, threads):
+    for name in ("onnxruntime", "openvino"):
+        require_tool(registry.get(name).missing())
+    out = tmp_path / "run"
+    args = ["run", "--impl", "onnxruntime,openvino", "--mode", "feature", "--res", "6x5", "--heads", "2", "--dim", "16",
+            "--threads", str(threads), "--out", str(out), "--no-report", *FAST]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    cases = {case["row"]["impl"]: case for case in json.loads((out / "results.json").read_text())["cases"]}
+    assert {impl: case["row"]["status"] for impl, case in cases.items()} == {"onnxruntime": "ok", "openvino": "ok"}
+    assert cases["onnxruntime"]["notes"]["intra_op_threads"] == threads
+    assert cases["onnxruntime"]["notes"]["inter_op_threads"] == 1
+    assert cases["openvino"]["notes"]["inference_threads"] == threads
+    assert all(case["row"]["threads"] == threads for case in cases.values())
+    assert all(case["notes"]["exporter"].startswith("torch.onnx.export") for case in cases.values())
+
+
+def test_a_missing_runtime_is_unsupported_with_the_install_hint(tmp_path, monkeypatch):
+    real_find_spec = importlib.util.find_spec
+    hidden = {"onnxruntime", "openvino"}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in hidden else real_find_spec(name, *a))
+    assert registry.get("onnxruntime").missing() == f"needs onnxruntime: {export_cache.RUNTIMES_HINT}"
+    listing = CliRunner().invoke(app, ["list"])
+    assert listing.exit_code == 0
+    onnx_line = next(line for line in listing.output.splitlines() if line.startswith("│ onnxruntime "))
+    assert "no: needs onnxruntime" in onnx_line
+    out = tmp_path / "run"
+    args = ["run", "--impl", "eager,onnxruntime,openvino", "--res", "5x4", "--heads", "2", "--dim", "16",
+            "--out", str(out), "--no-report", *FAST]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(out / "results.csv").set_index("impl")
+    assert frame.loc["eager", "status"] == "ok"
+    for name, package in (("onnxruntime", "onnxruntime"), ("openvino", "openvino")):
+        assert frame.loc[name, "status"] == "unsupported"
+        assert f"needs {package}" in frame.loc[name, "error"] and export_cache.RUNTIMES_HINT in frame.loc[name, "error"]
+
+
+def test_openvino_bf16_runs_only_with_native_bfloat16():
+    impl = registry.get("openvino-bf16")
+    require_tool(impl.missing())
+    row = CaseRunner(QUICK).run(Case("openvino-bf16", "cpu", "bfloat16", "fwd", 1, 7, 5, 4, 32))["row"]
+    if "BF16" in core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        assert row["status"] == "ok", row["error"]
+        assert 1e-4 < row["out_rel_err"] <= row["tolerance"]  # really bfloat16: above float32's error
+    else:
+        assert row["status"] == "unsupported" and "no native bfloat16" in row["error"]
+
+
+def test_exports_are_cached_by_shape_and_mode(tmp_path):
+    """Two modes and two shapes are four files; the same case again is a hit."""
+    require_tool(registry.get("onnxruntime").missing())
+    module = copy.deepcopy(reference_module(16, 2, 0, 4, 4)).eval()
+    cases = [Case("onnxruntime", "cpu", "float32", mode, 1, h, w, 2, 16) for mode in ("fwd", "feature") for h, w in ((4, 4), (4, 6))]
+    paths = {export_cache.onnx_file(module, case)[0] for case in cases}
+    assert len(paths) == 4 and all(path.stat().st_size > 0 for path in paths)
+    assert export_cache.onnx_file(module, cases[0])[1]["onnx_cache"] == "hit"
+    assert not list(export_cache.cache_dir().glob("onnx/.partial-*"))
