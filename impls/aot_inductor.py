@@ -46,7 +46,7 @@ def machine_key(case) -> dict:
 
 
 def compile_package(module, case, path) -> None:
-    with torch.no_grad():
+    with torch.no_grad(), export_cache.quiet_tools():
         graph = export_cache.inference_graph(module, case.mode)
         exported = torch.export.export(graph, export_cache.example_inputs(case, case.device))
         torch._inductor.aoti_compile_and_package(exported, package_path=str(path))
@@ -71,7 +71,8 @@ def build(module, case):
         **machine_key(case),
     }
     path, notes = export_cache.cached_file("aoti", key_parts, ".pt2", lambda target: compile_package(module, case, target))
-    runner = torch._inductor.aoti_load_package(str(path))
+    with export_cache.quiet_tools():
+        runner = torch._inductor.aoti_load_package(str(path))
     want_map = case.mode != "feature"
 
     def forward(x, y):

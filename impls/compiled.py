@@ -41,6 +41,7 @@ def build(module, case):
     in_default_sweep=False,
 )
 def build_max(module, case):
-    options = {**torch._inductor.list_mode_options("max-autotune"), "freezing": True}
+    quiet = {"autotune_num_choices_displayed": 0, "max_autotune_report_choices_stats": False}  # no tables on stderr
+    options = {**torch._inductor.list_mode_options("max-autotune"), "freezing": True, **quiet}
     compiled = torch.compile(reference_call(module, case), dynamic=False, options=options)
     return Built(fn=compiled, notes={"inductor_options": options})

@@ -114,8 +114,8 @@ def cached_file(kind: str, key_parts: dict, suffix: str, produce: Callable[[Path
 
 
 @contextlib.contextmanager
-def _exporter_quiet():
-    """The dynamo exporter reports each step on stdout and logs missing optional libraries; keep the run's output clean."""
+def quiet_tools():
+    """Exporters and compilers report each step on stdout and warn about their own internals; keep the run's output clean."""
     logger = logging.getLogger("torch.onnx")
     level = logger.level
     logger.setLevel(logging.ERROR)
@@ -143,7 +143,7 @@ def onnx_file(module: torch.nn.Module, case) -> tuple[Path, dict]:
 
     def export(path: Path) -> None:
         cpu_module = _cpu_copy(module)
-        with _exporter_quiet():
+        with quiet_tools():
             torch.onnx.export(
                 inference_graph(cpu_module, case.mode),
                 example_inputs(case, "cpu"),
