@@ -279,7 +279,7 @@ def ab_command(
 @app.command("report")
 @fail_with_usage_errors
 def report_command(run_dir: Annotated[Path, typer.Argument(help="Run directory.")]):
-    """Write report.md and PNG plots (latency vs N, speed-up, memory, throughput) into a run directory."""
+    """Write report.md and PNG plots (latency vs N, speed-up, memory, roofline) into a run directory."""
     path = write_report(run_dir)
     typer.echo(f"wrote {path}")
 

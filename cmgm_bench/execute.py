@@ -174,6 +174,13 @@ def run_plan(
             )
         else:
             record = runner.run(case)
+        device_ceilings = meta["ceilings"][case.device]
+        raised = dict(device_ceilings.get("raised", {}))
+        ceilings.account(device_ceilings, record["row"], f"{case.impl} {case.mode} {case.shape_label}")
+        if device_ceilings.get("raised", {}) != raised:  # shares of earlier cases follow the new ceiling
+            for earlier in writer.records:
+                ceilings.account(meta["ceilings"][earlier["row"]["device"]], earlier["row"], "")
+            writer.replace_all(writer.records)
         writer.append(record)
         if on_case_done:
             on_case_done(case, record)

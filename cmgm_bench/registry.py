@@ -41,13 +41,16 @@ class Built:
     in the form the implementation expects (for example channels-last).
     ``module`` is the module whose parameters ``fn`` uses, when it is not the
     one the builder was given (train mode clears its gradients each step).
-    ``notes`` are recorded in the results as they are.
+    ``notes`` are recorded in the results as they are; ``variant`` is a short
+    label of the code path that runs (a kernel target, a provider), shown in
+    the ``variant`` column.
     """
 
     fn: Callable[..., Any]
     prepare_inputs: Callable[[Any, Any], tuple[Any, Any]] | None = None
     module: Any = None
     notes: dict[str, Any] = field(default_factory=dict)
+    variant: str | None = None
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 Plots (matplotlib, headless): latency against tokens N on log-log axes with
 the fitted scaling exponent per line, speed-up over the baseline per shape,
-peak memory against N, and achieved GFLOP/s against the measured ceiling.
+peak memory against N, and a roofline: achieved GFLOP/s against arithmetic
+intensity under the measured compute and bandwidth roofs.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from cmgm_bench import markdown, registry  # noqa: E402
+from cmgm_bench import flops, markdown, registry  # noqa: E402
 from cmgm_bench.errors import UsageError  # noqa: E402
 from cmgm_bench.render import speedups  # noqa: E402
 from cmgm_bench.store import Run, load_run  # noqa: E402
@@ -101,22 +102,53 @@ def plot_memory(frame: pd.DataFrame, path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def plot_throughput(frame: pd.DataFrame, ceilings: dict, path: Path) -> Path | None:
+def plot_roofline(frame: pd.DataFrame, ceilings: dict, path: Path) -> Path | None:
+    """Each case at its arithmetic intensity (closed-form FLOPs / minimum bytes) against the
+    machine's measured roofs: matmul per dtype (native solid, effective dashed) and copy bandwidth."""
     timed = _timed(frame).dropna(subset=["gflops_per_s"])
     if timed.empty:
         return None
-    timed["label"] = [f"{r.impl} {r.mode} {_shape_label(r)}" for r in timed.itertuples()]
-    fig, ax = plt.subplots(figsize=(9, max(4, 0.28 * len(timed) + 1.5)))
-    ax.barh(timed.label, timed.gflops_per_s, color="tab:blue")
-    for index, (dtype, value) in enumerate(sorted((ceilings.get(timed.device.iloc[0], {}).get("matmul_gflops") or {}).items())):
-        if value:
-            ax.axvline(value, linestyle="--", color=f"C{index + 1}", label=f"measured {dtype} matmul ceiling {value:.0f} GFLOP/s")
-    ax.set(xscale="log", xlabel="achieved GFLOP/s (closed-form FLOPs / median latency)", title="Throughput against the measured ceiling")
-    ax.invert_yaxis()
-    ax.tick_params(axis="y", labelsize=7)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8, loc="lower right")
+    device = ceilings.get(timed.device.iloc[0], {})
+    intensity = np.array([
+        r.flops / flops.min_bytes(r.mode, r.batch, r.tokens, r.dim, r.heads, r.dtype) for r in timed.itertuples()
+    ])
+    fig, ax = plt.subplots(figsize=(10, 6))
+    for (impl, dtype), group in timed.assign(intensity=intensity).groupby(["impl", "dtype"]):
+        ax.scatter(group.intensity, group.gflops_per_s, s=18, label=f"{impl} ({dtype})")
+    span = np.logspace(np.log10(intensity.min() / 3), np.log10(intensity.max() * 3), 50)
+    bandwidth = device.get("copy_gbytes_per_s")
+    native = device.get("matmul_gflops_native") or device.get("matmul_gflops") or {}
+    effective = device.get("matmul_gflops") or {}
+    for index, dtype in enumerate(sorted(native)):
+        for peaks, style, kind in ((native, "-", "native"), (effective, "--", "effective")):
+            if peaks.get(dtype) and (kind == "native" or peaks[dtype] != native.get(dtype)):
+                roof = np.full_like(span, peaks[dtype]) if not bandwidth else np.minimum(peaks[dtype], bandwidth * span)
+                ax.plot(span, roof, style, color=f"C{index}", alpha=0.6, label=f"{dtype} matmul, {kind}: {peaks[dtype]:.0f} GFLOP/s")
+    if bandwidth:
+        ax.plot(span, bandwidth * span, ":", color="grey", label=f"copy bandwidth {bandwidth:.0f} GB/s")
+    ax.set(xscale="log", yscale="log", xlabel="arithmetic intensity (FLOPs / minimum bytes)", ylabel="achieved GFLOP/s",
+           title="Roofline: each case against this machine's measured roofs")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     return _save(fig, path)
+
+
+def ceiling_notes(ceilings: dict) -> list[str]:
+    """One line per emulated dtype and per ceiling a case raised."""
+    lines = []
+    for device, values in ceilings.items():
+        native, effective = values.get("matmul_gflops_native") or {}, values.get("matmul_gflops") or {}
+        for dtype in values.get("emulated", []):
+            lines.append(
+                f"- {device} {dtype} matmul: {markdown.cell(native.get(dtype), '.1f')} GFLOP/s, no native support; "
+                f"% peak uses the float32 ceiling ({markdown.cell(effective.get(dtype), '.1f')} GFLOP/s)."
+            )
+        for dtype, raise_ in values.get("raised", {}).items():
+            lines.append(
+                f"- {device} {dtype}: `{raise_['by']}` ran at {raise_['to']:.1f} GFLOP/s, above the measured ceiling "
+                f"{raise_['from']:.1f}; the ceiling was raised to its rate."
+            )
+    return lines
 
 
 def _tables(frame: pd.DataFrame, baseline: str | None) -> str:
@@ -153,7 +185,7 @@ def _write(run: Run) -> Path:
         ("Latency vs tokens", plot_latency_vs_tokens(frame, run.path / "latency_vs_tokens.png")),
         ("Speed-up", plot_speedups(frame, baseline, run.path / "speedup.png")),
         ("Peak memory", plot_memory(frame, run.path / "memory_vs_tokens.png")),
-        ("Throughput", plot_throughput(frame, run.meta.get("ceilings", {}), run.path / "throughput.png")),
+        ("Roofline", plot_roofline(frame, run.meta.get("ceilings", {}), run.path / "roofline.png")),
     ]
     environment = run.meta["environment"]
     env_rows = [[key, markdown.cell(environment.get(key))] for key in (
@@ -162,16 +194,18 @@ def _write(run: Run) -> Path:
     ) if environment.get(key) is not None]
     ceilings = run.meta.get("ceilings", {})
     ceiling_rows = [
-        [device, dtype, markdown.cell(value, ".1f")]
+        [device, dtype, markdown.cell((values.get("matmul_gflops_native") or {}).get(dtype), ".1f"), markdown.cell(value, ".1f")]
         for device, values in ceilings.items()
         for dtype, value in sorted((values.get("matmul_gflops") or {}).items())
-    ] + [[device, "copy bandwidth (GB/s)", markdown.cell(values.get("copy_gbytes_per_s"), ".1f")] for device, values in ceilings.items()]
+    ] + [[device, "copy bandwidth (GB/s)", "", markdown.cell(values.get("copy_gbytes_per_s"), ".1f")] for device, values in ceilings.items()]
     problems = frame[frame.status != "ok"]
     problem_lines = [f"- `{r.impl}` {r.mode} {r.device} {_shape_label(r)}: **{r.status}**: {r.error}" for r in problems.itertuples()]
     sections = [
         f"# cmgm-bench report\n\n{len(frame)} cases, {int((frame.status == 'ok').sum())} ok. Speed-ups are relative to `{baseline}`.",
         "## Environment\n\n" + markdown.table(["", "value"], env_rows),
-        "## Measured ceilings\n\n" + markdown.table(["device", "matmul dtype", "GFLOP/s"], ceiling_rows, ["l", "l", "r"]),
+        "## Measured ceilings\n\n"
+        + markdown.table(["device", "matmul dtype", "native GFLOP/s", "effective GFLOP/s (% peak)"], ceiling_rows, ["l", "l", "r", "r"])
+        + ("\n\n" + "\n".join(ceiling_notes(ceilings)) if ceiling_notes(ceilings) else ""),
         "## Results\n\n" + _tables(frame, baseline),
         "## Cases that are not ok\n\n" + ("\n".join(problem_lines) if problem_lines else "None."),
         "## Plots\n\n" + "\n\n".join(f"### {title}\n\n![{title}]({path.name})" for title, path in plots if path is not None),

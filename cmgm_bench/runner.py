@@ -147,6 +147,7 @@ class PreparedCase:
     y: torch.Tensor
     step: object
     notes: dict
+    variant: str | None = None
 
 
 def prepare_case(case: Case, impl, seed: int) -> PreparedCase:
@@ -160,7 +161,7 @@ def prepare_case(case: Case, impl, seed: int) -> PreparedCase:
     x, y = x.detach(), y.detach()
     module = built.module if built.module is not None else module
     step = make_step(built.fn, case.mode, module, x, y)
-    return PreparedCase(module, built.fn, x, y, step, dict(built.notes))
+    return PreparedCase(module, built.fn, x, y, step, dict(built.notes), built.variant)
 
 
 class CaseRunner:
@@ -270,6 +271,7 @@ class CaseRunner:
             prepared = prepare_case(case, impl, self.options.seed)
             step, x, y = prepared.step, prepared.x, prepared.y
             record["notes"].update(prepared.notes)
+            row["variant"] = prepared.variant
 
         with autograd_context(mode):
             with phase(record, "build_and_first_call"):
@@ -316,8 +318,6 @@ class CaseRunner:
             samples=summary.count,
             gflops_per_s=row["flops"] / summary.median / 1e9,
         )
-        peak = self.ceilings.get("matmul_gflops", {}).get(case.dtype)
-        row["pct_peak"] = 100 * row["gflops_per_s"] / peak if peak else None
         worst = accuracy.worst_relative_error(row)
         row["status"] = "ok" if ref is None or worst <= row["tolerance"] else "inaccurate"
         if row["status"] == "inaccurate":

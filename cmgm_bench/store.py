@@ -52,6 +52,7 @@ COLUMNS = (
     "sdpa_backend",
     "memory_format",
     "out_dtype",
+    "variant",
     "source",
 )
 REQUIRED_COLUMNS = (*KEY_COLUMNS, "tokens", "status", "latency_ms")

@@ -14,69 +14,49 @@ Built from the reference module's weights at build time:
   (``csrc/fused_map.cpp``) that reads the attention matrix once, in mirrored
   pairs of cache-sized tiles, forms ``A + Aᵀ`` in the tile, and writes the map once.
 
-``fused-bf16`` keeps the projections and the feature convolutions in bfloat16
-(AMX on CPUs that have it) and stores the attention matrix in bfloat16; both
-kernels compute and accumulate in float32.
+Per stage, the faster path wins: at build time each kernel is raced against
+ATen's equivalent (softmax attention with ``bmm``; add, ``conv2d``, ReLU) on
+the case's shape, once per process and shape, and the stage uses whichever
+was faster on this CPU. The choice and the times are in the case's notes and
+``variant`` column, so a kernel that loses on some CPU never costs the folded
+model its gain.
 
-The kernels are compiled on first use with ``torch.utils.cpp_extension`` (a
-C++ compiler is needed; without one the cases are ``unsupported``).
+``fused-bf16`` keeps the projections and the feature convolutions in bfloat16
+(AMX or AVX512-BF16) and stores the attention matrix in bfloat16; both kernels
+compute and accumulate in float32. On a CPU without native bfloat16 its
+matmuls would be emulated (about 5x slower than float32), so it is
+``unsupported`` there with that reason.
+
+The kernels are built for a named instruction-set target (``kernels.py``); a
+C++ compiler is needed, and without one the ``fwd`` cases are ``unsupported``.
 """
 
 from __future__ import annotations
 
-import functools
-import os
-import shutil
-from pathlib import Path
+import statistics
+import time
 
 import torch
 import torch.nn.functional as F
 
-from cmgm_bench.registry import register
-
-SOURCES = [Path(__file__).parent / "csrc" / name for name in ("fused_map.cpp", "softmax_attention.cpp", "bindings.cpp")]
-
-
-@functools.lru_cache(maxsize=None)
-def extension():
-    from torch.utils import cpp_extension
-
-    return cpp_extension.load(
-        name="cmgm_fused_kernels",
-        sources=[str(path) for path in SOURCES],
-        extra_cflags=["-O3", "-march=native", "-fopenmp"],
-        extra_ldflags=["-fopenmp"],
-        verbose=False,
-    )
-
-
-def compiler_problem() -> str | None:
-    """Why no C++ compiler is at hand to build the kernels, or ``None``."""
-    compiler = os.environ.get("CXX", "c++")
-    return None if shutil.which(compiler) else f"no C++ compiler ({compiler}) to build the fused kernels"
-
-
-@functools.lru_cache(maxsize=None)
-def extension_problem() -> str | None:
-    """Why the fused kernels cannot be used here, or ``None``."""
-    missing = compiler_problem()
-    if missing:
-        return missing
-    try:
-        extension()
-    except Exception as exc:  # any build failure means: not here
-        return f"the fused kernels failed to build: {str(exc).strip().splitlines()[-1][:200]}"
-    return None
-
+from cmgm_bench import cpu_features
+from cmgm_bench.registry import Built, Unsupported, register
+from impls import kernels
 
 KERNEL_HEADS = (1, 2, 4, 8, 16)
 
 
 def map_kernel_problem(case) -> str | None:
-    """Why the map kernel cannot run ``case`` (it is compiled for 1, 2, 4, 8 and 16 heads)."""
+    """Why the kernels cannot run ``case`` (the map kernel is compiled for 1, 2, 4, 8 and 16 heads)."""
     if case.heads not in KERNEL_HEADS:
         return f"the fused map kernel is compiled for {', '.join(map(str, KERNEL_HEADS))} heads, not {case.heads}"
-    return extension_problem()
+    return kernels.problem(kernels.best_target())
+
+
+def bfloat16_problem(case) -> str | None:
+    if not cpu_features.native_bfloat16():
+        return "this CPU has no native bfloat16 (AVX512-BF16 or AMX): bfloat16 matmuls would be emulated, about 5x slower than float32; use fused"
+    return None
 
 
 def fold_batchnorm(conv: torch.nn.Conv2d, bn: torch.nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,8 +96,30 @@ class FusedCMGM:
             self.c1_b, self.c2_b = cast(c1_b), cast(c2_b)
         self.dim, self.heads, self.dtype = C, h, dtype
         self.eps_x, self.eps_y = module.lnx.eps, module.lny.eps
+        self.kernels = None  # the C++ extension, set by use_kernels(); fwd needs it
+        self.stages = {"attention": "aten", "map": "aten"}
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, want_map: bool):
+    def use_kernels(self, extension, stages: dict[str, str]) -> None:
+        """Run fwd's attention and map stages on ``"kernel"`` (ours) or ``"aten"``."""
+        self.kernels, self.stages = extension, dict(stages)
+
+    def attention(self, q, k, v, path: str):
+        """(A V as (B, N, C) in the compute dtype, A as (B, h, N, N)); q is already scaled."""
+        if path == "kernel":
+            mixed, attn = self.kernels.softmax_attention(q, k, v, True, self.dtype)  # widened to float32 inside
+            return mixed.to(self.dtype), attn
+        attn = torch.softmax(q @ k.transpose(-2, -1), dim=-1, dtype=torch.float32)
+        B, h, N, d = q.shape
+        return (attn.to(self.dtype) @ v).transpose(1, 2).reshape(B, N, h * d), attn
+
+    def attention_map(self, attn, path: str):
+        if path == "kernel":
+            return self.kernels.fused_map(attn, self.map_w, self.map_b)
+        attn = attn.float()
+        return F.relu(F.conv2d(attn + attn.transpose(-1, -2), self.map_w, self.map_b, padding=1))
+
+    def projections(self, x, y):
+        """x's tokens, and q (scaled), k, v as (B, h, N, d) in the compute dtype."""
         B, C, H, W = x.shape
         h, N, d = self.heads, H * W, C // self.heads
         x_tokens = x.flatten(2).transpose(1, 2)
@@ -125,11 +127,15 @@ class FusedCMGM:
         yn = F.layer_norm(y.flatten(2).transpose(1, 2), (C,), eps=self.eps_y).to(self.dtype)
         k = F.linear(yn, self.k_w, self.k_b).view(B, N, h, d).transpose(1, 2)
         q, v = F.linear(xn, self.qv_w, self.qv_b).view(B, N, 2, h, d).permute(2, 0, 3, 1, 4)
+        return x_tokens, q, k, v
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, want_map: bool):
+        B, C, H, W = x.shape
+        x_tokens, q, k, v = self.projections(x, y)
         if want_map:
-            mixed, attn = extension().softmax_attention(q, k, v, True, self.dtype)  # widened to float32 inside
-            mixed = mixed.to(self.dtype)
+            mixed, attn = self.attention(q, k, v, self.stages["attention"])
         else:  # no N x N matrix at all: ATen's flash kernel measured faster than ours without one
-            mixed = F.scaled_dot_product_attention(q, k, v, scale=1.0).transpose(1, 2).reshape(B, N, C)
+            mixed = F.scaled_dot_product_attention(q, k, v, scale=1.0).transpose(1, 2).reshape(B, H * W, C)
         fused = F.linear(mixed, self.proj_w, self.proj_b) + x_tokens.to(self.dtype)
         # (B, N, C) tokens are an NHWC image: view them as channels-last (B, C, H, W).
         fused = fused.view(B, H, W, C).permute(0, 3, 1, 2)
@@ -138,25 +144,77 @@ class FusedCMGM:
         out = (g + fused).float()
         if not want_map:
             return out, None
-        return out, extension().fused_map(attn, self.map_w, self.map_b)
+        return out, self.attention_map(attn, self.stages["map"])
 
 
-def _register(name: str, dtype: torch.dtype, label: str, description: str):
-    @register(
-        name,
-        description=description,
-        devices=("cpu",),
-        modes=("fwd", "feature"),
-        dtype=label,
-        check=lambda case: map_kernel_problem(case) if case.mode == "fwd" else None,
-    )
+# (target, dtype, batch, heads, tokens, head dim, threads) -> (stages, milliseconds per path)
+_STAGE_CHOICES: dict[tuple, tuple[dict, dict]] = {}
+
+
+def race(candidates: dict, rounds: int = 7, budget_s: float = 1.0) -> dict[str, float]:
+    """Median milliseconds of each zero-argument call, timed in interleaved rounds (this host drifts)."""
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    started = time.perf_counter()
+    for round_index in range(rounds):
+        for name, call in candidates.items():
+            begin = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - begin)
+        if round_index >= 2 and time.perf_counter() - started > budget_s:
+            break
+    return {name: 1e3 * statistics.median(values) for name, values in times.items()}
+
+
+def choose_stages(fused: FusedCMGM, x, y, key: tuple) -> tuple[dict, dict]:
+    """Per stage, ``"kernel"`` or ``"aten"``, whichever ran faster on this shape (once per process and key)."""
+    if key not in _STAGE_CHOICES:
+        with torch.inference_mode():
+            _, q, k, v = fused.projections(x, y)
+            attention = race({path: lambda p=path: fused.attention(q, k, v, p) for path in ("kernel", "aten")})
+            attn = fused.attention(q, k, v, "kernel")[1]
+            attention_map = race({path: lambda p=path: fused.attention_map(attn, p) for path in ("kernel", "aten")})
+        timings = {"attention": attention, "map": attention_map}
+        stages = {stage: min(times, key=times.get) for stage, times in timings.items()}
+        _STAGE_CHOICES[key] = (stages, timings)
+    return _STAGE_CHOICES[key]
+
+
+def load_kernels(case) -> tuple[object, dict]:
+    """The kernels for this CPU's target and notes on the build; a failing build is ``unsupported`` with the reason."""
+    target = kernels.best_target()
+    try:
+        extension, seconds = kernels.load(target)
+    except Exception as exc:  # any build failure means: not here, and why
+        raise Unsupported(f"the fused kernels failed to build for {target}: {str(exc).strip().splitlines()[-1][:200]}") from None
+    return extension, {"kernel_target": target, "kernel_extension": kernels.extension_name(target), "kernel_build_s": seconds}
+
+
+def _register(name: str, dtype: torch.dtype, label: str, description: str, check=None):
+    def problem(case):
+        return (check and check(case)) or (map_kernel_problem(case) if case.mode == "fwd" else None)
+
+    @register(name, description=description, devices=("cpu",), modes=("fwd", "feature"), dtype=label, check=problem)
     def build(module, case):
         fused = FusedCMGM(module, dtype)
         want_map = case.mode != "feature"
-        return lambda x, y: fused(x, y, want_map)
+        if not want_map:
+            return Built(fn=lambda x, y: fused(x, y, False), variant="sdpa")
+        extension, notes = load_kernels(case)
+        fused.use_kernels(extension, {"attention": "kernel", "map": "kernel"})
+        x, y = (torch.randn(case.batch, case.dim, case.height, case.width, generator=torch.Generator().manual_seed(2)) for _ in range(2))
+        key = (notes["kernel_target"], label, case.batch, case.heads, case.tokens, case.dim // case.heads, torch.get_num_threads())
+        stages, timings = choose_stages(fused, x, y, key)
+        fused.use_kernels(extension, stages)
+        notes.update(stage_paths=stages, stage_ms=timings)
+        variant = f"{notes['kernel_target']}: attention={stages['attention']}, map={stages['map']}"
+        return Built(fn=lambda x, y: fused(x, y, True), notes=notes, variant=variant)
 
     return build
 
 
 build_fp32 = _register("fused", torch.float32, "float32", "folded LN/BN/scale, C++ row-blocked attention and one-pass map kernels; float32")
-build_bf16 = _register("fused-bf16", torch.bfloat16, "bfloat16", "as fused, with projections, convs and the stored attention matrix in bfloat16; kernels accumulate in float32")
+build_bf16 = _register(
+    "fused-bf16", torch.bfloat16, "bfloat16",
+    "as fused, with projections, convs and the stored attention matrix in bfloat16; kernels accumulate in float32",
+    check=bfloat16_problem,
+)

@@ -133,7 +133,7 @@ def _register(name: str, accelerator: str | None, devices: tuple[str, ...], desc
         session, notes = build_session(module, case, accelerator)
         want_map = case.mode != "feature"
         runner = cpu_runner(session, want_map) if case.device == "cpu" else cuda_runner(session, case, want_map)
-        return Built(fn=runner, notes=notes)
+        return Built(fn=runner, notes=notes, variant=notes["provider"])
 
     return build
 

@@ -82,7 +82,7 @@ def _register(name: str, precision: str, dtype: str, check, description: str):
             out = torch.from_numpy(results["out"])
             return (out, torch.from_numpy(results["attn_map"])) if want_map else (out, None)
 
-        return Built(fn=forward, notes=notes)
+        return Built(fn=forward, notes=notes, variant=f"CPU {notes['inference_precision']}")
 
     return build
 

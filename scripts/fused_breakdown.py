@@ -6,7 +6,7 @@ compared): the whole ``eager`` and ``fused`` calls, each fused kernel alone,
 ATen's equivalents, and two ceilings (an MKL float32 matmul and a 20 MB fill).
 Prints median and minimum per item, with GFLOP/s and GB/s where they apply.
 
-    python scripts/fused_breakdown.py --threads 1 --res 28 --heads 8
+    python scripts/fused_breakdown.py --threads 1 --res 28 --heads 8 [--target x86-64-v3]
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import torch.nn.functional as F
 
 from cmgm_bench import memory
 from cmgm_bench.reference import make_inputs, reference_module
-from impls.fused import FusedCMGM, extension
+from impls import kernels as kernel_builds
+from impls.fused import FusedCMGM
 
 
 def main() -> None:
@@ -29,6 +30,7 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--target", default=kernel_builds.best_target(), help="kernel build target (x86-64-v3: the AVX2 path)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     memory.pin_allocator_for_timing()  # as `cmgm-bench run` times
@@ -38,7 +40,8 @@ def main() -> None:
     module = reference_module(C, h, 0, args.res, args.res).eval()
     x, y = make_inputs(1, C, args.res, args.res, 0)
     fused = FusedCMGM(module, torch.float32)
-    kernels = extension()
+    fused.use_kernels(kernels, {"attention": "kernel", "map": "kernel"})
+    kernels = kernel_builds.load(args.target)[0]
     q, k, v = (torch.randn(1, h, n, d) for _ in range(3))
     attn = torch.softmax(q @ k.transpose(-1, -2), dim=-1)
     weight, bias = fused.map_w, fused.map_b

@@ -102,3 +102,46 @@ def test_run_fills_throughput_and_ceiling_columns(tmp_path):
 
     ceilings = json.loads((out / "results.json").read_text())["ceilings"]["cpu"]
     assert ceilings["matmul_gflops"]["float32"] > 1 and ceilings["copy_gbytes_per_s"] > 0.1
+
+
+def test_emulated_dtype_uses_the_float32_ceiling_and_no_share_exceeds_100():
+    """A CPU without bfloat16 units: 0.9 GFLOP/s native, 150 in float32; an upcasting case at 120 GFLOP/s."""
+    from cmgm_bench import ceilings as ceilings_module
+    from cmgm_bench.report import ceiling_notes
+
+    native = {"float32": 150.0, "bfloat16": 0.9, "float16": 1.1}
+    device = {"matmul_gflops": ceilings_module.effective(native), "matmul_gflops_native": native,
+              "emulated": ceilings_module.emulated(native), "copy_gbytes_per_s": 20.0}
+    assert device["matmul_gflops"] == {"float32": 150.0, "bfloat16": 150.0, "float16": 150.0}
+    assert device["emulated"] == ["bfloat16", "float16"]
+    rows = [{"dtype": "bfloat16", "gflops_per_s": 120.0}, {"dtype": "float32", "gflops_per_s": 90.0},
+            {"dtype": "float32", "gflops_per_s": 180.0}, {"dtype": "float32", "gflops_per_s": 100.0}]
+    for index, row in enumerate(rows):
+        ceilings_module.account(device, row, f"case {index}")
+    assert rows[0]["pct_peak"] == pytest.approx(80.0)  # not 120 / 0.9 = 13333 %
+    assert rows[2]["pct_peak"] == pytest.approx(100.0) and rows[3]["pct_peak"] == pytest.approx(100 * 100 / 180)
+    assert device["raised"]["float32"] == {"from": 150.0, "to": 180.0, "by": "case 2"}
+    assert all(row["pct_peak"] <= 100 for row in rows)
+    lines = ceiling_notes({"cpu": device})
+    assert "- cpu bfloat16 matmul: 0.9 GFLOP/s, no native support; % peak uses the float32 ceiling (150.0 GFLOP/s)." in lines
+    assert any("`case 2` ran at 180.0 GFLOP/s" in line for line in lines)
+
+
+def test_a_case_beating_the_ceiling_is_capped_at_100_in_a_real_run(tmp_path, monkeypatch):
+    """The measured ceiling set far too low: every share is still at most 100 and the report says why."""
+    import json
+
+    import pandas as pd
+
+    from cmgm_bench import ceilings as ceilings_module
+    from tests.conftest import FAST
+
+    monkeypatch.setattr(ceilings_module, "matmul_gflops", lambda device, dtype: 1e-3)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["run", "--impl", "eager,sdpa", "--res", "6,8", "--out", str(out), *FAST])
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(out / "results.csv")
+    assert (frame.pct_peak <= 100 + 1e-9).all() and (frame.pct_peak == 100).any()
+    raised = json.loads((out / "results.json").read_text())["ceilings"]["cpu"]["raised"]["float32"]
+    assert raised["to"] == pytest.approx(frame.gflops_per_s.max())
+    assert "the ceiling was raised to its rate" in (out / "report.md").read_text()

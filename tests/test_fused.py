@@ -11,21 +11,52 @@ from cmgm_bench.cases import Case
 from cmgm_bench.reference import make_inputs, reference_module
 from cmgm_bench.runner import CaseRunner, RunOptions
 from cmgm_bench.stats import StopRule
-from impls.fused import FusedCMGM, compiler_problem, extension_problem
+from cmgm_bench import cpu_features
+from impls import kernels
+from impls.fused import FusedCMGM
 
 # Only a missing compiler skips: where one exists, a kernel that fails to build fails the tests.
-pytestmark = pytest.mark.skipif(compiler_problem() is not None, reason=str(compiler_problem()))
+pytestmark = pytest.mark.skipif(kernels.compiler_problem() is not None, reason=str(kernels.compiler_problem()))
+
+# Every target this CPU runs: the AVX2 one on any x86 machine, the AVX-512 one where the CPU has it.
+TARGETS = [name for name in kernels.TARGETS if kernels.target_problem(name) is None and (name != "portable" or not kernels.is_x86())]
+
+
+@pytest.fixture(params=TARGETS)
+def target_kernels(request):
+    return kernels.load(request.param)[0]
 
 
 QUICK = RunOptions(stop_rule=StopRule(min_samples=1, max_time_s=0.0, floor_samples=1), measure_memory=False)
 
 
-def test_the_kernels_build_where_a_compiler_exists():
-    assert extension_problem() is None
+def test_the_kernels_build_for_every_target_this_cpu_runs():
+    if kernels.is_x86():
+        assert "x86-64-v3" in TARGETS or not cpu_features.has("avx2_fma")
+    for name in TARGETS:
+        module, seconds = kernels.load(name)
+        assert seconds >= 0 and module.__name__ == kernels.extension_name(name)
 
 
+def test_a_target_the_cpu_lacks_is_refused_before_any_build(monkeypatch):
+    monkeypatch.setattr(cpu_features, "flags", lambda: frozenset({"avx", "avx2", "fma", "bmi1", "bmi2", "f16c", "movbe"}))
+    monkeypatch.setattr(kernels, "is_x86", lambda: True)
+    built = []
+    monkeypatch.setattr(kernels, "_build", lambda name: built.append(name))
+    with pytest.raises(RuntimeError, match="this CPU lacks avx512f, avx512bw, avx512cd, avx512dq, avx512vl, which x86-64-v4 needs"):
+        kernels.load("x86-64-v4")
+    assert built == []
+    assert kernels.best_target() == "x86-64-v3"
+    assert kernels.extension_name("x86-64-v3") != kernels.extension_name("x86-64-v4")
+    assert kernels.compiler_tag(kernels.compiler()) in kernels.extension_name("x86-64-v3")
+
+
+@pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("name", ["fused", "fused-bf16"])
-def test_accuracy_on_random_shapes(name):
+def test_accuracy_on_random_shapes(monkeypatch, name, target):
+    monkeypatch.setenv(kernels.TARGET_ENV, target)
+    if name == "fused-bf16" and not cpu_features.native_bfloat16():
+        pytest.skip("fused-bf16 needs native bfloat16 (its refusal is tested below)")
     rng = random.Random(11)
     runner = CaseRunner(QUICK)
     impl = registry.get(name)
@@ -57,73 +88,91 @@ def test_folding_uses_the_module_it_is_built_from():
     torch.testing.assert_close(after_map, want_map, rtol=1e-4, atol=1e-5)
 
 
-def test_map_kernel_matches_conv_for_every_supported_head_count():
-    from impls.fused import extension
-
+def test_map_kernel_matches_conv_for_every_supported_head_count(target_kernels):
     for heads in (1, 2, 4, 8, 16):
         for n in (5, 33, 70, 130):  # 130: interior tiles off the diagonal, paired with their mirrors
             attn = torch.softmax(torch.randn(2, heads, n, n), dim=-1)
             weight, bias = torch.randn(heads, heads, 3, 3), torch.randn(heads)
             want = torch.relu(torch.nn.functional.conv2d(attn + attn.transpose(-1, -2), weight, bias, padding=1))
-            torch.testing.assert_close(extension().fused_map(attn, weight, bias), want, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(target_kernels.fused_map(attn, weight, bias), want, rtol=1e-5, atol=1e-5)
 
 
-def test_unsupported_head_count_is_a_clear_error():
-    from impls.fused import extension
-
+def test_unsupported_head_count_is_a_clear_error(target_kernels):
     with pytest.raises(RuntimeError, match="1, 2, 4, 8 or 16 heads"):
-        extension().fused_map(torch.rand(1, 3, 4, 4), torch.rand(3, 3, 3, 3), torch.rand(3))
+        target_kernels.fused_map(torch.rand(1, 3, 4, 4), torch.rand(3, 3, 3, 3), torch.rand(3))
 
 
 @pytest.mark.parametrize("n, d", [(5, 1), (17, 8), (70, 16), (33, 64)])
-def test_attention_kernel_matches_softmax_attention(n, d):
+def test_attention_kernel_matches_softmax_attention(target_kernels, n, d):
     """Row counts that are not a multiple of the 4-row groups or 16-float vectors, head dims padded to 8."""
-    from impls.fused import extension
-
     torch.manual_seed(n * d)
     q, k, v = (torch.randn(2, n, 3, d).transpose(1, 2) for _ in range(3))  # strided, as the projections give them
     want_attn = torch.softmax(q @ k.transpose(-1, -2), dim=-1)
     want_out = (want_attn @ v).transpose(1, 2).reshape(2, n, 3 * d)
-    out, attn = extension().softmax_attention(q, k, v, True, torch.float32)
+    out, attn = target_kernels.softmax_attention(q, k, v, True, torch.float32)
     torch.testing.assert_close(attn, want_attn, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out, want_out, rtol=1e-5, atol=1e-5)
-    out_only, none = extension().softmax_attention(q, k, v, False, torch.float32)
+    out_only, none = target_kernels.softmax_attention(q, k, v, False, torch.float32)
     assert none is None
     torch.testing.assert_close(out_only, want_out, rtol=1e-5, atol=1e-5)
-    _, attn_bf16 = extension().softmax_attention(q, k, v, True, torch.bfloat16)
+    _, attn_bf16 = target_kernels.softmax_attention(q, k, v, True, torch.bfloat16)
     assert attn_bf16.dtype == torch.bfloat16
     torch.testing.assert_close(attn_bf16.float(), want_attn, rtol=1e-2, atol=1e-3)
     # bfloat16 inputs are widened exactly: the same as passing their float32 values
     narrow = [t.bfloat16() for t in (q, k, v)]
     torch.testing.assert_close(
-        extension().softmax_attention(*narrow, False, torch.float32)[0],
-        extension().softmax_attention(*(t.float() for t in narrow), False, torch.float32)[0],
+        target_kernels.softmax_attention(*narrow, False, torch.float32)[0],
+        target_kernels.softmax_attention(*(t.float() for t in narrow), False, torch.float32)[0],
         rtol=0, atol=0,
     )
 
 
-def test_map_kernel_reads_bfloat16_attention():
-    from impls.fused import extension
-
+def test_map_kernel_reads_bfloat16_attention(target_kernels):
     attn = torch.softmax(torch.randn(1, 4, 130, 130), dim=-1).bfloat16()
     weight, bias = torch.randn(4, 4, 3, 3), torch.randn(4)
     wide = attn.float()
     want = torch.relu(torch.nn.functional.conv2d(wide + wide.transpose(-1, -2), weight, bias, padding=1))
-    torch.testing.assert_close(extension().fused_map(attn, weight, bias), want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(target_kernels.fused_map(attn, weight, bias), want, rtol=1e-5, atol=1e-5)
 
 
 def test_without_a_compiler_fwd_is_unsupported_with_the_reason_and_feature_runs(monkeypatch):
     """feature mode needs no kernel of ours (SDPA); fwd needs both."""
-    import impls.fused as fused
-
     monkeypatch.setenv("CXX", "no-such-compiler-cmgm")
-    fused.extension_problem.cache_clear()
-    try:
-        runner = CaseRunner(QUICK)
-        fwd = runner.run(Case("fused", "cpu", "float32", "fwd", 1, 5, 5, 2, 16))["row"]
-        assert fwd["status"] == "unsupported"
-        assert fwd["error"] == "no C++ compiler (no-such-compiler-cmgm) to build the fused kernels"
-        assert runner.run(Case("fused", "cpu", "float32", "feature", 1, 5, 5, 2, 16))["row"]["status"] == "ok"
-    finally:
-        monkeypatch.undo()
-        fused.extension_problem.cache_clear()
+    runner = CaseRunner(QUICK)
+    fwd = runner.run(Case("fused", "cpu", "float32", "fwd", 1, 5, 5, 2, 16))["row"]
+    assert fwd["status"] == "unsupported"
+    assert fwd["error"] == "no C++ compiler (no-such-compiler-cmgm) to build the fused kernels"
+    assert runner.run(Case("fused", "cpu", "float32", "feature", 1, 5, 5, 2, 16))["row"]["status"] == "ok"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_stage_choice_and_the_target_are_recorded(monkeypatch, target):
+    monkeypatch.setenv(kernels.TARGET_ENV, target)
+    record = CaseRunner(QUICK).run(Case("fused", "cpu", "float32", "fwd", 1, 13, 11, 4, 32))
+    row, notes = record["row"], record["notes"]
+    assert row["status"] == "ok", row["error"]
+    assert notes["kernel_target"] == target and notes["kernel_extension"] == kernels.extension_name(target)
+    assert set(notes["stage_paths"]) == {"attention", "map"} and set(notes["stage_paths"].values()) <= {"kernel", "aten"}
+    for stage, times in notes["stage_ms"].items():
+        assert set(times) == {"kernel", "aten"} and all(ms > 0 for ms in times.values())
+        assert notes["stage_paths"][stage] == min(times, key=times.get)
+    assert row["variant"] == f"{target}: attention={notes['stage_paths']['attention']}, map={notes['stage_paths']['map']}"
+
+
+@pytest.mark.parametrize("path", ["kernel", "aten"])
+def test_either_path_of_each_stage_gives_the_reference(target_kernels, path):
+    module = copy.deepcopy(reference_module(32, 4, 0, 9, 7)).eval()
+    x, y = make_inputs(2, 32, 9, 7, 0)
+    fused = FusedCMGM(module, torch.float32)
+    fused.use_kernels(target_kernels, {"attention": path, "map": path})
+    with torch.inference_mode():
+        out, attn_map = fused(x, y, want_map=True)
+        want_out, want_map = module(x, y)
+    torch.testing.assert_close(out, want_out, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(attn_map, want_map, rtol=1e-4, atol=1e-5)
+
+
+def test_fused_bf16_needs_native_bfloat16(monkeypatch):
+    monkeypatch.setattr(cpu_features, "native_bfloat16", lambda: False)
+    row = CaseRunner(QUICK).run(Case("fused-bf16", "cpu", "bfloat16", "fwd", 1, 5, 5, 2, 16))["row"]
+    assert row["status"] == "unsupported" and "no native bfloat16" in row["error"]

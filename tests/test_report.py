@@ -31,7 +31,7 @@ def test_run_writes_a_report_listing_every_case_with_valid_plots(run_dir):
     for row in frame.itertuples():
         assert re.search(rf"\| {row.impl} \| B{row.batch} {row.height}x{row.width} h{row.heads} C{row.dim} \| {row.status} \|", report)
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
-    assert {"latency_vs_tokens.png", "speedup.png", "memory_vs_tokens.png", "throughput.png"} <= set(images)
+    assert {"latency_vs_tokens.png", "speedup.png", "memory_vs_tokens.png", "roofline.png"} <= set(images)
     for name in images:
         data = (run_dir / name).read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 10_000
