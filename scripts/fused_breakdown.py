@@ -40,8 +40,8 @@ def main() -> None:
     module = reference_module(C, h, 0, args.res, args.res).eval()
     x, y = make_inputs(1, C, args.res, args.res, 0)
     fused = FusedCMGM(module, torch.float32)
-    fused.use_kernels(kernels, {"attention": "kernel", "map": "kernel"})
     kernels = kernel_builds.load(args.target)[0]
+    fused.use_kernels(kernels, {"attention": "kernel", "map": "kernel"})
     q, k, v = (torch.randn(1, h, n, d) for _ in range(3))
     attn = torch.softmax(q @ k.transpose(-1, -2), dim=-1)
     weight, bias = fused.map_w, fused.map_b

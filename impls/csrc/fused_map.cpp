@@ -1,11 +1,12 @@
 // The CMGM attention-map branch in one pass over memory (inference):
 //   out = ReLU(conv3x3_h->h(A + A^T) * bn_scale + bn_shift)
-// with the BatchNorm already folded into the weight W (h, h, 3, 3) and bias (h).
+// with the BatchNorm already folded into the weight (h, h, 3, 3) and bias (h).
 // A is the (B, h, N, N) softmax matrix. The map is processed in T x T tiles:
 // each tile of A + A^T, with a one-pixel halo (zero outside the map), is built
 // in a small buffer (the A^T half read as rows of A and transposed in registers),
-// then all h output channels are accumulated from it, 16 pixels at a time in
-// SIMD registers, and written once. A + A^T is symmetric: the tile at (J, I)
+// then the h output channels are accumulated from it, W pixels per SIMD
+// register (W = 16 on AVX-512, 8 on AVX2), in blocks of output channels and
+// pixels sized to the target's register file, and written once. A + A^T is symmetric: the tile at (J, I)
 // is the transpose of the one at (I, J), so tiles are done in mirrored pairs
 // and A is read from memory once.
 #include <ATen/ATen.h>
@@ -19,10 +20,11 @@
 
 namespace {
 
-using cmgm::load16;
-using cmgm::v16;
+using cmgm::load;
+using cmgm::vf;
+using cmgm::W;
 
-constexpr int64_t T = 32;           // tile side (pixels): two 16-float vectors per row
+constexpr int64_t T = 32;           // tile side (pixels): 32 / W vectors per row
 constexpr int64_t P = T + 2;        // padded tile side
 
 // s = A + A^T over a tile at the border of the map, with its one-pixel halo (zero outside the map).
@@ -39,17 +41,17 @@ void load_edge_tile(const scalar_t* a, float* s, int64_t n, int64_t i0, int64_t 
 }
 
 // dst[r][q] (+)= src[q][r] over the 32 x 32 core of a padded tile (rows and
-// columns 1..32): read as rows of src, transposed in registers 16 x 16 at a time.
+// columns 1..32): read as rows of src, transposed in registers W x W at a time.
 template <bool accumulate, typename scalar_t>
 void transpose_core(const scalar_t* src, int64_t stride, float* dst) {
-  for (int64_t R = 0; R < T; R += 16) {
-    for (int64_t Q = 0; Q < T; Q += 16) {
-      v16 rows[16];  // rows[t] = src[Q + t][R ...]; after the transpose rows[u] = src[Q ...][R + u]
-      for (int t = 0; t < 16; ++t) rows[t] = load16(src + (Q + t) * stride + R);
-      cmgm::transpose16(rows);
-      for (int u = 0; u < 16; ++u) {
+  for (int64_t R = 0; R < T; R += W) {
+    for (int64_t Q = 0; Q < T; Q += W) {
+      vf rows[W];  // rows[t] = src[Q + t][R ...]; after the transpose rows[u] = src[Q ...][R + u]
+      for (int t = 0; t < W; ++t) rows[t] = load(src + (Q + t) * stride + R);
+      cmgm::transpose(rows);
+      for (int u = 0; u < W; ++u) {
         float* line = dst + (1 + R + u) * P + 1 + Q;
-        cmgm::store16(line, accumulate ? load16(line) + rows[u] : rows[u]);
+        cmgm::store(line, accumulate ? load(line) + rows[u] : rows[u]);
       }
     }
   }
@@ -62,9 +64,8 @@ void load_tile(const scalar_t* a, float* s, int64_t n, int64_t i0, int64_t j0) {
   if (i0 < 1 || j0 < 1 || i0 + T + 1 > n || j0 + T + 1 > n) return load_edge_tile(a, s, n, i0, j0);
   for (int64_t r = 0; r < P; ++r) {
     const scalar_t* direct = a + (i0 + r - 1) * n + j0 - 1;
-    cmgm::store16(s + r * P, load16(direct));
-    cmgm::store16(s + r * P + 16, load16(direct + 16));
-    for (int64_t q = 32; q < P; ++q) s[r * P + q] = static_cast<float>(direct[q]);
+    for (int64_t q = 0; q < T; q += W) cmgm::store(s + r * P + q, load(direct + q));
+    for (int64_t q = T; q < P; ++q) s[r * P + q] = static_cast<float>(direct[q]);
   }
   transpose_core<true>(a + j0 * n + i0, n, s);
   auto add_mirrored = [&](int64_t r, int64_t q) { s[r * P + q] += static_cast<float>(a[(j0 + q - 1) * n + i0 + r - 1]); };
@@ -79,38 +80,48 @@ void transpose_tile(const float* s, float* t) {
   for (int64_t r = 1; r < P - 1; ++r) t[r * P] = s[r], t[r * P + P - 1] = s[(P - 1) * P + r];
 }
 
-// One row of a tile: all H output channels of G * 16 pixels, accumulated in
-// registers (H and G known at compile time so the accumulators stay in them).
-template <int H, int G>
-inline void row_block(const float* tile, const float* W, const float* bias, float* out,
-                      int64_t n, int64_t ii, int64_t jv, int64_t width, int64_t out_offset) {
-  v16 acc[H][G];
-  for (int o = 0; o < H; ++o)
-    for (int g = 0; g < G; ++g) acc[o][g] = v16{} + bias[o];
+// One row of a tile: OC output channels (o0 ...) of G * W pixels, accumulated
+// in registers (H, OC and G known at compile time so the accumulators stay in them).
+template <int H, int OC, int G>
+inline void row_block(const float* tile, const float* Wt, const float* bias, float* out,
+                      int64_t n, int64_t ii, int64_t jv, int64_t width, int64_t out_offset, int o0) {
+  vf acc[OC][G];
+  for (int o = 0; o < OC; ++o)
+    for (int g = 0; g < G; ++g) acc[o][g] = cmgm::splat(bias[o0 + o]);
   for (int c = 0; c < H; ++c) {
     for (int di = 0; di < 3; ++di) {
       const float* line = tile + c * P * P + (ii + di) * P + jv;
       for (int dj = 0; dj < 3; ++dj) {
-        v16 v[G];
-        for (int g = 0; g < G; ++g) v[g] = load16(line + dj + 16 * g);
-        const float* w = W + ((c * 3 + di) * 3 + dj) * H;
-        for (int o = 0; o < H; ++o)
+        vf v[G];
+        for (int g = 0; g < G; ++g) v[g] = load(line + dj + W * g);
+        const float* w = Wt + ((c * 3 + di) * 3 + dj) * H + o0;
+        for (int o = 0; o < OC; ++o)
           for (int g = 0; g < G; ++g) acc[o][g] += w[o] * v[g];
       }
     }
   }
-  for (int o = 0; o < H; ++o) {
-    float* dst = out + out_offset + o * n * n;
+  for (int o = 0; o < OC; ++o) {
+    float* dst = out + out_offset + (o0 + o) * n * n;
     for (int g = 0; g < G; ++g) {
-      const v16 value = cmgm::relu16(acc[o][g]);
-      if (16 * g + 16 <= width) {
-        cmgm::store16(dst + 16 * g, value);
+      const vf value = cmgm::relu(acc[o][g]);
+      if (W * g + W <= width) {
+        cmgm::store(dst + W * g, value);
       } else {
-        for (int k = 0; 16 * g + k < width; ++k) dst[16 * g + k] = value[k];
+        for (int k = 0; W * g + k < width; ++k) dst[W * g + k] = value[k];
       }
     }
   }
 }
+
+// Register blocks: OC output channels x G vectors of pixels per step. With 32
+// zmm registers all H channels fit (up to 16 accumulators); with 16 ymm
+// registers at most 8 accumulators, so H = 16 is done in two halves.
+template <int H>
+struct Blocking {
+  static constexpr int OC = W == 16 ? H : (H < 8 ? H : 8);
+  static constexpr int G = W == 16 ? (H <= 8 ? 2 : 1) : (OC >= 8 ? 1 : OC >= 4 ? 2 : 4);
+  static_assert(G * W <= T, "a register block is at most one tile row");
+};
 
 // The rows of A that load_tile reads for the pair at (i0, j0), handed out a
 // few at a time to be prefetched while the previous pair is being convolved:
@@ -143,23 +154,24 @@ class RowPrefetcher {
 
 // All H output channels of one tile from its padded input tile; prefetches
 // `per_row` planned rows of the next pair after each output row.
-template <int H, int G, typename scalar_t>
-void convolve_tile(const float* tile, const float* W, const float* bias, float* out, int64_t n, int64_t b, int64_t i0, int64_t j0,
+template <int H, typename scalar_t>
+void convolve_tile(const float* tile, const float* Wt, const float* bias, float* out, int64_t n, int64_t b, int64_t i0, int64_t j0,
                    RowPrefetcher<scalar_t>& prefetcher, size_t per_row) {
+  constexpr int OC = Blocking<H>::OC, G = Blocking<H>::G;
   const int64_t rows = std::min(T, n - i0), cols = std::min(T, n - j0);
   for (int64_t ii = 0; ii < rows; ++ii) {
-    for (int64_t jv = 0; jv < cols; jv += 16 * G)
-      row_block<H, G>(tile, W, bias, out, n, ii, jv, cols - jv, (b * H * n + i0 + ii) * n + j0 + jv);
+    for (int64_t jv = 0; jv < cols; jv += W * G)
+      for (int o0 = 0; o0 < H; o0 += OC)
+        row_block<H, OC, G>(tile, Wt, bias, out, n, ii, jv, cols - jv, (b * H * n + i0 + ii) * n + j0 + jv, o0);
     prefetcher.step(per_row);
   }
 }
 
-// W is laid out (c, di, dj, o): the h weights of one tap are contiguous.
+// The weight is laid out (c, di, dj, o): the h weights of one tap are contiguous.
 // Tiles are taken in mirrored pairs (I, J), (J, I): A is read once for both,
 // and the second tile of A + A^T is the first one transposed in cache.
 template <int H, typename scalar_t>
-void fused_map_kernel(const scalar_t* A, const float* W, const float* bias, float* out, int64_t batch, int64_t n) {
-  constexpr int G = H <= 8 ? 2 : 1;  // 16 x G pixels per step: H * G accumulators must fit the registers
+void fused_map_kernel(const scalar_t* A, const float* Wt, const float* bias, float* out, int64_t batch, int64_t n) {
   const int64_t tiles = (n + T - 1) / T;
   std::vector<std::pair<int64_t, int64_t>> pairs;  // (I, J) with I <= J
   for (int64_t I = 0; I < tiles; ++I)
@@ -180,22 +192,22 @@ void fused_map_kernel(const scalar_t* A, const float* W, const float* bias, floa
       }
       const int64_t output_rows = (i0 == j0 ? 1 : 2) * std::min(T, n - i0);
       const size_t per_row = (prefetcher.size() + output_rows - 1) / output_rows;
-      convolve_tile<H, G>(tile.data(), W, bias, out, n, b, i0, j0, prefetcher, per_row);
+      convolve_tile<H>(tile.data(), Wt, bias, out, n, b, i0, j0, prefetcher, per_row);
       if (i0 == j0) continue;
       for (int64_t c = 0; c < H; ++c) transpose_tile(tile.data() + c * P * P, mirrored.data() + c * P * P);
-      convolve_tile<H, G>(mirrored.data(), W, bias, out, n, b, j0, i0, prefetcher, per_row);
+      convolve_tile<H>(mirrored.data(), Wt, bias, out, n, b, j0, i0, prefetcher, per_row);
     }
   });
 }
 
 template <typename scalar_t>
-void dispatch_heads(const scalar_t* A, const float* W, const float* bias, float* out, int64_t batch, int64_t heads, int64_t n) {
+void dispatch_heads(const scalar_t* A, const float* Wt, const float* bias, float* out, int64_t batch, int64_t heads, int64_t n) {
   switch (heads) {
-    case 1: return fused_map_kernel<1>(A, W, bias, out, batch, n);
-    case 2: return fused_map_kernel<2>(A, W, bias, out, batch, n);
-    case 4: return fused_map_kernel<4>(A, W, bias, out, batch, n);
-    case 8: return fused_map_kernel<8>(A, W, bias, out, batch, n);
-    case 16: return fused_map_kernel<16>(A, W, bias, out, batch, n);
+    case 1: return fused_map_kernel<1>(A, Wt, bias, out, batch, n);
+    case 2: return fused_map_kernel<2>(A, Wt, bias, out, batch, n);
+    case 4: return fused_map_kernel<4>(A, Wt, bias, out, batch, n);
+    case 8: return fused_map_kernel<8>(A, Wt, bias, out, batch, n);
+    case 16: return fused_map_kernel<16>(A, Wt, bias, out, batch, n);
     default: TORCH_CHECK(false, "fused_map supports 1, 2, 4, 8 or 16 heads, not ", heads);
   }
 }

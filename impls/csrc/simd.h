@@ -1,11 +1,15 @@
-// 16-float SIMD vectors through GCC vector extensions (lowered to AVX-512,
-// AVX2 or SSE, whatever -march=native offers) and the few operations the
-// fused kernels need: loads from float32 or bfloat16, ReLU, exp, sums and a
-// 16 x 16 transpose in registers.
+// SIMD vectors of the target's native width through GCC vector extensions,
+// and the few operations the fused kernels need: loads from float32 or
+// bfloat16, ReLU, exp, sums and a W x W transpose in registers.
+//
+// W is 16 floats (one zmm register) on an AVX-512 target and 8 floats (one
+// ymm register) otherwise: the kernels size their register blocks from W, so
+// the AVX2 build keeps its accumulators within 16 ymm registers instead of
+// splitting 64-byte vectors over pairs of them and spilling.
 #pragma once
 
 #include <c10/util/BFloat16.h>
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -17,10 +21,16 @@
 
 namespace cmgm {
 
-typedef float v16 __attribute__((vector_size(64)));
-typedef int32_t v16i __attribute__((vector_size(64)));
-typedef uint32_t v16u __attribute__((vector_size(64)));
-typedef uint16_t v16h __attribute__((vector_size(32)));
+#if defined(__AVX512F__)
+constexpr int W = 16;
+#else
+constexpr int W = 8;
+#endif
+
+typedef float vf __attribute__((vector_size(4 * W)));
+typedef int32_t vi __attribute__((vector_size(4 * W)));
+typedef uint32_t vu __attribute__((vector_size(4 * W)));
+typedef uint16_t vh __attribute__((vector_size(2 * W)));
 
 // Ask Linux for 2 MiB pages over the whole pages of a fresh buffer, before it
 // is first written. Buffers of 32 MiB and more (glibc's largest mmap
@@ -42,43 +52,43 @@ inline void prefer_huge_pages(void* data, size_t bytes) {
 #endif
 }
 
-inline v16 splat(float x) { return v16{} + x; }
+inline vf splat(float x) { return vf{} + x; }
 
-inline v16 load16(const float* p) { v16 v; std::memcpy(&v, p, sizeof v); return v; }
+inline vf load(const float* p) { vf v; std::memcpy(&v, p, sizeof v); return v; }
 
 // bfloat16 is the upper half of a float32: widen and shift.
-inline v16 load16(const c10::BFloat16* p) {
-  v16h h;
+inline vf load(const c10::BFloat16* p) {
+  vh h;
   std::memcpy(&h, p, sizeof h);
-  v16u wide = __builtin_convertvector(h, v16u) << 16;
-  v16 v;
+  vu wide = __builtin_convertvector(h, vu) << 16;
+  vf v;
   std::memcpy(&v, &wide, sizeof v);
   return v;
 }
 
-inline void store16(float* p, v16 v) { std::memcpy(p, &v, sizeof v); }
+inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
 
 // Round to nearest even, as c10::BFloat16's constructor does.
-inline void store16(c10::BFloat16* p, v16 v) {
-  v16u bits;
+inline void store(c10::BFloat16* p, vf v) {
+  vu bits;
   std::memcpy(&bits, &v, sizeof bits);
   bits = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
-  v16h h = __builtin_convertvector(bits, v16h);
+  vh h = __builtin_convertvector(bits, vh);
   std::memcpy(p, &h, sizeof h);
 }
 
-inline v16 max16(v16 a, v16 b) { return a > b ? a : b; }
-inline v16 relu16(v16 a) { return max16(a, v16{}); }
+inline vf maxv(vf a, vf b) { return a > b ? a : b; }
+inline vf relu(vf a) { return maxv(a, vf{}); }
 
-inline float hsum(v16 v) {
+inline float hsum(vf v) {
   float s = 0.f;
-  for (int k = 0; k < 16; ++k) s += v[k];
+  for (int k = 0; k < W; ++k) s += v[k];
   return s;
 }
 
-inline float hmax(v16 v) {
+inline float hmax(vf v) {
   float m = v[0];
-  for (int k = 1; k < 16; ++k) m = v[k] > m ? v[k] : m;
+  for (int k = 1; k < W; ++k) m = v[k] > m ? v[k] : m;
   return m;
 }
 
@@ -86,16 +96,18 @@ inline float hmax(v16 v) {
 // error about 2e-7: x = n ln2 + r with |r| <= ln2 / 2, exp(r) by Cephes'
 // expf polynomial, times 2^n. Below -87 it returns ~1e-38 instead of
 // denormals or zero, far under float32's resolution of a softmax row.
-inline v16 exp16(v16 x) {
-  x = max16(x, splat(-87.0f));
+inline vf expv(vf x) {
+  x = maxv(x, splat(-87.0f));
 #if defined(__AVX512F__)
-  const v16 n = reinterpret_cast<v16>(_mm512_roundscale_ps(reinterpret_cast<__m512>(x * 1.44269504088896341f), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  const vf n = reinterpret_cast<vf>(_mm512_roundscale_ps(reinterpret_cast<__m512>(x * 1.44269504088896341f), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#elif defined(__AVX2__)
+  const vf n = reinterpret_cast<vf>(_mm256_round_ps(reinterpret_cast<__m256>(x * 1.44269504088896341f), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 #else
-  const v16 n = __builtin_convertvector(__builtin_convertvector(x * 1.44269504088896341f - 0.5f, v16i), v16);
+  const vf n = __builtin_convertvector(__builtin_convertvector(x * 1.44269504088896341f - 0.5f, vi), vf);
 #endif
-  v16 r = x - n * 0.693359375f;
+  vf r = x - n * 0.693359375f;
   r = r + n * 2.12194440e-4f;
-  v16 p = splat(1.9875691500e-4f);
+  vf p = splat(1.9875691500e-4f);
   p = p * r + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
   p = p * r + 4.1665795894e-2f;
@@ -103,24 +115,25 @@ inline v16 exp16(v16 x) {
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
 #if defined(__AVX512F__)
-  return reinterpret_cast<v16>(_mm512_scalef_ps(reinterpret_cast<__m512>(p), reinterpret_cast<__m512>(n)));
+  return reinterpret_cast<vf>(_mm512_scalef_ps(reinterpret_cast<__m512>(p), reinterpret_cast<__m512>(n)));
 #else
-  v16i scale = (__builtin_convertvector(n, v16i) + 127) << 23;
-  v16 two_n;
+  vi scale = (__builtin_convertvector(n, vi) + 127) << 23;
+  vf two_n;
   std::memcpy(&two_n, &scale, sizeof two_n);
   return p * two_n;
 #endif
 }
 
-// Transpose 16 rows of 16 floats in place: four butterfly stages, each
-// swapping one bit of the row index with the same bit of the lane index.
-inline void transpose16(v16 (&rows)[16]) {
-  static constexpr v16i lo[4] = {
+// Transpose W rows of W floats in place.
+inline void transpose(vf (&rows)[W]) {
+#if defined(__AVX512F__)
+  // Four butterfly stages, each swapping one bit of the row index with the same bit of the lane index.
+  static constexpr vi lo[4] = {
       {0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30},
       {0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29},
       {0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27},
       {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23}};
-  static constexpr v16i hi[4] = {
+  static constexpr vi hi[4] = {
       {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31},
       {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31},
       {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31},
@@ -129,11 +142,34 @@ inline void transpose16(v16 (&rows)[16]) {
     const int step = 1 << stage;
     for (int r = 0; r < 16; ++r) {
       if (r & step) continue;
-      const v16 a = rows[r], b = rows[r + step];
+      const vf a = rows[r], b = rows[r + step];
       rows[r] = __builtin_shuffle(a, b, lo[stage]);
       rows[r + step] = __builtin_shuffle(a, b, hi[stage]);
     }
   }
+#elif defined(__AVX2__)
+  // The textbook 8 x 8 transpose: unpack pairs, shuffle quads, exchange 128-bit halves.
+  __m256 r[8], t[8];
+  for (int i = 0; i < 8; ++i) r[i] = reinterpret_cast<__m256>(rows[i]);
+  for (int i = 0; i < 8; i += 2) t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]), t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  for (int i = 0; i < 8; i += 4) {
+    r[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int i = 0; i < 4; ++i) {
+    rows[i] = reinterpret_cast<vf>(_mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
+    rows[i + 4] = reinterpret_cast<vf>(_mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
+  }
+#else
+  for (int i = 0; i < W; ++i)
+    for (int j = i + 1; j < W; ++j) {
+      const float swap = rows[i][j];
+      rows[i][j] = rows[j][i];
+      rows[j][i] = swap;
+    }
+#endif
 }
 
 }  // namespace cmgm

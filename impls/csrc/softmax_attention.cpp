@@ -4,8 +4,8 @@
 // bfloat16) when the caller wants it, and not at all otherwise.
 //
 // Layout: K and V are transposed to (d, N) and padded with zeros to whole
-// 16-float vectors along N and to a multiple of 8 along d, so that every inner
-// loop is whole vectors. Four query rows share each sweep over K and V: for
+// vectors of the target's width W along N (16 floats on AVX-512, 8 on AVX2)
+// and to a multiple of 8 along d, so that every inner loop is whole vectors. Four query rows share each sweep over K and V: for
 // N = 784 and d = 8 the two are 50 KB, more than L1, and reading them from L2
 // once per row was the kernel's bottleneck.
 #include <ATen/ATen.h>
@@ -20,13 +20,16 @@
 
 namespace {
 
-using cmgm::load16;
+using cmgm::load;
 using cmgm::splat;
-using cmgm::store16;
-using cmgm::v16;
+using cmgm::store;
+using cmgm::vf;
+using cmgm::W;
 
-constexpr int ROWS = 4;           // query rows per sweep over K and V (which do not fit L1 together)
-constexpr int64_t DIM_CHUNK = 4;  // head dimensions accumulated together in A V: ROWS x DIM_CHUNK registers
+constexpr int ROWS = 4;  // query rows per sweep over K and V (which do not fit L1 together)
+// Head dimensions accumulated together in A V: ROWS x DIM_CHUNK accumulators,
+// 16 of the 32 zmm registers on AVX-512, 8 of the 16 ymm registers on AVX2.
+constexpr int64_t DIM_CHUNK = W == 16 ? 4 : 2;
 constexpr int64_t D_ALIGN = 8;    // the head dimension is padded to a multiple of this
 
 struct Layout {
@@ -40,41 +43,41 @@ template <typename attn_t>
 void attend_rows(const float* const (&q)[ROWS], const float* kT, const float* vT, const Layout& L, float* scratch,
                  attn_t* const (&attn_rows)[ROWS], float* const (&out_rows)[ROWS]) {
   constexpr float lowest = -std::numeric_limits<float>::infinity();
-  v16 row_max[ROWS];
+  vf row_max[ROWS];
   for (int r = 0; r < ROWS; ++r) row_max[r] = splat(lowest);
-  for (int64_t j = 0; j < L.n_pad; j += 16) {
-    v16 s[ROWS][2] = {};  // two partial sums per row: independent chains hide the FMA latency
+  for (int64_t j = 0; j < L.n_pad; j += W) {
+    vf s[ROWS][2] = {};  // two partial sums per row: independent chains hide the FMA latency
     for (int64_t c = 0; c < L.d_pad; c += 2) {
-      const v16 k0 = load16(kT + c * L.n_pad + j), k1 = load16(kT + (c + 1) * L.n_pad + j);
+      const vf k0 = load(kT + c * L.n_pad + j), k1 = load(kT + (c + 1) * L.n_pad + j);
       for (int r = 0; r < ROWS; ++r) s[r][0] += q[r][c] * k0, s[r][1] += q[r][c + 1] * k1;
     }
     for (int r = 0; r < ROWS; ++r) {
-      v16 score = s[r][0] + s[r][1];
-      for (int64_t k = L.n - j; k < 16; ++k) score[k] = lowest;  // padding
-      store16(scratch + r * L.n_pad + j, score);
-      row_max[r] = cmgm::max16(row_max[r], score);
+      vf score = s[r][0] + s[r][1];
+      for (int64_t k = L.n - j; k < W; ++k) score[k] = lowest;  // padding
+      store(scratch + r * L.n_pad + j, score);
+      row_max[r] = cmgm::maxv(row_max[r], score);
     }
   }
   float inverse[ROWS];
   for (int r = 0; r < ROWS; ++r) {
     float* row = scratch + r * L.n_pad;
-    const v16 shift = splat(cmgm::hmax(row_max[r]));
-    v16 total = v16{};
-    for (int64_t j = 0; j < L.n_pad; j += 16) {
-      const v16 e = cmgm::exp16(load16(row + j) - shift);
-      store16(row + j, e);
+    const vf shift = splat(cmgm::hmax(row_max[r]));
+    vf total = vf{};
+    for (int64_t j = 0; j < L.n_pad; j += W) {
+      const vf e = cmgm::expv(load(row + j) - shift);
+      store(row + j, e);
       total += e;
     }
     inverse[r] = 1.0f / cmgm::hsum(total);
   }
   // A V from the unnormalised weights; the normalisation goes to the d outputs.
   for (int64_t c0 = 0; c0 < L.d_pad; c0 += DIM_CHUNK) {
-    v16 acc[ROWS][DIM_CHUNK] = {};
-    for (int64_t j = 0; j < L.n_pad; j += 16) {
-      v16 v[DIM_CHUNK];
-      for (int c = 0; c < DIM_CHUNK; ++c) v[c] = load16(vT + (c0 + c) * L.n_pad + j);
+    vf acc[ROWS][DIM_CHUNK] = {};
+    for (int64_t j = 0; j < L.n_pad; j += W) {
+      vf v[DIM_CHUNK];
+      for (int c = 0; c < DIM_CHUNK; ++c) v[c] = load(vT + (c0 + c) * L.n_pad + j);
       for (int r = 0; r < ROWS; ++r) {
-        const v16 e = load16(scratch + r * L.n_pad + j);
+        const vf e = load(scratch + r * L.n_pad + j);
         for (int c = 0; c < DIM_CHUNK; ++c) acc[r][c] += e * v[c];
       }
     }
@@ -84,10 +87,10 @@ void attend_rows(const float* const (&q)[ROWS], const float* kT, const float* vT
   for (int r = 0; r < ROWS; ++r) {
     if (attn_rows[r] == nullptr) continue;
     const float* row = scratch + r * L.n_pad;
-    for (int64_t j = 0; j < L.n_pad; j += 16) {
-      const v16 a = load16(row + j) * inverse[r];
-      if (j + 16 <= L.n) {
-        store16(attn_rows[r] + j, a);
+    for (int64_t j = 0; j < L.n_pad; j += W) {
+      const vf a = load(row + j) * inverse[r];
+      if (j + W <= L.n) {
+        store(attn_rows[r] + j, a);
       } else {
         for (int64_t k = 0; j + k < L.n; ++k) attn_rows[r][j + k] = static_cast<attn_t>(a[k]);
       }
@@ -137,7 +140,7 @@ std::tuple<at::Tensor, at::Tensor> softmax_attention(const at::Tensor& q, const 
   TORCH_CHECK(q.device().is_cpu() && k.device().is_cpu() && v.device().is_cpu(), "q, k and v must be CPU tensors");
   TORCH_CHECK(attn_dtype == at::kFloat || attn_dtype == at::kBFloat16, "the attention matrix is float32 or bfloat16");
   const int64_t batch = q.size(0), heads = q.size(1), n = q.size(2), d = q.size(3);
-  const Layout L{n, (n + 15) / 16 * 16, d, (d + D_ALIGN - 1) / D_ALIGN * D_ALIGN};
+  const Layout L{n, (n + W - 1) / W * W, d, (d + D_ALIGN - 1) / D_ALIGN * D_ALIGN};
   auto q_padded = at::zeros({batch, heads, n, L.d_pad}, q.options().dtype(at::kFloat));
   q_padded.narrow(3, 0, d).copy_(q);
   const auto kT = transposed_padded(k, L), vT = transposed_padded(v, L);
