@@ -32,11 +32,22 @@ def _best_seconds(fn, device: str) -> float:
 
 
 def matmul_gflops(device: str, dtype: str) -> float | None:
-    """Best-case GFLOP/s of a square matmul; ``None`` if the dtype has no matmul here."""
-    n = 4096 if device.startswith("cuda") else 1024
+    """Best-case GFLOP/s of a square matmul; ``None`` if the dtype has no matmul here.
+
+    The side doubles from 256 until one call takes 20 ms or the side reaches
+    1024 (4096 on a GPU): an emulated dtype (1 GFLOP/s) is measured small
+    instead of spending seconds a call, a fast one large enough to reach its rate.
+    """
+    largest = 4096 if device.startswith("cuda") else 1024
+    n = 256
     try:
-        a = torch.randn(n, n, device=device).to(_DTYPES[dtype])
-        b = torch.randn(n, n, device=device).to(_DTYPES[dtype])
+        while True:
+            a = torch.randn(n, n, device=device).to(_DTYPES[dtype])
+            b = torch.randn(n, n, device=device).to(_DTYPES[dtype])
+            seconds = clock_for(device).time_call(lambda: torch.mm(a, b))
+            if n >= largest or seconds >= 0.02:
+                break
+            n *= 2
         seconds = _best_seconds(lambda: torch.mm(a, b), device)
     except RuntimeError:
         return None

@@ -7,6 +7,8 @@ missing; a Ctrl-C stops after saving every finished case.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import sys
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -162,6 +164,26 @@ def run_plan(
         }
     writer = RunWriter(plan.out_dir, meta, plan.done)
     runners = {device: CaseRunner(plan.options, meta["ceilings"][device]) for device in devices}
+    with frozen_heap():
+        run_cases(plan, writer, runners, meta, on_case_start, on_case_done)
+    if plan.settings["count_instructions"]:
+        add_instruction_counts(writer, plan)
+    return writer
+
+
+@contextlib.contextmanager
+def frozen_heap():
+    """What exists before the cases (torch, the runtimes, their modules) lives for the whole run:
+    frozen, each case's garbage collection scans only the case's own objects (0.15 s -> ~0.01 s)."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+def run_cases(plan: Plan, writer: RunWriter, runners: dict, meta: dict, on_case_start, on_case_done) -> None:
+    """Run each case not done yet, account its share of the ceiling, append its record at once."""
     for index, case in enumerate(plan.todo):
         if on_case_start:
             on_case_start(case, index)
@@ -184,9 +206,6 @@ def run_plan(
         writer.append(record)
         if on_case_done:
             on_case_done(case, record)
-    if plan.settings["count_instructions"]:
-        add_instruction_counts(writer, plan)
-    return writer
 
 
 def add_instruction_counts(writer: RunWriter, plan: Plan) -> None:
