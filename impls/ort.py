@@ -83,13 +83,13 @@ def cuda_runner(session, case, want_map: bool):
     binding = session.io_binding()
     for name, tensor in outputs.items():
         binding.bind_output(name, "cuda", index, np.float32, list(tensor.shape), tensor.data_ptr())
-    bound: dict[str, int] = {}
+    bound: dict[str, torch.Tensor] = {}  # what each input is bound to, kept alive while bound
 
     def forward(x, y):
         for name, tensor in (("x", x), ("y", y)):
-            if bound.get(name) != tensor.data_ptr():
-                binding.bind_input(name, "cuda", index, np.float32, list(tensor.shape), tensor.contiguous().data_ptr())
-                bound[name] = tensor.data_ptr()
+            if name not in bound or bound[name].data_ptr() != tensor.data_ptr():
+                bound[name] = tensor.contiguous()
+                binding.bind_input(name, "cuda", index, np.float32, list(tensor.shape), bound[name].data_ptr())
         session.run_with_iobinding(binding)
         return out, outputs.get("attn_map")
 
