@@ -2,7 +2,7 @@
 
 FLOPs follow the usual convention of 2 per multiply-accumulate (MAC) of the
 matmuls and convolutions, biases and element-wise work not counted
-(DESIGN §2):
+(docs/design.md, "The module"):
 
 * ``fwd``:     MAC = 22·B·N·C² + B·N²·(2·C + 9·h²)
   (k, q/v and proj projections 4·N·C², two 3x3 C->C convs 18·N·C²;

@@ -2,7 +2,7 @@
 
 * ``cases.jsonl``: the journal. One line per finished case, appended and
   fsynced as soon as the case ends, so a killed run loses nothing finished.
-* ``results.csv``: one row per case with the columns of DESIGN §4.
+* ``results.csv``: one row per case with the columns of ``COLUMNS`` (docs/design.md, "Contracts").
 * ``results.json``: the environment, the sweep, the machine's ceilings and
   every case's record, raw latency samples included.
 

@@ -1,4 +1,4 @@
-"""The reference module against the official code and against the DESIGN §2 formulas written out here."""
+"""The reference module against the official code and against the steps of docs/design.md ("The module") written out here."""
 
 import copy
 
@@ -12,7 +12,7 @@ from tests.official_grafting import Grafting
 
 
 def formulas_float64(m: CMGM, x: torch.Tensor, y: torch.Tensor):
-    """DESIGN §2 step by step with functional ops and einsum, not the module's own layers."""
+    """docs/design.md's steps one by one with functional ops and einsum, not the module's own layers."""
     p = {k: v.double() for k, v in m.state_dict().items()}
     B, C, H, W = x.shape
     h, N, d = m.num_heads, H * W, C // m.num_heads
