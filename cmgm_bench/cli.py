@@ -243,6 +243,10 @@ def ab_command(
     max_time: Annotated[float, typer.Option(help="Seconds of interleaved timing per shape.")] = 10.0,
     min_pairs: Annotated[int, typer.Option(help="Pairs to take at least.")] = 20,
     threshold: Annotated[float, typer.Option(help="Relative change that counts.")] = 0.05,
+    gap_ms: Annotated[float, typer.Option(help=(
+        "Idle milliseconds before each timed call, so that the other implementation's spinning worker threads "
+        "are parked: about 50 when racing runtimes with their own thread pools (ONNX Runtime, OpenVINO) "
+        "against PyTorch on more than one thread."))] = 0.0,
     fail_on_regression: Annotated[bool, typer.Option(help="Exit 1 if the candidate is slower on any shape.")] = False,
     output_format: FormatOption = "table",
 ):
@@ -252,11 +256,14 @@ def ab_command(
     plan = make_plan(settings_, Path("."))
     if len(plan.sweep.modes) != 1:
         raise UsageError("--mode: ab takes one mode")
-    if max_time <= 0 or min_pairs < 2 or threshold <= 0:
-        raise UsageError("--max-time, --threshold must be positive and --min-pairs at least 2")
+    if max_time <= 0 or min_pairs < 2 or threshold <= 0 or gap_ms < 0:
+        raise UsageError("--max-time, --threshold must be positive, --gap-ms not negative and --min-pairs at least 2")
     configure_threads(threads)
     shapes = dedupe([case for case in plan.cases if case.impl == base_impl])
-    results = [race(base_impl, cand_impl, shape, seed=seed, max_time_s=max_time, min_pairs=min_pairs, threshold=threshold) for shape in shapes]
+    results = [
+        race(base_impl, cand_impl, shape, seed=seed, max_time_s=max_time, min_pairs=min_pairs, threshold=threshold, gap_s=gap_ms / 1e3)
+        for shape in shapes
+    ]
     headers = ["shape", f"{base_impl} ms", f"{cand_impl} ms", "median pair ratio", "95% CI", "verdict", "pairs"]
     rows = [
         [r.base.shape_label, f"{r.base_ms:.3f}", f"{r.cand_ms:.3f}", f"{r.ratio:.4f}", f"[{r.low:.4f}, {r.high:.4f}]", r.verdict, str(r.pairs)]

@@ -56,8 +56,14 @@ def race(
     max_time_s: float = 10.0,
     min_pairs: int = 20,
     threshold: float = 0.05,
+    gap_s: float = 0.0,
 ) -> PairedResult:
     """Time ``base_name`` and ``cand_name`` interleaved on ``shape`` (its impl field is ignored).
+
+    ``gap_s`` of idle time before each timed call lets the worker threads of the
+    call before it stop spinning: two runtimes with their own thread pools
+    (ONNX Runtime's, OpenMP's) otherwise time each other's spinning as much as
+    their own work when they use more than one thread (docs/performance.md, section 9).
 
     glibc's allocator is pinned as ``run`` pins it: unpinned, its mmap threshold
     follows the frees, and eager's 20 MB maps at 28x28 were faulted in afresh
@@ -76,7 +82,10 @@ def race(
         started = time.perf_counter()
         while len(base_times) < min_pairs or time.perf_counter() - started < max_time_s:
             first, second = (base, cand) if len(base_times) % 2 == 0 else (cand, base)
-            t_first, t_second = clock.time_call(first.step), clock.time_call(second.step)
+            time.sleep(gap_s)
+            t_first = clock.time_call(first.step)
+            time.sleep(gap_s)
+            t_second = clock.time_call(second.step)
             base_times.append(t_first if first is base else t_second)
             cand_times.append(t_second if first is base else t_first)
     ratios = paired_ratios(base_times, cand_times)

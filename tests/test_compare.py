@@ -201,3 +201,43 @@ def test_committed_ci_baseline_has_instruction_counts_and_compares():
     assert result.exit_code == 0, result.output
     cases = json.loads(result.output)["cases"]
     assert len(cases) == 6 and all(case["base"] > 1_000_000 and case["verdict"] == "same" for case in cases)
+
+
+def test_ab_gap_leaves_idle_time_before_every_timed_call(tmp_path):
+    """--gap-ms: each timed call of the race starts at least the gap after the call before it ended."""
+    stamps = tmp_path / "stamps.txt"
+    path = tmp_path / "stamped.py"
+    path.write_text(textwrap.dedent(f"""
+        import time
+        from cmgm_bench.registry import register
+
+        def _stamped(name):
+            @register(name, description="records when each call starts and ends", modes=("feature",))
+            def build(module, case):
+                def forward(x, y):
+                    with open({str(stamps)!r}, "a") as log:
+                        log.write(f"start {{time.perf_counter()}}\\n")
+                    out = module(x, y, attn_map=False)
+                    with open({str(stamps)!r}, "a") as log:
+                        log.write(f"end {{time.perf_counter()}}\\n")
+                    return out
+                return forward
+
+        _stamped("stamped-a")
+        _stamped("stamped-b")
+        """))
+    args = ["ab", "stamped-a", "stamped-b", "--impl-file", str(path), "--mode", "feature", "--res", "4", "--dim", "16",
+            "--heads", "2", "--max-time", "0.3", "--min-pairs", "4", "--format", "json"]
+    result = runner.invoke(app, [*args, "--gap-ms", "30"])
+    assert result.exit_code == 0, result.output
+    quads = int(json.loads(result.output)[0]["pairs"])
+    events = [(kind, float(value)) for kind, value in (line.split() for line in stamps.read_text().splitlines())]
+    gaps = [later[1] - earlier[1] for earlier, later in zip(events, events[1:]) if earlier[0] == "end" and later[0] == "start"]
+    # two calls per round, two rounds per quad (an odd last round is dropped), every one after a gap
+    assert 4 * quads <= sum(gap >= 0.030 for gap in gaps) <= 4 * quads + 2
+    stamps.unlink()
+    assert runner.invoke(app, args).exit_code == 0  # without the option: no such pauses
+    events = [(kind, float(value)) for kind, value in (line.split() for line in stamps.read_text().splitlines())]
+    assert not [1 for earlier, later in zip(events, events[1:]) if earlier[0] == "end" and later[0] == "start" and later[1] - earlier[1] >= 0.030]
+    bad = runner.invoke(app, ["ab", "eager", "sdpa", "--gap-ms", "-1"])
+    assert bad.exit_code == 2 and "--gap-ms" in bad.stderr
