@@ -11,7 +11,7 @@ from cmgm_bench import instructions
 from cmgm_bench.cases import Case
 from cmgm_bench.cli import app
 from cmgm_bench.stats import verdict
-from tests.conftest import FAST
+from tests.conftest import FAST, require_tool
 
 runner = CliRunner()
 SMALL = ["--impl", "eager", "--res", "4,6", "--threads", "1", "--max-time", "0.3", "--min-samples", "10", "--no-report"]
@@ -165,8 +165,8 @@ def test_paired_race_of_two_revision_files_catches_more_work(tmp_path):
     assert "slower" in result.output
 
 
-@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
 def test_instruction_counts_repeat_and_flag_more_work(tmp_path):
+    require_tool(None if shutil.which("valgrind") else "valgrind is not installed (.ci/run installs it)")
     variant = tmp_path / "variant.py"
     variant.write_text(
         textwrap.dedent(
