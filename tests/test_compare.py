@@ -134,12 +134,13 @@ def test_bad_input(runs, tmp_path, setup, args, message):
 
 def test_paired_race_of_identical_code_is_same():
     """Two instances of identical code differ by up to ~0.5% here (memory placement, see
-    cmgm_bench/paired.py), which a long race resolves; the interval must lie within 2% of 1."""
+    cmgm_bench/paired.py); a 3-second race on this shared machine resolves them to within
+    the 5% threshold: the verdict is "same", never a direction."""
     result = runner.invoke(app, ["ab", "eager", "eager", "--res", "6", "--threads", "1", "--max-time", "3", "--format", "json"])
     assert result.exit_code == 0, result.output
     (row,) = json.loads(result.output)
     low, high = (float(v) for v in row["95% CI"].strip("[]").split(","))
-    assert 0.98 <= low <= high <= 1.02
+    assert 1 / 1.05 <= low <= float(row["median pair ratio"]) <= high <= 1.05
     assert row["verdict"] == "same"
 
 

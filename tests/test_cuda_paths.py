@@ -90,11 +90,17 @@ QUICK = RunOptions(stop_rule=StopRule(min_samples=3, max_time_s=0.05), measure_m
 
 @pytest.fixture(autouse=True)
 def _no_tf32():
-    """What `run` does by default (--no-tf32); cuDNN's own default would allow TF32 convolutions."""
-    if torch.cuda.is_available():
-        from cmgm_bench.execute import configure_cuda
+    """What `run` does by default (--no-tf32); cuDNN's own default would allow TF32 convolutions.
+    The process's flags are restored afterwards, so no other test inherits them."""
+    if not torch.cuda.is_available():
+        yield
+        return
+    from cmgm_bench.execute import configure_cuda
 
-        configure_cuda(tf32=False, cudnn_benchmark=False)
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
+    configure_cuda(tf32=False, cudnn_benchmark=False)
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = saved
 
 
 @pytest.mark.cuda
