@@ -164,10 +164,13 @@ def run_plan(
         }
     writer = RunWriter(plan.out_dir, meta, plan.done)
     runners = {device: CaseRunner(plan.options, meta["ceilings"][device]) for device in devices}
-    with frozen_heap():
-        run_cases(plan, writer, runners, meta, on_case_start, on_case_done)
-    if plan.settings["count_instructions"]:
-        add_instruction_counts(writer, plan)
+    try:
+        with frozen_heap():
+            run_cases(plan, writer, runners, meta, on_case_start, on_case_done)
+        if plan.settings["count_instructions"]:
+            add_instruction_counts(writer, plan)
+    finally:  # also on Ctrl-C: the summaries of what finished
+        writer.finish()
     return writer
 
 

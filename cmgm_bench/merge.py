@@ -43,4 +43,6 @@ def merge_runs(dirs: list[Path], out: Path) -> RunWriter:
     for run in runs[1:]:
         for device, values in run.meta.get("ceilings", {}).items():
             meta.setdefault("ceilings", {}).setdefault(device, values)
-    return RunWriter(out, meta, records)
+    writer = RunWriter(out, meta, records)
+    writer.finish()
+    return writer

@@ -1,13 +1,17 @@
 """The results store: one directory per run.
 
-* ``cases.jsonl``: the journal. One line per finished case, appended and
-  fsynced as soon as the case ends, so a killed run loses nothing finished.
+* ``run.json``: the run's metadata (environment, settings, sweep, ceilings),
+  written when the run starts and whenever it changes.
+* ``cases.jsonl``: the journal, the source of truth. One line per finished
+  case, appended and fsynced as soon as the case ends, so a killed run loses
+  nothing finished.
 * ``results.csv``: one row per case with the columns of ``COLUMNS`` (docs/design.md, "Contracts").
-* ``results.json``: the environment, the sweep, the machine's ceilings and
-  every case's record, raw latency samples included.
+* ``results.json``: the metadata and every case's record, raw latency samples included.
 
-The CSV and JSON are rewritten atomically (write then rename) after each case
-from the journal, so they are always complete and consistent with each other.
+The CSV and JSON are summaries, written atomically (write then rename) once at
+the end of a run, or when it is interrupted; appending a case costs one journal
+line, whatever the sweep's size. A run without them (killed) is read from
+``run.json`` and the journal.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ COLUMNS = (
     "source",
 )
 REQUIRED_COLUMNS = (*KEY_COLUMNS, "tokens", "status", "latency_ms")
+META_FILE = "run.json"
 
 
 @dataclass
@@ -93,7 +98,7 @@ def _json_safe(value):
 
 
 class RunWriter:
-    """Writes one run directory case by case."""
+    """Writes one run directory: metadata first, then a journal line per case, the summaries at the end."""
 
     def __init__(self, path: Path, meta: dict, records: list[dict] | None = None):
         self.path = Path(path)
@@ -103,7 +108,10 @@ class RunWriter:
         self.journal = self.path / "cases.jsonl"
         if not self.journal.exists():  # a new or merged run: the journal starts with what it is given
             _atomic_write(self.journal, "".join(json.dumps(_json_safe(r)) + "\n" for r in self.records))
-        self._rewrite()
+        self.write_meta()
+
+    def write_meta(self) -> None:
+        _atomic_write(self.path / META_FILE, json.dumps(_json_safe(self.meta), indent=1))
 
     def append(self, record: dict) -> None:
         record = _json_safe(record)
@@ -112,15 +120,15 @@ class RunWriter:
             handle.flush()
             os.fsync(handle.fileno())
         self.records.append(record)
-        self._rewrite()
 
     def replace_all(self, records: list[dict]) -> None:
-        """Replace every record (after a pass that adds a column to finished cases)."""
+        """Replace every record (after a pass that changes finished cases), and the metadata with them."""
         self.records = [_json_safe(record) for record in records]
         _atomic_write(self.journal, "".join(json.dumps(record) + "\n" for record in self.records))
-        self._rewrite()
+        self.write_meta()
 
-    def _rewrite(self) -> None:
+    def finish(self) -> None:
+        """Write the summaries, ``results.csv`` and ``results.json``, from the records."""
         run = Run(self.path, self.meta, self.records)
         _atomic_write(self.path / "results.csv", run.frame().to_csv(index=False))
         _atomic_write(self.path / "results.json", json.dumps(_json_safe({**self.meta, "cases": self.records}), indent=1))
@@ -139,27 +147,43 @@ def read_journal(path: Path) -> list[dict]:
     return records
 
 
-def load_run(path: str | Path) -> Run:
-    """Read a run directory or its ``results.json``; bad input is a :class:`UsageError`."""
-    path = Path(path)
-    json_path = path / "results.json" if path.is_dir() else path
-    if not json_path.exists():
-        raise UsageError(f"{path}: no results.json (not a run directory?)")
+def _read_json(path: Path) -> dict:
     try:
-        data = json.loads(json_path.read_text())
+        data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{json_path}: corrupt or truncated results file ({exc.msg if hasattr(exc, 'msg') else exc})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("cases"), list) or "environment" not in data:
-        raise UsageError(f"{json_path}: not a cmgm-bench results file")
-    records = data.pop("cases")
-    journal = json_path.parent / "cases.jsonl"
+        raise UsageError(f"{path}: corrupt or truncated results file ({exc.msg if hasattr(exc, 'msg') else exc})") from None
+    if not isinstance(data, dict) or "environment" not in data:
+        raise UsageError(f"{path}: not a cmgm-bench results file")
+    return data
+
+
+def load_run(path: str | Path) -> Run:
+    """Read a run directory (or its ``results.json``); bad input is a :class:`UsageError`.
+
+    A run still going, or killed, has no ``results.json`` yet: its metadata comes
+    from ``run.json`` and its records from the journal. The journal wins over a
+    ``results.json`` that holds fewer cases (a resumed run that was killed again).
+    """
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    json_path = path / "results.json" if path.is_dir() else path
+    journal = folder / "cases.jsonl"
+    if json_path.exists():
+        data = _read_json(json_path)
+        if not isinstance(data.get("cases"), list):
+            raise UsageError(f"{json_path}: not a cmgm-bench results file")
+        records = data.pop("cases")
+    elif (folder / META_FILE).exists():
+        data, records = _read_json(folder / META_FILE), []
+    else:
+        raise UsageError(f"{path}: no results.json or {META_FILE} (not a run directory?)")
     if journal.exists():
         journaled = read_journal(journal)
-        if len(journaled) > len(records):  # killed between journal append and rewrite
+        if len(journaled) > len(records):
             records = journaled
     for record in records:
         row = record.get("row") if isinstance(record, dict) else None
         missing = [c for c in REQUIRED_COLUMNS if not isinstance(row, dict) or c not in row]
         if missing:
             raise UsageError(f"{json_path}: a case is missing columns {', '.join(missing)}")
-    return Run(json_path.parent, data, records)
+    return Run(folder, data, records)

@@ -1,5 +1,6 @@
 """Sweeps that survive: failures as rows, isolation, timeouts, kill -9 and resume, shards, config files."""
 
+import io
 import signal
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cmgm_bench.cli import app
-from cmgm_bench.store import load_run
+from cmgm_bench.store import load_run, read_journal
 from tests.conftest import FAST, write_file
 
 runner = CliRunner()
@@ -148,10 +149,11 @@ def cli_process(args, **kwargs):
     return subprocess.Popen([sys.executable, "-m", "cmgm_bench", "run", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
-def wait_for_rows(csv: Path, count: int, proc, limit_s: float = 120):
+def wait_for_cases(run_dir: Path, count: int, proc, limit_s: float = 120):
+    """Wait until the run's journal holds ``count`` finished cases (the summaries come at the end)."""
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
-        if csv.exists() and len(pd.read_csv(csv)) >= count:
+        if (run_dir / "cases.jsonl").exists() and len(read_journal(run_dir / "cases.jsonl")) >= count:
             return
         assert proc.poll() is None, proc.stderr.read()
         time.sleep(0.2)
@@ -164,11 +166,14 @@ SWEEP = ["--impl", "eager,sdpa", "--res", "4,5,6,7", "--batch", "1,2", "--max-ti
 def test_kill_9_loses_nothing_and_resume_completes(tmp_path):
     out = tmp_path / "run"
     proc = cli_process([*SWEEP, "--out", str(out)])
-    wait_for_rows(out / "results.csv", 3, proc)
+    wait_for_cases(out, 3, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    before = pd.read_csv(out / "results.csv")
+    assert not (out / "results.csv").exists()  # killed before the summaries: the journal holds the run
+    before = load_run(out).frame()
     assert 3 <= len(before) < 16 and (before.status == "ok").all()
+    shown = runner.invoke(app, ["show", str(out), "--format", "csv"])
+    assert shown.exit_code == 0 and len(pd.read_csv(io.StringIO(shown.output))) == len(before)
     result = run(["--resume", str(out)])
     assert result.exit_code == 0, result.output
     after = pd.read_csv(out / "results.csv")
@@ -183,7 +188,7 @@ def test_kill_9_loses_nothing_and_resume_completes(tmp_path):
 def test_ctrl_c_keeps_finished_cases_and_exits_130(tmp_path):
     out = tmp_path / "run"
     proc = cli_process([*SWEEP, "--out", str(out)])
-    wait_for_rows(out / "results.csv", 2, proc)
+    wait_for_cases(out, 2, proc)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == 130
     frame = pd.read_csv(out / "results.csv")
@@ -282,3 +287,23 @@ def test_results_file_with_missing_columns_is_refused(tmp_path):
     (out / "cases.jsonl").unlink()
     result = runner.invoke(app, ["merge", str(out), "--out", str(tmp_path / "merged")])
     assert result.exit_code == 2 and "missing columns latency_ms" in result.stderr
+
+
+def test_appending_a_case_writes_one_journal_line_not_the_summaries(tmp_path, monkeypatch):
+    """A 1,000-case sweep costs 1,000 journal lines and one write of each summary, not 1,000 rewrites."""
+    from cmgm_bench import store
+    from cmgm_bench.cases import Case
+
+    writes = []
+    real_write = store._atomic_write
+    monkeypatch.setattr(store, "_atomic_write", lambda path, text: (writes.append(path.name), real_write(path, text)))
+    writer = store.RunWriter(tmp_path / "run", {"environment": {"cpu_model": "test"}, "settings": {}})
+    for index in range(1000):
+        row = {**Case("eager", "cpu", "float32", "fwd", index + 1, 7, 5, 2, 16).as_dict(), "tokens": 35, "status": "ok",
+               "latency_ms": 1.0 + index / 1000}
+        writer.append({"row": row, "samples_s": [0.001 + index * 1e-6] * 10, "notes": {}, "traceback": None})
+    assert writes == ["cases.jsonl", "run.json"]  # set-up only
+    assert len(load_run(tmp_path / "run").records) == 1000  # readable from the journal before the summaries exist
+    writer.finish()
+    assert writes[2:] == ["results.csv", "results.json"]
+    assert len(pd.read_csv(tmp_path / "run" / "results.csv")) == 1000
