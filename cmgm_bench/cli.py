@@ -22,7 +22,8 @@ from cmgm_bench.cases import Case, Sweep, dedupe, parse_positive_ints, parse_res
 from cmgm_bench.compare import compare_runs
 from cmgm_bench.counters import count_all
 from cmgm_bench.errors import UsageError
-from cmgm_bench.execute import Plan, argv, configure_threads, make_plan, plan_resume, resolve_device, run_plan
+from cmgm_bench.execute import Plan, argv, make_plan, plan_resume, resolve_device, run_plan
+from cmgm_bench.process_setup import prepare_process
 from cmgm_bench.merge import merge_runs
 from cmgm_bench.paired import race
 from cmgm_bench.profiling import profile_case
@@ -258,7 +259,7 @@ def ab_command(
         raise UsageError("--mode: ab takes one mode")
     if max_time <= 0 or min_pairs < 2 or threshold <= 0 or gap_ms < 0:
         raise UsageError("--max-time, --threshold must be positive, --gap-ms not negative and --min-pairs at least 2")
-    configure_threads(threads)
+    prepare_process(threads)  # as run sets up: threads, no TF32, cuDNN autotuning off, allocator pinned
     shapes = dedupe([case for case in plan.cases if case.impl == base_impl])
     results = [
         race(base_impl, cand_impl, shape, seed=seed, max_time_s=max_time, min_pairs=min_pairs, threshold=threshold, gap_s=gap_ms / 1e3)
@@ -350,7 +351,7 @@ def profile_command(
     reason = registry.get(impl).unsupported_reason(case)
     if reason:
         raise UsageError(reason)
-    configure_threads(threads)
+    prepare_process(threads)  # as run sets up: threads, no TF32, cuDNN autotuning off, allocator pinned
     trace = trace or Path("results") / f"profile-{impl}-{mode}.json"
     result = profile_case(prepare_case(case, registry.get(impl), seed=0), mode, case.device, trace, memory=memory, top=top)
     rows = [[r.name, str(r.calls), f"{r.self_ms:.3f}", f"{100 * r.share:.1f}%", r.input_shapes] for r in result.operators]

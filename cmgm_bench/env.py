@@ -12,21 +12,28 @@ from pathlib import Path
 import torch
 
 import cmgm_bench
-from cmgm_bench import cpu_features
+from cmgm_bench import cpu_features, process_setup
 
 # Keys that must agree for two runs to be compared (``compare`` refuses otherwise).
 COMPARABLE_KEYS = ("cpu_model", "gpu_name", "torch_version", "threads")
+# Keys that must agree for ``run --resume`` to add cases to a run: one run, one machine and software.
+MACHINE_KEYS = ("cpu_model", "cpu_family_model", "cpu_instruction_sets", "gpu_name", "torch_version", "cuda_version")
+
+
+GIT_COMMIT_ENV = "CMGM_BENCH_GIT_COMMIT"
 
 
 def git_commit() -> str | None:
+    """The checkout's commit; where the tree was copied without ``.git`` (a GPU machine), ``$CMGM_BENCH_GIT_COMMIT``."""
     repo = Path(__file__).resolve().parent.parent
     try:
         result = subprocess.run(
             ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
         )
     except (OSError, subprocess.TimeoutExpired):
-        return None
-    return result.stdout.strip() or None if result.returncode == 0 else None
+        result = None
+    found = result.stdout.strip() if result is not None and result.returncode == 0 else ""
+    return found or os.environ.get(GIT_COMMIT_ENV) or None
 
 
 def cuda_info(device: str) -> dict:
@@ -36,9 +43,7 @@ def cuda_info(device: str) -> dict:
         "gpu_name": torch.cuda.get_device_name(device),
         "cuda_version": torch.version.cuda,
         "cudnn_version": torch.backends.cudnn.version(),
-        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
-        "tf32_cudnn": torch.backends.cudnn.allow_tf32,
-        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        **process_setup.cuda_arithmetic(),
     }
 
 

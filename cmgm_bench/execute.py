@@ -17,10 +17,11 @@ from typing import Callable
 
 import torch
 
-from cmgm_bench import ceilings, env, instructions, memory, registry, settings as settings_module
+from cmgm_bench import ceilings, env, instructions, registry, settings as settings_module
 from cmgm_bench.cases import Case, Sweep, dedupe, parse_choices, parse_positive_ints, parse_resolutions, split_list
 from cmgm_bench.errors import UsageError
 from cmgm_bench.isolate import run_isolated
+from cmgm_bench.process_setup import check_threads, prepare_process
 from cmgm_bench.runner import CaseRunner, RunOptions
 from cmgm_bench.shard import select
 from cmgm_bench.stats import StopRule
@@ -40,25 +41,6 @@ def resolve_device(device: str) -> str:
 def default_run_dir(device: str) -> Path:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     return Path("results") / f"{stamp}-{device}"
-
-
-def check_threads(threads: int | None) -> None:
-    if threads is not None and threads <= 0:
-        raise UsageError(f"--threads: {threads} must be positive")
-
-
-def configure_threads(threads: int | None) -> int:
-    check_threads(threads)
-    if threads is not None:
-        torch.set_num_threads(threads)
-    return torch.get_num_threads()
-
-
-def configure_cuda(tf32: bool, cudnn_benchmark: bool) -> None:
-    """TF32 and cuDNN autotuning are recorded settings of the run, never left to whatever the process had."""
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    torch.backends.cudnn.allow_tf32 = tf32
-    torch.backends.cudnn.benchmark = cudnn_benchmark
 
 
 @dataclass
@@ -130,6 +112,13 @@ def plan_resume(run_dir: Path, given: dict) -> Plan:
     if "settings" not in run.meta:
         raise UsageError(f"--resume {run_dir}: the run has no stored settings")
     plan = make_plan(settings_module.resumed(run.meta["settings"], given, run_dir), Path(run_dir))
+    stored = run.meta.get("environment", {})
+    here = env.collect(plan.sweep.devices[0])
+    for key in env.MACHINE_KEYS:
+        if key in stored and stored[key] != here.get(key):
+            raise UsageError(
+                f"--resume {run_dir} ran on another machine or software: {key} was {stored[key]!r}, here it is {here.get(key)!r}"
+            )
     planned = {case.key for case in plan.cases}
     strangers = [r for r in run.records if Case.from_dict(r["row"]).key not in planned]
     if strangers:
@@ -145,9 +134,7 @@ def run_plan(
     on_case_done: Callable[[Case, dict], None] | None = None,
 ) -> RunWriter:
     """Run every case of ``plan`` not done yet; a ``KeyboardInterrupt`` propagates after saving."""
-    configure_threads(plan.settings["threads"])
-    configure_cuda(plan.options.tf32, plan.options.cudnn_benchmark)
-    memory.pin_allocator_for_timing()
+    prepare_process(plan.settings["threads"], plan.options.tf32, plan.options.cudnn_benchmark)
     devices = sorted({case.device for case in plan.cases}) or list(plan.sweep.devices)
     if plan.done:
         meta = load_run(plan.out_dir).meta

@@ -63,8 +63,15 @@ _LIVE_MAPS = {"fwd": 5, "feature": 2, "train": 10}
 
 
 def estimated_peak_bytes(mode: str, batch: int, tokens: int, dim: int, heads: int, dtype: str = "float32") -> int:
-    """Estimate of the largest live tensors of one call: the B·h·N² maps dominate."""
+    """Estimate of the largest live tensors of one call: the B·h·N² maps dominate.
+
+    The maps are counted at float32 size at least: mixed-precision
+    implementations keep the softmax and the map branch in float32 (autocast's
+    softmax, amp's map branch), and an estimate that assumed half-size maps
+    let the memory guard run cases that did not fit (amp: 11.0 GB measured
+    against 6.5 GB estimated on an H100).
+    """
     size = BYTES_PER_ELEMENT[dtype]
     maps = _LIVE_MAPS[mode] * batch * heads * tokens**2
     features = 8 * batch * tokens * dim
-    return size * (maps + features)
+    return max(size, BYTES_PER_ELEMENT["float32"]) * maps + size * features

@@ -72,18 +72,16 @@ def run_isolated(case: Case, options: RunOptions, ceilings: dict, impl_files: li
 def _child(spec_path: str, record_path: str) -> None:
     import torch
 
-    from cmgm_bench import memory, registry
-    from cmgm_bench.execute import configure_cuda
+    from cmgm_bench import registry
+    from cmgm_bench.process_setup import prepare_process
     from cmgm_bench.runner import CaseRunner
 
     spec = json.loads(Path(spec_path).read_text())
-    torch.set_num_threads(spec["threads"])
-    memory.pin_allocator_for_timing()
+    options = spec["options"]
+    prepare_process(spec["threads"], options["tf32"], options["cudnn_benchmark"])
     for impl_file in spec["impl_files"]:
         registry.load_file(impl_file)
-    options = spec["options"]
     options["stop_rule"] = StopRule(**options["stop_rule"])
-    configure_cuda(options["tf32"], options["cudnn_benchmark"])
     record = CaseRunner(RunOptions(**options), spec["ceilings"]).run(Case(**spec["case"]))
     Path(record_path).write_text(json.dumps(record))
 

@@ -3,7 +3,8 @@
 Capture happens on the first call (so it is part of ``compile_s``) with the
 harness's input tensors as the graph's static inputs; later calls with the
 same tensors only replay, other tensors are copied in first. A capture that
-fails makes the case ``unsupported`` with the reason.
+fails makes the case ``unsupported`` with the reason, or ``oom`` when it ran
+out of memory.
 """
 
 from __future__ import annotations
@@ -14,7 +15,12 @@ from cmgm_bench.registry import Unsupported, register
 
 
 def capture(forward, x: torch.Tensor, y: torch.Tensor):
-    """Warm up on a side stream, then capture ``forward(x, y)``; returns the graph and its outputs."""
+    """Warm up on a side stream, then capture ``forward(x, y)``; returns the graph and its outputs.
+
+    The warm-up's cached blocks are returned before the capture, so the graph's
+    private pool does not compete with them; running out of memory is ``oom``,
+    any other failure to capture is ``unsupported`` with the reason.
+    """
     try:
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
@@ -22,12 +28,21 @@ def capture(forward, x: torch.Tensor, y: torch.Tensor):
             for _ in range(2):
                 forward(x, y)
         torch.cuda.current_stream().wait_stream(stream)
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             outputs = forward(x, y)
     except (RuntimeError, AssertionError, AttributeError) as exc:
-        raise Unsupported(f"CUDA graph capture failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+        raise capture_failure(exc) from exc
     return graph, outputs
+
+
+def capture_failure(exc: BaseException) -> BaseException:
+    """What a failed capture means: out of memory stays an out-of-memory error (an ``oom`` row); the rest is ``Unsupported``."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return exc
+    return Unsupported(f"CUDA graph capture failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
 
 
 @register(

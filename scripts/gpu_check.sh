@@ -17,6 +17,10 @@
 # many cases are missing; `cmgm-bench run --resume OUT_DIR/run` finishes it.
 # Where the sweep's time went (per phase of a case, per implementation) is
 # printed before the summary, from the journal.
+#
+# A tree copied without .git has no commit to record: give it as
+#   CMGM_BENCH_GIT_COMMIT=$(git rev-parse HEAD) scripts/gpu_check.sh OUT_DIR
+# (from the checkout); the runs record it and OUT_DIR/commit.txt holds it.
 set -euo pipefail
 
 out=${1:?usage: scripts/gpu_check.sh OUT_DIR [WHEEL_DIR]}
@@ -28,6 +32,7 @@ if [ -e "$out/run" ] || [ -e "$out/cold" ]; then
   exit 2
 fi
 mkdir -p "$out"
+git rev-parse HEAD 2>/dev/null > "$out/commit.txt" || echo "${CMGM_BENCH_GIT_COMMIT:-unknown}" > "$out/commit.txt"
 started=$(date +%s)
 budget=${GPU_CHECK_BUDGET_S:-330}
 reserve=45  # cold-cache check, report, summaries

@@ -95,12 +95,14 @@ def _no_tf32():
     if not torch.cuda.is_available():
         yield
         return
-    from cmgm_bench.execute import configure_cuda
+    from cmgm_bench.process_setup import configure_cuda
 
-    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
+    flags = (torch.backends.cuda.matmul, "fp32_precision"), (torch.backends.cudnn.conv, "fp32_precision"), (torch.backends.cudnn, "benchmark")
+    saved = [getattr(owner, name) for owner, name in flags]
     configure_cuda(tf32=False, cudnn_benchmark=False)
     yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = saved
+    for (owner, name), value in zip(flags, saved):
+        setattr(owner, name, value)
 
 
 @pytest.mark.cuda
@@ -138,3 +140,109 @@ def test_cold_cache_is_not_faster_than_warm():
     warm = CaseRunner(RunOptions(stop_rule=rule, measure_memory=False)).run(case)["row"]["latency_ms"]
     cold = CaseRunner(RunOptions(stop_rule=rule, measure_memory=False, cold_cache=True)).run(case)["row"]["latency_ms"]
     assert cold >= warm * 0.97
+
+
+# -- fixes of the CUDA paths that the CPU can check ----------------------------------------------
+
+
+def test_every_timing_command_sets_the_process_up_the_same_way(tmp_path, monkeypatch):
+    """run, ab and profile (and --isolate children, through run) share one set-up: threads, TF32, allocator."""
+    from cmgm_bench import cli, execute
+
+    calls = []
+    real = execute.prepare_process
+
+    def recording(threads, tf32=False, cudnn_benchmark=False):
+        calls.append((threads, tf32, cudnn_benchmark))
+        return real(threads, tf32, cudnn_benchmark)
+
+    monkeypatch.setattr(execute, "prepare_process", recording)
+    monkeypatch.setattr(cli, "prepare_process", recording)
+    assert runner.invoke(app, ["run", "--impl", "eager", "--res", "4", "--threads", "1", "--out", str(tmp_path / "run"), *FAST, "--no-report"]).exit_code == 0
+    assert runner.invoke(app, ["ab", "eager", "sdpa", "--res", "4", "--threads", "1", "--max-time", "0.1", "--min-pairs", "2"]).exit_code == 0
+    profiled = runner.invoke(app, ["profile", "--impl", "eager", "--res", "4", "--threads", "1", "--trace", str(tmp_path / "trace.json")])
+    assert profiled.exit_code == 0, profiled.output
+    assert calls == [(1, False, False)] * 3
+
+
+def test_tf32_goes_through_the_precision_api_of_this_torch():
+    """torch >= 2.9 raises when the legacy allow_tf32 flags are mixed with fp32_precision: only the new API is used."""
+    import warnings
+
+    from cmgm_bench import process_setup
+
+    flags = (torch.backends.cuda.matmul, "fp32_precision"), (torch.backends.cudnn.conv, "fp32_precision"), (torch.backends.cudnn, "benchmark")
+    saved = [getattr(owner, name) for owner, name in flags]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            process_setup.configure_cuda(tf32=True, cudnn_benchmark=True)
+            assert (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision) == ("tf32", "tf32")
+            assert process_setup.cuda_arithmetic() == {"tf32_matmul": True, "tf32_cudnn": True, "tf32_api": "fp32_precision", "cudnn_benchmark": True}
+            process_setup.configure_cuda(tf32=False, cudnn_benchmark=False)
+            assert process_setup.cuda_arithmetic()["tf32_cudnn"] is False  # cuDNN's own default is TF32
+    finally:
+        for (owner, name), value in zip(flags, saved):
+            setattr(owner, name, value)
+
+
+def test_resume_refuses_a_run_made_on_another_machine(tmp_path):
+    import json
+
+    out = tmp_path / "run"
+    assert runner.invoke(app, ["run", "--impl", "eager", "--res", "4,5", "--out", str(out), *FAST, "--no-report"]).exit_code == 0
+    for name in ("run.json", "results.json"):
+        data = json.loads((out / name).read_text())
+        data["environment"]["cpu_model"] = "Another CPU"
+        (out / name).write_text(json.dumps(data))
+    result = runner.invoke(app, ["run", "--resume", str(out)])
+    assert result.exit_code == 2
+    assert "ran on another machine or software: cpu_model was 'Another CPU'" in result.stderr
+
+
+def test_the_commit_comes_from_the_environment_where_there_is_no_git(monkeypatch):
+    from cmgm_bench import env
+
+    def no_git(*args, **kwargs):
+        raise OSError("git: not found")
+
+    monkeypatch.setattr(env.subprocess, "run", no_git)
+    monkeypatch.delenv(env.GIT_COMMIT_ENV, raising=False)
+    assert env.git_commit() is None
+    monkeypatch.setenv(env.GIT_COMMIT_ENV, "0123abcd")
+    assert env.git_commit() == "0123abcd"
+
+
+def test_the_memory_estimate_keeps_mixed_precision_maps_in_float32():
+    from cmgm_bench import flops
+
+    maps = 5 * 8 * 784**2
+    assert flops.estimated_peak_bytes("fwd", 1, 784, 64, 8, "bfloat16") == 4 * maps + 2 * 8 * 784 * 64
+    assert flops.estimated_peak_bytes("fwd", 1, 784, 64, 8, "bfloat16") > flops.estimated_peak_bytes("fwd", 1, 784, 64, 8, "float32") * 0.99
+
+
+def test_only_a_missing_flash_kernel_makes_sdpa_flash_unsupported():
+    from impls.sdpa_flash import flash_unavailable
+
+    assert flash_unavailable(RuntimeError("No available kernel. Aborting execution."))
+    assert not flash_unavailable(RuntimeError("CUDA error: an illegal memory access was encountered in flash_fwd_kernel"))
+
+
+def test_out_of_memory_during_graph_capture_is_oom_not_unsupported(tmp_path):
+    from impls.cudagraph import capture_failure
+
+    oom = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    assert capture_failure(oom) is oom
+    assert isinstance(capture_failure(RuntimeError("operation not permitted when stream is capturing")), registry.Unsupported)
+    path = tmp_path / "oom.py"
+    path.write_text(
+        "import torch\nfrom impls.cudagraph import capture_failure\nfrom cmgm_bench.registry import register\n\n"
+        "@register('capture-oom', description='capture runs out of memory', modes=('fwd',))\n"
+        "def build(module, case):\n"
+        "    def forward(x, y):\n"
+        "        raise capture_failure(torch.OutOfMemoryError('CUDA out of memory'))\n"
+        "    return forward\n"
+    )
+    registry.load_file(str(path))
+    row = CaseRunner(RunOptions(stop_rule=StopRule(min_samples=1, max_time_s=0))).run(Case("capture-oom", "cpu", "float32", "fwd", 1, 4, 4, 2, 8))["row"]
+    assert row["status"] == "oom"
