@@ -26,7 +26,7 @@ from cmgm_bench.modes import autograd_context, make_step, set_module_mode
 from cmgm_bench.reference import make_inputs, reference_module
 from cmgm_bench.stats import StopRule, summarize
 from cmgm_bench.store import COLUMNS
-from cmgm_bench.timing import CacheFlusher, clock_for, collect_samples, warm_up
+from cmgm_bench.timing import CacheFlusher, calls_per_sample, clock_for, collect_samples, warm_up
 
 
 class CaseTimeout(Exception):
@@ -76,6 +76,14 @@ def compile_count() -> int:
     from torch._dynamo.utils import counters
 
     return counters["frames"]["total"]
+
+
+def inductor_cache_counts() -> dict[str, int]:
+    """Inductor's on-disk FX graph cache hits and misses in this process so far. The cache outlives
+    the Dynamo reset after each case, so a shape compiled before compiles again in a fraction of the time."""
+    from torch._dynamo.utils import counters
+
+    return {"hit": counters["inductor"]["fxgraph_cache_hit"], "miss": counters["inductor"]["fxgraph_cache_miss"]}
 
 
 def sync(device: str) -> None:
@@ -270,6 +278,7 @@ class CaseRunner:
         with phase(record, "reference"):
             ref = self.reference(case, set_module_mode(copy.deepcopy(reference), mode), x_cpu, y_cpu)
 
+        cache_before = inductor_cache_counts()
         with phase(record, "build_and_first_call"):
             prepared = prepare_case(case, impl, self.options.seed)
             step, x, y = prepared.step, prepared.x, prepared.y
@@ -281,6 +290,9 @@ class CaseRunner:
                 out, attn_map = step()
                 sync(device)
             row["compile_s"] = record["notes"]["phase_s"]["build_and_first_call"]
+            cache = {key: value - cache_before[key] for key, value in inductor_cache_counts().items()}
+            if any(cache.values()):
+                record["notes"]["inductor_fx_graph_cache"] = cache
             grad = None
             if mode == "train":
                 grad = torch.cat([x.grad.flatten(), y.grad.flatten()])
@@ -306,8 +318,11 @@ class CaseRunner:
                         min_time_s=WARM_UP_S - (time.perf_counter() - warm_start))
             compiles = compile_count()
             flusher = CacheFlusher(device) if self.options.cold_cache else None
+            # A cold cache is flushed before every call, so those cases are timed call by call.
+            calls = 1 if flusher else calls_per_sample(step, clock)
+            record["notes"]["calls_per_sample"] = calls
             with phase(record, "sampling"):
-                samples = collect_samples(step, clock, self.options.stop_rule, before_each=flusher)
+                samples = collect_samples(step, clock, self.options.stop_rule, before_each=flusher, calls=calls)
             del flusher
             if compile_count() != compiles:
                 raise RecompiledDuringTiming(

@@ -246,3 +246,31 @@ def test_out_of_memory_during_graph_capture_is_oom_not_unsupported(tmp_path):
     registry.load_file(str(path))
     row = CaseRunner(RunOptions(stop_rule=StopRule(min_samples=1, max_time_s=0))).run(Case("capture-oom", "cpu", "float32", "fwd", 1, 4, 4, 2, 8))["row"]
     assert row["status"] == "oom"
+
+
+def test_short_gpu_calls_are_timed_in_blocks_and_the_block_size_is_recorded():
+    """A fake GPU clock: 50 us of launch overhead per event pair, 0.1 ms of work per call. Timed one by
+    one a call looks 1.5x slower than it is; in blocks of >= 1 ms the overhead is spread over the block."""
+
+    class FakeGpuClock:
+        name, min_block_s = "fake-gpu", 1e-3
+
+        def __init__(self):
+            self.blocks = []
+
+        def time_calls(self, fn, calls=1):
+            for _ in range(calls):
+                fn()
+            self.blocks.append(calls)
+            return (50e-6 + calls * 100e-6) / calls
+
+    calls = []
+    clock = FakeGpuClock()
+    per_sample = timing.calls_per_sample(lambda: calls.append(1), clock)
+    assert per_sample == 7  # ceil(1 ms / 0.15 ms)
+    samples = timing.collect_samples(lambda: calls.append(1), clock, StopRule(min_samples=5, max_samples=5), calls=per_sample)
+    assert clock.blocks[-5:] == [7] * 5 and len(calls) == 3 + 5 * 7
+    assert all(abs(sample - 100e-6) / 100e-6 < 0.08 for sample in samples)
+    assert timing.calls_per_sample(lambda: None, timing.WallClock()) == 1  # the CPU clock resolves one call
+    record = CaseRunner(RunOptions(stop_rule=StopRule(min_samples=3, max_time_s=0.05))).run(Case("eager", "cpu", "float32", "fwd", 1, 4, 4, 2, 8))
+    assert record["notes"]["calls_per_sample"] == 1

@@ -78,6 +78,16 @@ def test_compiled_implementation_within_tolerance(name, shapes):
         assert row["compile_s"] > 0
 
 
+def test_a_shape_compiled_before_hits_inductors_cache_and_says_so():
+    """The Dynamo reset after each case keeps Inductor's on-disk cache: the same case again is a hit, recorded."""
+    runner = CaseRunner(QUICK)
+    case = Case("compile", "cpu", "float32", "feature", 1, 5, 6, 2, 16)
+    runner.run(case)
+    again = runner.run(case)
+    assert again["row"]["status"] == "ok"
+    assert again["notes"]["inductor_fx_graph_cache"]["hit"] >= 1 and again["notes"]["inductor_fx_graph_cache"]["miss"] == 0
+
+
 def test_unsupported_mode_and_device_give_rows_with_reasons(tmp_path):
     impl_file = write_file(
         tmp_path,
