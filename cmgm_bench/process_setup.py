@@ -3,10 +3,15 @@
 ``run``, ``ab``, ``profile`` and each ``--isolate`` child call
 :func:`prepare_process`, so they all time the same arithmetic: TF32 and
 cuDNN autotuning are recorded settings (off unless asked for), never the
-process's defaults (cuDNN allows TF32 convolutions by default). TF32 is set
-through the API the installed torch has: ``fp32_precision`` from torch 2.9
-on (mixing it with the legacy ``allow_tf32`` flags raises there), the legacy
-flags before.
+process's defaults (cuDNN allows TF32 convolutions by default).
+
+TF32 is set through the ``allow_tf32`` flags, the API that torch's own code
+still reads: on torch 2.13, setting cuDNN's ``fp32_precision`` to ``"ieee"``
+makes every later read of ``torch.backends.cudnn.allow_tf32`` raise (a "mix of
+the legacy and new APIs"), and ``torch.export`` and the ONNX exporter read it,
+so the deployment runtimes could not export in a process set up that way. The
+flags set both views consistently (``fp32_precision`` reads ``ieee``/``tf32``
+after them), and both are recorded.
 """
 
 from __future__ import annotations
@@ -29,37 +34,24 @@ def configure_threads(threads: int | None) -> int:
     return torch.get_num_threads()
 
 
-def has_precision_api() -> bool:
-    return hasattr(torch.backends.cuda.matmul, "fp32_precision")
-
-
 def configure_cuda(tf32: bool, cudnn_benchmark: bool) -> None:
     """TF32 for float32 matmuls and convolutions, and cuDNN autotuning, exactly as asked."""
-    if has_precision_api():
-        precision = "tf32" if tf32 else "ieee"
-        torch.backends.cuda.matmul.fp32_precision = precision
-        torch.backends.cudnn.conv.fp32_precision = precision
-    else:
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-        torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
     torch.backends.cudnn.benchmark = cudnn_benchmark
 
 
 def cuda_arithmetic() -> dict:
-    """What the process's float32 matmuls and convolutions really use, read through the same API."""
-    if has_precision_api():
-        return {
-            "tf32_matmul": torch.backends.cuda.matmul.fp32_precision == "tf32",
-            "tf32_cudnn": torch.backends.cudnn.conv.fp32_precision == "tf32",
-            "tf32_api": "fp32_precision",
-            "cudnn_benchmark": torch.backends.cudnn.benchmark,
-        }
-    return {
+    """What the process's float32 matmuls and convolutions use, as both APIs of this torch report it."""
+    state = {
         "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
         "tf32_cudnn": torch.backends.cudnn.allow_tf32,
-        "tf32_api": "allow_tf32",
         "cudnn_benchmark": torch.backends.cudnn.benchmark,
     }
+    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):
+        state["fp32_precision_matmul"] = torch.backends.cuda.matmul.fp32_precision
+        state["fp32_precision_cudnn_conv"] = torch.backends.cudnn.conv.fp32_precision
+    return state
 
 
 def prepare_process(threads: int | None, tf32: bool = False, cudnn_benchmark: bool = False) -> int:

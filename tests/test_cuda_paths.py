@@ -97,7 +97,7 @@ def _no_tf32():
         return
     from cmgm_bench.process_setup import configure_cuda
 
-    flags = (torch.backends.cuda.matmul, "fp32_precision"), (torch.backends.cudnn.conv, "fp32_precision"), (torch.backends.cudnn, "benchmark")
+    flags = (torch.backends.cuda.matmul, "allow_tf32"), (torch.backends.cudnn, "allow_tf32"), (torch.backends.cudnn, "benchmark")
     saved = [getattr(owner, name) for owner, name in flags]
     configure_cuda(tf32=False, cudnn_benchmark=False)
     yield
@@ -165,22 +165,25 @@ def test_every_timing_command_sets_the_process_up_the_same_way(tmp_path, monkeyp
     assert calls == [(1, False, False)] * 3
 
 
-def test_tf32_goes_through_the_precision_api_of_this_torch():
-    """torch >= 2.9 raises when the legacy allow_tf32 flags are mixed with fp32_precision: only the new API is used."""
+def test_the_tf32_setting_leaves_torch_export_working_and_is_recorded():
+    """torch 2.13: setting cuDNN's fp32_precision to "ieee" makes torch.export fail later in the process
+    (it reads the legacy flag, which then raises); the set-up must leave export working, both ways."""
     import warnings
 
     from cmgm_bench import process_setup
 
-    flags = (torch.backends.cuda.matmul, "fp32_precision"), (torch.backends.cudnn.conv, "fp32_precision"), (torch.backends.cudnn, "benchmark")
+    flags = (torch.backends.cuda.matmul, "allow_tf32"), (torch.backends.cudnn, "allow_tf32"), (torch.backends.cudnn, "benchmark")
     saved = [getattr(owner, name) for owner, name in flags]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            process_setup.configure_cuda(tf32=True, cudnn_benchmark=True)
-            assert (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision) == ("tf32", "tf32")
-            assert process_setup.cuda_arithmetic() == {"tf32_matmul": True, "tf32_cudnn": True, "tf32_api": "fp32_precision", "cudnn_benchmark": True}
-            process_setup.configure_cuda(tf32=False, cudnn_benchmark=False)
-            assert process_setup.cuda_arithmetic()["tf32_cudnn"] is False  # cuDNN's own default is TF32
+            for tf32 in (True, False):
+                process_setup.configure_cuda(tf32=tf32, cudnn_benchmark=tf32)
+                state = process_setup.cuda_arithmetic()
+                assert state["tf32_matmul"] is tf32 and state["tf32_cudnn"] is tf32 and state["cudnn_benchmark"] is tf32
+                assert state["fp32_precision_matmul"] == ("tf32" if tf32 else "ieee")
+                exported = torch.export.export(torch.nn.Linear(3, 2), (torch.randn(4, 3),))
+                assert exported.module()(torch.ones(4, 3)).shape == (4, 2)
     finally:
         for (owner, name), value in zip(flags, saved):
             setattr(owner, name, value)

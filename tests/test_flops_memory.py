@@ -141,7 +141,7 @@ def test_a_case_beating_the_ceiling_is_capped_at_100_in_a_real_run(tmp_path, mon
     result = CliRunner().invoke(app, ["run", "--impl", "eager,sdpa", "--res", "6,8", "--out", str(out), *FAST])
     assert result.exit_code == 0, result.output
     frame = pd.read_csv(out / "results.csv")
-    assert (frame.pct_peak <= 100 + 1e-9).all() and (frame.pct_peak == 100).any()
+    assert (frame.pct_peak <= 100 + 1e-9).all() and (frame.pct_peak - 100).abs().min() < 1e-9
     raised = json.loads((out / "results.json").read_text())["ceilings"]["cpu"]["raised"]["float32"]
     assert raised["to"] == pytest.approx(frame.gflops_per_s.max())
     assert "the ceiling was raised to its rate" in (out / "report.md").read_text()
