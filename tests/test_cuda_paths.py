@@ -10,7 +10,7 @@ from cmgm_bench.cases import Case
 from cmgm_bench.cli import app
 from cmgm_bench.runner import CaseRunner, RunOptions
 from cmgm_bench.stats import StopRule
-from tests.conftest import FAST
+from tests.conftest import FAST, write_file
 
 runner = CliRunner()
 
@@ -62,16 +62,20 @@ def test_graph_capture_failure_is_unsupported_with_reason():
         capture(lambda x, y: (x, y), torch.ones(2), torch.ones(2))
 
 
+def plugin_row(tmp_path, name: str, text: str) -> dict:
+    """The row of one small fwd case of the implementation ``name`` that ``text`` registers."""
+    registry.load_file(str(write_file(tmp_path, f"{name}.py", text)))
+    return CaseRunner(RunOptions(stop_rule=StopRule(min_samples=1, max_time_s=0))).run(Case(name, "cpu", "float32", "fwd", 1, 4, 4, 2, 8))["row"]
+
+
 def test_unsupported_raised_by_a_builder_becomes_a_row(tmp_path):
-    path = tmp_path / "refuses.py"
-    path.write_text(
-        "from cmgm_bench.registry import Unsupported, register\n\n"
-        "@register('refuses', description='raises Unsupported', modes=('fwd',))\n"
-        "def build(module, case):\n"
-        "    raise Unsupported('no kernel for this GPU')\n"
-    )
-    registry.load_file(str(path))
-    row = CaseRunner(RunOptions(stop_rule=StopRule(min_samples=1, max_time_s=0))).run(Case("refuses", "cpu", "float32", "fwd", 1, 4, 4, 2, 8))["row"]
+    row = plugin_row(tmp_path, "refuses", """
+        from cmgm_bench.registry import Unsupported, register
+
+        @register("refuses", description="raises Unsupported", modes=("fwd",))
+        def build(module, case):
+            raise Unsupported("no kernel for this GPU")
+        """)
     assert row["status"] == "unsupported" and row["error"] == "no kernel for this GPU"
 
 
@@ -237,17 +241,17 @@ def test_out_of_memory_during_graph_capture_is_oom_not_unsupported(tmp_path):
     oom = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
     assert capture_failure(oom) is oom
     assert isinstance(capture_failure(RuntimeError("operation not permitted when stream is capturing")), registry.Unsupported)
-    path = tmp_path / "oom.py"
-    path.write_text(
-        "import torch\nfrom impls.cudagraph import capture_failure\nfrom cmgm_bench.registry import register\n\n"
-        "@register('capture-oom', description='capture runs out of memory', modes=('fwd',))\n"
-        "def build(module, case):\n"
-        "    def forward(x, y):\n"
-        "        raise capture_failure(torch.OutOfMemoryError('CUDA out of memory'))\n"
-        "    return forward\n"
-    )
-    registry.load_file(str(path))
-    row = CaseRunner(RunOptions(stop_rule=StopRule(min_samples=1, max_time_s=0))).run(Case("capture-oom", "cpu", "float32", "fwd", 1, 4, 4, 2, 8))["row"]
+    row = plugin_row(tmp_path, "capture-oom", """
+        import torch
+        from impls.cudagraph import capture_failure
+        from cmgm_bench.registry import register
+
+        @register("capture-oom", description="capture runs out of memory", modes=("fwd",))
+        def build(module, case):
+            def forward(x, y):
+                raise capture_failure(torch.OutOfMemoryError("CUDA out of memory"))
+            return forward
+        """)
     assert row["status"] == "oom"
 
 
