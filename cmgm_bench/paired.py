@@ -82,10 +82,8 @@ def race(
         started = time.perf_counter()
         while len(base_times) < min_pairs or time.perf_counter() - started < max_time_s:
             first, second = (base, cand) if len(base_times) % 2 == 0 else (cand, base)
-            time.sleep(gap_s)
-            t_first = clock.time_call(first.step)
-            time.sleep(gap_s)
-            t_second = clock.time_call(second.step)
+            t_first = _after_gap(gap_s, clock, first.step)
+            t_second = _after_gap(gap_s, clock, second.step)
             base_times.append(t_first if first is base else t_second)
             cand_times.append(t_second if first is base else t_first)
     ratios = paired_ratios(base_times, cand_times)
@@ -97,3 +95,10 @@ def race(
         base_case, cand_case, base_times[middle] * 1e3, cand_times[middle] * 1e3,
         ratio, low, high, verdict(ratio, low, high, threshold), len(ratios),
     )
+
+
+def _after_gap(gap_s: float, clock, step) -> float:
+    """Time one call of ``step`` after ``gap_s`` of idle time (none when the gap is zero)."""
+    if gap_s:
+        time.sleep(gap_s)
+    return clock.time_call(step)

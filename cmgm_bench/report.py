@@ -198,6 +198,7 @@ def _write(run: Run) -> Path:
         for device, values in ceilings.items()
         for dtype, value in sorted((values.get("matmul_gflops") or {}).items())
     ] + [[device, "copy bandwidth (GB/s)", "", markdown.cell(values.get("copy_gbytes_per_s"), ".1f")] for device, values in ceilings.items()]
+    notes = ceiling_notes(ceilings)
     problems = frame[frame.status != "ok"]
     problem_lines = [f"- `{r.impl}` {r.mode} {r.device} {_shape_label(r)}: **{r.status}**: {r.error}" for r in problems.itertuples()]
     sections = [
@@ -205,7 +206,7 @@ def _write(run: Run) -> Path:
         "## Environment\n\n" + markdown.table(["", "value"], env_rows),
         "## Measured ceilings\n\n"
         + markdown.table(["device", "matmul dtype", "native GFLOP/s", "effective GFLOP/s (% peak)"], ceiling_rows, ["l", "l", "r", "r"])
-        + ("\n\n" + "\n".join(ceiling_notes(ceilings)) if ceiling_notes(ceilings) else ""),
+        + ("\n\n" + "\n".join(notes) if notes else ""),
         "## Results\n\n" + _tables(frame, baseline),
         "## Cases that are not ok\n\n" + ("\n".join(problem_lines) if problem_lines else "None."),
         "## Plots\n\n" + "\n\n".join(f"### {title}\n\n![{title}]({path.name})" for title, path in plots if path is not None),

@@ -21,7 +21,15 @@ import torch
 from cmgm_bench.stats import StopRule
 
 
-class WallClock:
+class _Clock:
+    """What every clock shares: timing one call is timing a block of one."""
+
+    def time_call(self, fn: Callable[[], object]) -> float:
+        """Seconds of one call."""
+        return self.time_calls(fn, 1)
+
+
+class WallClock(_Clock):
     """``time.perf_counter`` around the calls (CPU work is synchronous)."""
 
     name = "perf_counter"
@@ -34,11 +42,8 @@ class WallClock:
             fn()
         return (time.perf_counter() - start) / calls
 
-    def time_call(self, fn: Callable[[], object]) -> float:
-        return self.time_calls(fn, 1)
 
-
-class CudaEventClock:
+class CudaEventClock(_Clock):
     """CUDA events recorded on the current stream around the calls, after synchronising.
 
     A synchronise before every event pair makes a sub-millisecond call measure
@@ -62,9 +67,6 @@ class CudaEventClock:
         self.end.record()
         self.end.synchronize()
         return self.start.elapsed_time(self.end) / 1e3 / calls
-
-    def time_call(self, fn: Callable[[], object]) -> float:
-        return self.time_calls(fn, 1)
 
 
 def calls_per_sample(fn: Callable[[], object], clock, probes: int = 3) -> int:

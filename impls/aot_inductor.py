@@ -13,28 +13,15 @@ in ``compile_s`` on a cache miss.
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-
 import torch
 
 from cmgm_bench import cpu_features
 from cmgm_bench.registry import Built, register
-from impls import export_cache
-
-
-def compiler() -> str:
-    return os.environ.get("CXX", "c++")
+from impls import export_cache, kernels
 
 
 def compiler_problem() -> str | None:
-    return None if shutil.which(compiler()) else f"no C++ compiler ({compiler()}) for AOTInductor"
-
-
-def compiler_version() -> str:
-    result = subprocess.run([compiler(), "--version"], capture_output=True, text=True)
-    return result.stdout.splitlines()[0] if result.stdout else "unknown"
+    return kernels.compiler_problem("AOTInductor packages")
 
 
 def machine_key(case) -> dict:
@@ -63,7 +50,7 @@ def compile_package(module, case, path) -> None:
 def build(module, case):
     key_parts = {
         "torch": torch.__version__,
-        "compiler": compiler_version(),
+        "compiler": kernels.compiler_tag(kernels.compiler()),
         "mode_outputs": "out" if case.mode == "feature" else "out,attn_map",
         "input_shape": (case.batch, case.dim, case.height, case.width),
         "heads": case.heads,

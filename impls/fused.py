@@ -179,7 +179,7 @@ def choose_stages(fused: FusedCMGM, x, y, key: tuple) -> tuple[dict, dict]:
     return _STAGE_CHOICES[key]
 
 
-def load_kernels(case) -> tuple[object, dict]:
+def load_kernels() -> tuple[object, dict]:
     """The kernels for this CPU's target and notes on the build; a failing build is ``unsupported`` with the reason."""
     target = kernels.best_target()
     try:
@@ -199,7 +199,7 @@ def _register(name: str, dtype: torch.dtype, label: str, description: str, check
         want_map = case.mode != "feature"
         if not want_map:
             return Built(fn=lambda x, y: fused(x, y, False), variant="sdpa")
-        extension, notes = load_kernels(case)
+        extension, notes = load_kernels()
         fused.use_kernels(extension, {"attention": "kernel", "map": "kernel"})
         x, y = (torch.randn(case.batch, case.dim, case.height, case.width, generator=torch.Generator().manual_seed(2)) for _ in range(2))
         key = (notes["kernel_target"], label, case.batch, case.heads, case.tokens, case.dim // case.heads, torch.get_num_threads())

@@ -57,9 +57,9 @@ def compiler() -> str:
     return os.environ.get("CXX", "c++")
 
 
-def compiler_problem() -> str | None:
-    """Why no C++ compiler is at hand to build the kernels, or ``None``."""
-    return None if shutil.which(compiler()) else f"no C++ compiler ({compiler()}) to build the fused kernels"
+def compiler_problem(purpose: str = "the fused kernels") -> str | None:
+    """Why no C++ compiler is at hand to build ``purpose``, or ``None``."""
+    return None if shutil.which(compiler()) else f"no C++ compiler ({compiler()}) to build {purpose}"
 
 
 @functools.lru_cache(maxsize=None)
