@@ -9,7 +9,9 @@
 // pixels sized to the target's register file, and written once. A + A^T is symmetric: the tile at (J, I)
 // is the transpose of the one at (I, J), so tiles are done in mirrored pairs
 // and A is read from memory once.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>

@@ -8,7 +8,9 @@
 // and to a multiple of 8 along d, so that every inner loop is whole vectors. Four query rows share each sweep over K and V: for
 // N = 784 and d = 8 the two are 50 KB, more than L1, and reading them from L2
 // once per row was the kernel's bottleneck.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
