@@ -1,4 +1,4 @@
-"""The ``cmgm-bench`` command line: parse options, call the library, render.
+"""The ``cmgm-bench`` command line: parse options, call the library, terminal.
 
 Every command reports bad usage as one line on stderr with exit code 2 (see
 :func:`main`); a run that finds what it was asked to judge exits 1.
@@ -7,7 +7,6 @@ Every command reports bad usage as one line on stderr with exit code 2 (see
 from __future__ import annotations
 
 import functools
-import json
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -16,21 +15,23 @@ import pandas as pd
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from cmgm_bench import compare_output, markdown, registry, render, settings
-from cmgm_bench import env as env_module
-from cmgm_bench.cases import Case, Sweep, dedupe, parse_positive_ints, parse_resolutions
-from cmgm_bench.compare import compare_runs
-from cmgm_bench.counters import count_all
+from cmgm_bench import api, registry
+from cmgm_bench.config import settings
+from cmgm_bench.config.cases import split_list
+from cmgm_bench.config.run_config import RunConfig, resolve_device, single_cases
+from cmgm_bench.config.settings import DEFAULTS, PRESET_HELP
 from cmgm_bench.errors import UsageError
-from cmgm_bench.execute import Plan, argv, make_plan, plan_resume, resolve_device, run_plan
-from cmgm_bench.process_setup import prepare_process
-from cmgm_bench.merge import merge_runs
-from cmgm_bench.paired import race
-from cmgm_bench.profiling import profile_case
-from cmgm_bench.report import write_report
-from cmgm_bench.runner import prepare_case
-from cmgm_bench.settings import PRESET_HELP
-from cmgm_bench.store import load_run
+from cmgm_bench.execution.sweep import Plan, argv, make_plan, plan_resume
+from cmgm_bench.machine import env as env_module
+from cmgm_bench.machine.process_setup import prepare_process
+from cmgm_bench.measure.counters import count_all
+from cmgm_bench.measure.prepare import prepare_case
+from cmgm_bench.measure.profiling import profile_case
+from cmgm_bench.results.merge import merge_runs
+from cmgm_bench.results.store import COLUMNS, load_run
+from cmgm_bench.views import compare_output, terminal
+from cmgm_bench.views.formats import OutputFormat, emit
+from cmgm_bench.views.report import write_report
 
 # click's UsageError, whether typer uses click or its own vendored copy of it.
 ClickUsageError = typer.BadParameter.__bases__[0]
@@ -58,7 +59,7 @@ HeadsOption = Annotated[str, typer.Option(help="Attention heads, comma separated
 DimOption = Annotated[str, typer.Option(help="Channels C of x and y, comma separated.")]
 ThreadsOption = Annotated[Optional[int], typer.Option(help="torch intra-op threads (default: torch's choice, recorded).")]
 SeedOption = Annotated[int, typer.Option(help="Seed of the weights and inputs.")]
-FormatOption = Annotated[str, typer.Option("--format", help="table (rich), markdown, json or csv.")]
+FormatOption = Annotated[OutputFormat, typer.Option("--format", help="table (rich, for a terminal), markdown, json or csv (to stdout, for piping).")]
 
 
 def fail_with_usage_errors(command):
@@ -75,6 +76,14 @@ def fail_with_usage_errors(command):
     return wrapper
 
 
+def _one_case(impl: str, impl_files, device: str, mode: str, batch, res, heads, dim):
+    """The single case of ``flops`` and ``profile``, validated as ``run`` validates its cases."""
+    cases = single_cases([impl], device=device, mode=mode, batch=batch, res=res, heads=heads, dim=dim, impl_files=impl_files or ())
+    if len(cases) != 1:
+        raise UsageError("give one case: one --batch, --res, --heads and --dim")
+    return cases
+
+
 def load_impl_files(files: list[str] | None) -> None:
     registry.load_entry_points()
     for spec in files or []:
@@ -87,32 +96,32 @@ def run_command(
     ctx: typer.Context,
     impl: ImplOption = None,
     impl_file: ImplFileOption = None,
-    device: DeviceOption = "cpu",
-    mode: Annotated[str, typer.Option(help="Modes, comma separated: fwd (inference, both outputs), feature (inference, fused feature only), train (forward+backward).")] = "fwd",
-    batch: BatchOption = "1",
-    res: ResOption = "11,28,48",
-    heads: HeadsOption = "8",
-    dim: DimOption = "64",
-    threads: ThreadsOption = None,
-    seed: SeedOption = 0,
+    device: DeviceOption = DEFAULTS["device"],
+    mode: Annotated[str, typer.Option(help="Modes, comma separated: fwd (inference, both outputs), feature (inference, fused feature only), train (forward+backward).")] = DEFAULTS["mode"],
+    batch: BatchOption = DEFAULTS["batch"],
+    res: ResOption = DEFAULTS["res"],
+    heads: HeadsOption = DEFAULTS["heads"],
+    dim: DimOption = DEFAULTS["dim"],
+    threads: ThreadsOption = DEFAULTS["threads"],
+    seed: SeedOption = DEFAULTS["seed"],
     out: Annotated[Optional[Path], typer.Option(help="Run directory (default results/<UTC time>-<device>/).")] = None,
-    max_time: Annotated[float, typer.Option(help="Time budget per case for samples, seconds.")] = 2.0,
-    min_samples: Annotated[int, typer.Option(help="Samples to take before the adaptive stop may end a case.")] = 10,
-    target_rel_iqr: Annotated[float, typer.Option(help="Stop a case early once IQR/median is below this.")] = 0.03,
-    cold_cache: Annotated[bool, typer.Option(help="Flush the last-level cache (L2 on a GPU) before every timed call; recorded per case.")] = False,
-    tf32: Annotated[bool, typer.Option(help="Allow TF32 for float32 matmuls and convolutions on CUDA; recorded, and float32 tolerance becomes the TF32 one.")] = False,
-    cudnn_benchmark: Annotated[bool, typer.Option(help="Let cuDNN autotune convolution algorithms (torch.backends.cudnn.benchmark); recorded.")] = False,
-    memory: Annotated[bool, typer.Option(help="Measure peak memory of one call per case.")] = True,
-    memory_guard: Annotated[bool, typer.Option(help="Record cases predicted not to fit in memory as 'oom (predicted)' without running them.")] = True,
-    timeout: Annotated[Optional[float], typer.Option(help="Seconds per case before it is stopped as 'timeout' (hard with --isolate).")] = None,
-    isolate: Annotated[bool, typer.Option(help="Run each case in a fresh subprocess: survives crashes, hard timeouts, clean memory.")] = False,
-    shard: Annotated[Optional[str], typer.Option(help="Run shard K/N of the cases (balanced by expected cost); combine with 'merge'.")] = None,
+    max_time: Annotated[float, typer.Option(help="Time budget per case for samples, seconds.")] = DEFAULTS["max_time"],
+    min_samples: Annotated[int, typer.Option(help="Samples to take before the adaptive stop may end a case.")] = DEFAULTS["min_samples"],
+    target_rel_iqr: Annotated[float, typer.Option(help="Stop a case early once IQR/median is below this.")] = DEFAULTS["target_rel_iqr"],
+    cold_cache: Annotated[bool, typer.Option(help="Flush the last-level cache (L2 on a GPU) before every timed call; recorded per case.")] = DEFAULTS["cold_cache"],
+    tf32: Annotated[bool, typer.Option(help="Allow TF32 for float32 matmuls and convolutions on CUDA; recorded, and float32 tolerance becomes the TF32 one.")] = DEFAULTS["tf32"],
+    cudnn_benchmark: Annotated[bool, typer.Option(help="Let cuDNN autotune convolution algorithms (torch.backends.cudnn.benchmark); recorded.")] = DEFAULTS["cudnn_benchmark"],
+    memory: Annotated[bool, typer.Option(help="Measure peak memory of one call per case.")] = DEFAULTS["memory"],
+    memory_guard: Annotated[bool, typer.Option(help="Record cases predicted not to fit in memory as 'oom (predicted)' without running them.")] = DEFAULTS["memory_guard"],
+    timeout: Annotated[Optional[float], typer.Option(help="Seconds per case before it is stopped as 'timeout' (hard with --isolate).")] = DEFAULTS["timeout"],
+    isolate: Annotated[bool, typer.Option(help="Run each case in a fresh subprocess: survives crashes, hard timeouts, clean memory.")] = DEFAULTS["isolate"],
+    shard: Annotated[Optional[str], typer.Option(help="Run shard K/N of the cases (balanced by expected cost); combine with 'merge'.")] = DEFAULTS["shard"],
     config: Annotated[Optional[Path], typer.Option(help="TOML sweep file holding any of these options (names with _); the command line overrides it.")] = None,
     preset: Annotated[Optional[str], typer.Option(help="Preset sweep: " + PRESET_HELP)] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Finish an interrupted run directory: run only its missing cases.")] = None,
-    strict: Annotated[bool, typer.Option(help="Exit 1 if any case is inaccurate.")] = False,
-    report: Annotated[bool, typer.Option(help="Write report.md and plots into the run directory at the end.")] = True,
-    count_instructions: Annotated[bool, typer.Option(help="Also count instructions per case with callgrind (needs valgrind; slow).")] = False,
+    strict: Annotated[bool, typer.Option(help="Exit 1 if any case is inaccurate.")] = DEFAULTS["strict"],
+    report: Annotated[bool, typer.Option(help="Write report.md and plots into the run directory at the end.")] = DEFAULTS["report"],
+    count_instructions: Annotated[bool, typer.Option(help="Also count instructions per case with callgrind (needs valgrind; slow).")] = DEFAULTS["count_instructions"],
 ):
     """Run a sweep of cases and write results.csv and results.json into a run directory."""
     given = {
@@ -126,36 +135,32 @@ def run_command(
             raise UsageError("--resume takes the settings of the run directory; drop --out, --config and --preset")
         plan = plan_resume(resume, given)
     else:
-        plan = make_plan(settings.combine(preset, config, given), out)
-        if plan.out_dir.exists() and any(plan.out_dir.iterdir()):
-            raise UsageError(f"--out {plan.out_dir} exists and is not empty")
-    writer = execute_with_progress(plan)
-    if plan.settings["report"]:
-        write_report(writer.path)
-    frame = load_run(writer.path).frame()
-    out_console = render.console()
-    out_console.print(render.results_table(frame, registry.baseline_name(), title=f"results ({writer.path})"))
-    for line in render.problems(frame):
+        plan = make_plan(RunConfig.from_settings(settings.combine(preset, config, given)), out)
+    result = execute_with_progress(plan)
+    frame = result.frame()
+    out_console = terminal.console()
+    out_console.print(terminal.results_table(frame, result.baseline, title=f"results ({result.path})"))
+    for line in terminal.problems(frame):
         out_console.print(f"  {line}", markup=False)
-    written = ["results.csv", "results.json"] + (["report.md"] if plan.settings["report"] else [])
-    out_console.print(f"wrote {', '.join(str(writer.path / name) for name in written)}")
-    if plan.settings["strict"] and (frame["status"] == "inaccurate").any():
+    written = ["results.csv", "results.json"] + (["report.md"] if plan.config.report else [])
+    out_console.print(f"wrote {', '.join(str(result.path / name) for name in written)}")
+    if plan.config.strict and (frame["status"] == "inaccurate").any():
         raise typer.Exit(1)
 
 
 def execute_with_progress(plan: Plan):
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=render.console(stderr=True), transient=False) as progress:
+    with Progress(*columns, console=terminal.console(stderr=True), transient=False) as progress:
         task = progress.add_task("calibrating", total=len(plan.cases), completed=len(plan.cases) - len(plan.todo))
 
         def started(case, index):
             progress.update(task, description=f"{case.impl} {case.mode} {case.shape_label}")
 
-        def done(case, record):
+        def done(case, measurement):
             progress.advance(task)
 
         try:
-            return run_plan(plan, argv(), on_case_start=started, on_case_done=done)
+            return api.execute(plan, argv(), on_case_start=started, on_case_done=done)
         except KeyboardInterrupt:
             progress.stop()
             typer.echo(f"interrupted: finished cases are in {plan.out_dir}", err=True)
@@ -174,26 +179,15 @@ def flops_command(
     dim: Annotated[int, typer.Option(help="Channels C.")] = 64,
 ):
     """Count one case's FLOPs three ways (closed form, fvcore, FlopCounterMode), per operator family."""
-    load_impl_files(impl_file)
+    (case,) = _one_case(impl, impl_file, "cpu", mode, batch, res, heads, dim)
     implementation = registry.get(impl)
-    (height, width), *rest = parse_resolutions(res)
-    if rest:
-        raise UsageError("--res: flops takes one grid")
-    parse_positive_ints([str(batch), str(heads), str(dim)], "--batch/--heads/--dim")
-    Sweep((impl,), ("cpu",), (mode,), (batch,), ((height, width),), (heads,), (dim,))
-    case = Case(impl, "cpu", implementation.dtype, mode, batch, height, width, heads, dim)
-    reason = implementation.unsupported_reason(case)
-    if reason:
-        raise UsageError(reason)
     counts = count_all(prepare_case(case, implementation, seed=0), case)
-    render.console().print(render.flops_table(counts, title=f"FLOPs of {impl} {mode} {case.shape_label}"))
+    terminal.console().print(terminal.flops_table(counts, title=f"FLOPs of {impl} {mode} {case.shape_label}"))
     typer.echo(
         "conventions: analytic and fvcore count multiply-accumulates (MACs) of matmuls and convolutions, biases excluded; "
         "FlopCounterMode counts FLOPs = 2 x MACs. fvcore also counts softmax, element-wise add/mul and norms "
         "(one op per element, not MACs, not in the total). fvcore traces the forward only, so it is empty in train mode."
     )
-
-
 
 
 @app.command("compare")
@@ -209,19 +203,16 @@ def compare_command(
     output_format: FormatOption = "table",
 ):
     """Compare two runs case by case: latency or instructions, accuracy and memory."""
-    comparison = compare_runs(
-        load_run(base), load_run(cand), metric=metric, threshold=threshold,
-        mem_threshold=mem_threshold, allow_env_mismatch=allow_env_mismatch,
+    comparison = api.compare(
+        base, cand, metric=metric, threshold=threshold, mem_threshold=mem_threshold, allow_env_mismatch=allow_env_mismatch,
     )
-    if output_format == "table":
-        console = render.console()
+    if output_format is OutputFormat.TABLE:
+        console = terminal.console()
         console.print(compare_output.rich_table(comparison))
         for line in compare_output.summary_lines(comparison):
             console.print(line, markup=False)
     else:
-        writers = {"markdown": compare_output.to_markdown, "json": compare_output.to_json, "csv": compare_output.to_csv}
-        if output_format not in writers:
-            raise UsageError(f"--format: unknown format {output_format!r} (choose from {', '.join(compare_output.FORMATS)})")
+        writers = {OutputFormat.MARKDOWN: compare_output.to_markdown, OutputFormat.JSON: compare_output.to_json, OutputFormat.CSV: compare_output.to_csv}
         typer.echo(writers[output_format](comparison), nl=False)
     if fail_on_regression and comparison.regressed:
         raise typer.Exit(1)
@@ -252,34 +243,19 @@ def ab_command(
     output_format: FormatOption = "table",
 ):
     """Race two implementations call by call in one process (A B B A ...): the recommended wall-clock gate."""
-    load_impl_files(impl_file)
-    settings_ = settings.combine(None, None, {"device": device, "mode": mode, "batch": batch, "res": res, "heads": heads, "dim": dim, "impl": f"{base_impl},{cand_impl}"})
-    plan = make_plan(settings_, Path("."))
-    if len(plan.sweep.modes) != 1:
-        raise UsageError("--mode: ab takes one mode")
-    if max_time <= 0 or min_pairs < 2 or threshold <= 0 or gap_ms < 0:
-        raise UsageError("--max-time, --threshold must be positive, --gap-ms not negative and --min-pairs at least 2")
-    prepare_process(threads)  # as run sets up: threads, no TF32, cuDNN autotuning off, allocator pinned
-    shapes = dedupe([case for case in plan.cases if case.impl == base_impl])
-    results = [
-        race(base_impl, cand_impl, shape, seed=seed, max_time_s=max_time, min_pairs=min_pairs, threshold=threshold, gap_s=gap_ms / 1e3)
-        for shape in shapes
-    ]
-    headers = ["shape", f"{base_impl} ms", f"{cand_impl} ms", "median pair ratio", "95% CI", "verdict", "pairs"]
+    results = api.race(
+        base_impl, cand_impl, device=device, mode=mode, batch=batch, res=res, heads=heads, dim=dim, threads=threads,
+        seed=seed, max_time=max_time, min_pairs=min_pairs, threshold=threshold, gap_ms=gap_ms, impl_files=impl_file or (),
+    )
+    sides = (f"{base_impl} ms", f"{cand_impl} ms") if base_impl != cand_impl else (f"{base_impl} ms (base)", f"{cand_impl} ms (cand)")
+    headers = ["shape", *sides, "median pair ratio", "95% CI", "verdict", "pairs"]
     rows = [
         [r.base.shape_label, f"{r.base_ms:.3f}", f"{r.cand_ms:.3f}", f"{r.ratio:.4f}", f"[{r.low:.4f}, {r.high:.4f}]", r.verdict, str(r.pairs)]
         for r in results
     ]
-    if output_format == "table":
-        render.console().print(render.simple_table(headers, rows, title=f"ab: {cand_impl} / {base_impl} ({mode}, threshold {threshold:.1%})"))
-    elif output_format == "markdown":
-        typer.echo(markdown.table(headers, rows, ["l", "r", "r", "r", "r", "l", "r"]))
-    elif output_format == "json":
-        typer.echo(json.dumps([dict(zip(headers, row)) for row in rows], indent=1))
-    elif output_format == "csv":
-        typer.echo(pd.DataFrame(rows, columns=headers).to_csv(index=False), nl=False)
-    else:
-        raise UsageError(f"--format: unknown format {output_format!r} (choose from table, markdown, json, csv)")
+    title = f"ab: {cand_impl} / {base_impl} ({mode}, threshold {threshold:.1%})"
+    emit(pd.DataFrame(rows, columns=headers), output_format, lambda: terminal.simple_table(headers, rows, title=title),
+         ["l", "r", "r", "r", "r", "l", "r"])
     if fail_on_regression and any(r.verdict == "slower" for r in results):
         raise typer.Exit(1)
 
@@ -302,10 +278,8 @@ def show_command(
     output_format: FormatOption = "table",
 ):
     """Print a run's results again, filtered and sorted; csv, markdown and json go to stdout for piping."""
-    from cmgm_bench.cases import split_list
-    from cmgm_bench.store import COLUMNS
-
-    frame = load_run(run_dir).frame()
+    run = load_run(run_dir)
+    frame = run.frame()
     if impl:
         frame = frame[frame.impl.isin(split_list(impl))]
     if mode:
@@ -314,16 +288,7 @@ def show_command(
         if sort not in COLUMNS:
             raise UsageError(f"--sort: unknown column {sort!r}")
         frame = frame.sort_values(sort, kind="stable")
-    if output_format == "table":
-        render.console().print(render.results_table(frame, registry.baseline_name(), title=str(run_dir)))
-    elif output_format == "csv":
-        typer.echo(frame.to_csv(index=False), nl=False)
-    elif output_format == "json":
-        typer.echo(frame.to_json(orient="records", indent=1))
-    elif output_format == "markdown":
-        typer.echo(markdown.table(list(frame.columns), frame.values.tolist()))
-    else:
-        raise UsageError(f"--format: unknown format {output_format!r} (choose from table, csv, markdown, json)")
+    emit(frame, output_format, lambda: terminal.results_table(frame, run.baseline, title=str(run_dir)))
 
 
 @app.command("profile")
@@ -343,20 +308,13 @@ def profile_command(
     trace: Annotated[Optional[Path], typer.Option(help="Chrome/Perfetto trace file (default results/profile-<impl>-<mode>.json).")] = None,
 ):
     """Profile one case with torch.profiler: top operators by self time, a trace file, the memory peak."""
-    load_impl_files(impl_file)
-    plan = make_plan(settings.combine(None, None, {"impl": impl, "device": device, "mode": mode, "batch": str(batch), "res": res, "heads": str(heads), "dim": str(dim)}), Path("."))
-    if len(plan.cases) != 1:
-        raise UsageError("profile takes one case: one --mode and one --res")
-    case = plan.cases[0]
-    reason = registry.get(impl).unsupported_reason(case)
-    if reason:
-        raise UsageError(reason)
+    (case,) = _one_case(impl, impl_file, device, mode, batch, res, heads, dim)
     prepare_process(threads)  # as run sets up: threads, no TF32, cuDNN autotuning off, allocator pinned
     trace = trace or Path("results") / f"profile-{impl}-{mode}.json"
     result = profile_case(prepare_case(case, registry.get(impl), seed=0), mode, case.device, trace, memory=memory, top=top)
     rows = [[r.name, str(r.calls), f"{r.self_ms:.3f}", f"{100 * r.share:.1f}%", r.input_shapes] for r in result.operators]
-    console = render.console()
-    console.print(render.simple_table(["operator", "calls", "self ms", "share", "input shapes"], rows, title=f"top operators by self time: {impl} {mode} {case.shape_label} (3 calls)"))
+    console = terminal.console()
+    console.print(terminal.simple_table(["operator", "calls", "self ms", "share", "input shapes"], rows, title=f"top operators by self time: {impl} {mode} {case.shape_label} (3 calls)"))
     if memory:
         console.print(f"peak allocated during the calls: {(result.peak_bytes or 0) / 2**20:.1f} MiB, at {result.peak_operator}", markup=False)
     console.print(f"trace written to {result.trace} (open in chrome://tracing or ui.perfetto.dev)", markup=False)
@@ -370,7 +328,7 @@ def merge_command(
 ):
     """Merge run directories of one sweep on one machine (shards) into one run directory."""
     writer = merge_runs(runs, out)
-    typer.echo(f"merged {len(writer.records)} cases from {len(runs)} runs into {writer.path}")
+    typer.echo(f"merged {len(writer.measurements)} cases from {len(runs)} runs into {writer.path}")
 
 
 @app.command("list")
@@ -378,14 +336,14 @@ def merge_command(
 def list_command(impl_file: ImplFileOption = None):
     """List every registered implementation: what it is, where it runs, where it was loaded from."""
     load_impl_files(impl_file)
-    render.console().print(render.implementations_table(registry.all_implementations().values()))
+    terminal.console().print(terminal.implementations_table(registry.all_implementations().values()))
 
 
 @app.command("env")
 @fail_with_usage_errors
 def env_command(device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto"):
     """Print the environment that a run would record."""
-    render.console().print(render.mapping_table(env_module.collect(resolve_device(device)), "environment"))
+    terminal.console().print(terminal.mapping_table(env_module.collect(resolve_device(device)), "environment"))
 
 
 def main(args: list[str] | None = None) -> None:

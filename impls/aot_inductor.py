@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from cmgm_bench import cpu_features
+from cmgm_bench.machine import cpu_features
 from cmgm_bench.registry import Built, register
 from impls import export_cache, kernels
 

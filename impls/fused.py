@@ -39,7 +39,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from cmgm_bench import cpu_features
+from cmgm_bench.machine import cpu_features
 from cmgm_bench.registry import Built, Unsupported, register
 from impls import kernels
 

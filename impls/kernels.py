@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cmgm_bench import cpu_features
+from cmgm_bench.machine import cpu_features
 
 SOURCES = [Path(__file__).parent / "csrc" / name for name in ("fused_map.cpp", "softmax_attention.cpp", "bindings.cpp")]
 TARGET_ENV = "CMGM_FUSED_TARGET"

@@ -15,9 +15,9 @@ import copy
 import torch
 import torch.utils.benchmark as benchmark
 
-from cmgm_bench.reference import make_inputs, reference_module
+from cmgm_bench.workload.reference import make_inputs, reference_module
 from cmgm_bench.stats import StopRule, summarize
-from cmgm_bench.timing import WallClock, collect_samples, warm_up
+from cmgm_bench.measure.timing import WallClock, collect_samples, warm_up
 
 
 def main():

@@ -17,8 +17,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from cmgm_bench import memory
-from cmgm_bench.reference import make_inputs, reference_module
+from cmgm_bench.measure import memory
+from cmgm_bench.workload.reference import make_inputs, reference_module
 from impls import kernels as kernel_builds
 from impls.fused import FusedCMGM
 

@@ -21,10 +21,12 @@ from pathlib import Path
 
 import torch
 
-from cmgm_bench import instructions, registry
-from cmgm_bench.cases import Case
-from cmgm_bench.compare import DEFAULT_THRESHOLDS
-from cmgm_bench.paired import race
+from cmgm_bench import registry
+
+from cmgm_bench.measure import instructions
+from cmgm_bench.config.cases import Case
+from cmgm_bench.analysis.compare import DEFAULT_THRESHOLDS
+from cmgm_bench.execution.paired import race
 from cmgm_bench.stats import verdict
 
 VARIANT = textwrap.dedent(

@@ -55,7 +55,7 @@ fi
 # --no-deps: the machine's own torch and packages are used as they are.
 "$python" -m pip install --quiet --no-index --no-deps --no-build-isolation -e .
 # fails here if a dependency is missing (pytest-benchmark: without it pytest stops at its options)
-"$python" -c "import cmgm_bench.cli, cmgm_bench.counters, cmgm_bench.report, pytest_benchmark"
+"$python" -c "import cmgm_bench.cli, cmgm_bench.measure.counters, cmgm_bench.views.report, pytest_benchmark"
 
 step "GPU tests"
 tests_status=0

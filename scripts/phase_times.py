@@ -17,15 +17,12 @@ from pathlib import Path
 import pandas as pd
 
 from cmgm_bench.errors import UsageError
-from cmgm_bench.execute import plan_resume
-from cmgm_bench.store import load_run
+from cmgm_bench.execution.sweep import plan_resume
+from cmgm_bench.results.store import load_run
 
 
-def phase_table(records: list[dict]) -> pd.DataFrame:
-    rows = [
-        {"impl": record["row"]["impl"], "wall": record["notes"].get("wall_s", 0.0), **record["notes"].get("phase_s", {})}
-        for record in records
-    ]
+def phase_table(measurements) -> pd.DataFrame:
+    rows = [{"impl": m.case.impl, "wall": m.notes.get("wall_s", 0.0), **m.notes.get("phase_s", {})} for m in measurements]
     return pd.DataFrame(rows).groupby("impl").sum(numeric_only=True)
 
 
@@ -33,14 +30,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
     args = parser.parse_args()
-    records = load_run(args.run_dir).records
-    table = phase_table(records)
+    measurements = load_run(args.run_dir).measurements
+    table = phase_table(measurements)
     print(table.round(1).to_string())
     try:
         of = f" of {len(plan_resume(args.run_dir, {}).cases)}"
     except UsageError:  # no stored sweep, or one this machine cannot plan (e.g. cuda here)
         of = ""
-    print(f"{len(records)}{of} cases finished, {table.wall.sum():.0f} s in cases")
+    print(f"{len(measurements)}{of} cases finished, {table.wall.sum():.0f} s in cases")
 
 
 if __name__ == "__main__":

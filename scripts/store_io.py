@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from cmgm_bench import store as current
-from cmgm_bench.cases import Case
+from cmgm_bench.results import store as current
+from cmgm_bench.config.cases import Case
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,7 +39,8 @@ def write_sweep(module, folder: Path, count: int) -> float:
     writer = module.RunWriter(folder, {"environment": {"cpu_model": "synthetic"}})
     for index in range(count):
         row = {**Case("eager", "cpu", "float32", "fwd", index + 1, 7, 5, 2, 16).as_dict(), "tokens": 35, "status": "ok", "latency_ms": 1.0}
-        writer.append({"row": row, "samples_s": [0.001] * 200, "notes": {"phase_s": {"sampling": 1.0}}, "traceback": None})
+        record = {"row": row, "samples_s": [0.001] * 200, "notes": {"phase_s": {"sampling": 1.0}}, "traceback": None}
+        writer.append(module.from_record(record) if hasattr(module, "from_record") else record)
     if hasattr(writer, "finish"):
         writer.finish()
     return time.perf_counter() - started

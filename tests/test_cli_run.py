@@ -8,7 +8,7 @@ import torch
 from typer.testing import CliRunner
 
 from cmgm_bench.cli import app
-from cmgm_bench.store import COLUMNS
+from cmgm_bench.results.store import COLUMNS
 from tests.conftest import FAST
 
 runner = CliRunner()

@@ -7,8 +7,8 @@ import textwrap
 import pytest
 from typer.testing import CliRunner
 
-from cmgm_bench import instructions
-from cmgm_bench.cases import Case
+from cmgm_bench.measure import instructions
+from cmgm_bench.config.cases import Case
 from cmgm_bench.cli import app
 from cmgm_bench.stats import verdict
 from tests.conftest import FAST, require_tool
@@ -134,7 +134,7 @@ def test_bad_input(runs, tmp_path, setup, args, message):
 
 def test_paired_race_of_identical_code_is_same():
     """Two instances of identical code differ by up to ~0.5% here (memory placement, see
-    cmgm_bench/paired.py); a 3-second race on this shared machine resolves them to within
+    cmgm_bench/execution/paired.py); a 3-second race on this shared machine resolves them to within
     the 5% threshold: the verdict is "same", never a direction."""
     result = runner.invoke(app, ["ab", "eager", "eager", "--res", "6", "--threads", "1", "--max-time", "3", "--format", "json"])
     assert result.exit_code == 0, result.output
@@ -146,8 +146,9 @@ def test_paired_race_of_identical_code_is_same():
 
 def test_paired_race_times_under_the_same_allocator_settings_as_run(monkeypatch):
     """run pins glibc's mmap threshold before timing; ab must too, or the two disagree."""
-    from cmgm_bench import memory, paired
-    from cmgm_bench.cases import Case
+    from cmgm_bench.measure import memory
+    from cmgm_bench.execution import paired
+    from cmgm_bench.config.cases import Case
 
     pinned = []
     monkeypatch.setattr(memory, "pin_allocator_for_timing", lambda: pinned.append(True))
@@ -199,15 +200,14 @@ def test_committed_ci_baseline_holds_the_ci_presets_cases_with_counts():
     preset's cases, each with an instruction count (refresh it when the preset changes)."""
     from pathlib import Path
 
-    from cmgm_bench import settings
-    from cmgm_bench.execute import make_plan
-    from cmgm_bench.store import load_run
+    from cmgm_bench.config.run_config import RunConfig
+    from cmgm_bench.results.store import load_run
 
     baseline = load_run(Path(__file__).resolve().parent.parent / "results" / "baselines" / "ci")
-    planned = {case.key for case in make_plan(settings.combine("ci", None, {}), Path("unused")).cases}
-    stored = {Case.from_dict(record["row"]).key for record in baseline.records}
+    planned = {case.key for case in RunConfig.build(preset="ci").cases()}
+    stored = {m.case.key for m in baseline.measurements}
     assert stored == planned
-    assert all(record["row"]["instructions"] > 1_000_000 for record in baseline.records)
+    assert all(m.instructions > 1_000_000 for m in baseline.measurements)
 
 
 def test_ab_gap_leaves_idle_time_before_every_timed_call(tmp_path):

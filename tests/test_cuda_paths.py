@@ -5,10 +5,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cmgm_bench import registry, timing
-from cmgm_bench.cases import Case
+from cmgm_bench import registry
+
+from cmgm_bench.measure import timing
+from cmgm_bench.config.cases import Case
 from cmgm_bench.cli import app
-from cmgm_bench.runner import CaseRunner, RunOptions
+from cmgm_bench.measure.case_runner import CaseRunner
+from cmgm_bench.results.store import to_row
+from tests.helpers import measure_config
 from cmgm_bench.stats import StopRule
 from tests.conftest import FAST, write_file
 
@@ -65,7 +69,7 @@ def test_graph_capture_failure_is_unsupported_with_reason():
 def plugin_row(tmp_path, name: str, text: str) -> dict:
     """The row of one small fwd case of the implementation ``name`` that ``text`` registers."""
     registry.load_file(str(write_file(tmp_path, f"{name}.py", text)))
-    return CaseRunner(RunOptions(stop_rule=StopRule(min_samples=1, max_time_s=0))).run(Case(name, "cpu", "float32", "fwd", 1, 4, 4, 2, 8))["row"]
+    return to_row(CaseRunner(measure_config(stop_rule=StopRule(min_samples=1, max_time_s=0))).run(Case(name, "cpu", "float32", "fwd", 1, 4, 4, 2, 8)))
 
 
 def test_unsupported_raised_by_a_builder_becomes_a_row(tmp_path):
@@ -89,7 +93,7 @@ def test_gpu_only_implementations_are_unsupported_on_the_cpu(tmp_path):
 
 # -- on a GPU ----------------------------------------------------------------------------------
 
-QUICK = RunOptions(stop_rule=StopRule(min_samples=3, max_time_s=0.05), measure_memory=True)
+QUICK = measure_config(stop_rule=StopRule(min_samples=3, max_time_s=0.05), measure_memory=True)
 
 
 @pytest.fixture(autouse=True)
@@ -99,7 +103,7 @@ def _no_tf32():
     if not torch.cuda.is_available():
         yield
         return
-    from cmgm_bench.process_setup import configure_cuda
+    from cmgm_bench.machine.process_setup import configure_cuda
 
     flags = (torch.backends.cuda.matmul, "allow_tf32"), (torch.backends.cudnn, "allow_tf32"), (torch.backends.cudnn, "benchmark")
     saved = [getattr(owner, name) for owner, name in flags]
@@ -116,7 +120,7 @@ def test_every_implementation_within_tolerance_on_cuda(name):
     runner_ = CaseRunner(QUICK)
     for mode in impl.modes:
         for batch, height, width, heads, dim in [(2, 7, 9, 4, 32)]:
-            row = runner_.run(Case(name, "cuda", impl.dtype, mode, batch, height, width, heads, dim))["row"]
+            row = to_row(runner_.run(Case(name, "cuda", impl.dtype, mode, batch, height, width, heads, dim)))
             assert row["status"] in ("ok", "unsupported"), (name, mode, row["error"])
             if row["status"] == "ok":  # a CUDA-graph replay allocates nothing: 0 is a valid peak
                 assert row["peak_mem_mb"] >= 0
@@ -124,7 +128,7 @@ def test_every_implementation_within_tolerance_on_cuda(name):
 
 @pytest.mark.cuda
 def test_cuda_graph_replays_match_eager():
-    from cmgm_bench.runner import prepare_case
+    from cmgm_bench.measure.prepare import prepare_case
 
     case = Case("cudagraph", "cuda", "float32", "fwd", 2, 9, 9, 8, 64)
     graph = prepare_case(case, registry.get("cudagraph"), seed=0)
@@ -141,8 +145,8 @@ def test_cuda_graph_replays_match_eager():
 def test_cold_cache_is_not_faster_than_warm():
     case = Case("eager", "cuda", "float32", "feature", 1, 16, 16, 8, 64)
     rule = StopRule(min_samples=30, min_time_s=0.2, max_time_s=1.0, target_rel_iqr=0.01)
-    warm = CaseRunner(RunOptions(stop_rule=rule, measure_memory=False)).run(case)["row"]["latency_ms"]
-    cold = CaseRunner(RunOptions(stop_rule=rule, measure_memory=False, cold_cache=True)).run(case)["row"]["latency_ms"]
+    warm = to_row(CaseRunner(measure_config(stop_rule=rule, measure_memory=False)).run(case))["latency_ms"]
+    cold = to_row(CaseRunner(measure_config(stop_rule=rule, measure_memory=False, cold_cache=True)).run(case))["latency_ms"]
     assert cold >= warm * 0.97
 
 
@@ -151,17 +155,18 @@ def test_cold_cache_is_not_faster_than_warm():
 
 def test_every_timing_command_sets_the_process_up_the_same_way(tmp_path, monkeypatch):
     """run, ab and profile (and --isolate children, through run) share one set-up: threads, TF32, allocator."""
-    from cmgm_bench import cli, execute
+    from cmgm_bench import api, cli
+    from cmgm_bench.execution import sweep
 
     calls = []
-    real = execute.prepare_process
+    real = sweep.prepare_process
 
     def recording(threads, tf32=False, cudnn_benchmark=False):
         calls.append((threads, tf32, cudnn_benchmark))
         return real(threads, tf32, cudnn_benchmark)
 
-    monkeypatch.setattr(execute, "prepare_process", recording)
-    monkeypatch.setattr(cli, "prepare_process", recording)
+    for module in (sweep, api, cli):
+        monkeypatch.setattr(module, "prepare_process", recording)
     assert runner.invoke(app, ["run", "--impl", "eager", "--res", "4", "--threads", "1", "--out", str(tmp_path / "run"), *FAST, "--no-report"]).exit_code == 0
     assert runner.invoke(app, ["ab", "eager", "sdpa", "--res", "4", "--threads", "1", "--max-time", "0.1", "--min-pairs", "2"]).exit_code == 0
     profiled = runner.invoke(app, ["profile", "--impl", "eager", "--res", "4", "--threads", "1", "--trace", str(tmp_path / "trace.json")])
@@ -174,7 +179,7 @@ def test_the_tf32_setting_leaves_torch_export_working_and_is_recorded():
     (it reads the legacy flag, which then raises); the set-up must leave export working, both ways."""
     import warnings
 
-    from cmgm_bench import process_setup
+    from cmgm_bench.machine import process_setup
 
     flags = (torch.backends.cuda.matmul, "allow_tf32"), (torch.backends.cudnn, "allow_tf32"), (torch.backends.cudnn, "benchmark")
     saved = [getattr(owner, name) for owner, name in flags]
@@ -208,7 +213,7 @@ def test_resume_refuses_a_run_made_on_another_machine(tmp_path):
 
 
 def test_the_commit_comes_from_the_environment_where_there_is_no_git(monkeypatch):
-    from cmgm_bench import env
+    from cmgm_bench.machine import env
 
     def no_git(*args, **kwargs):
         raise OSError("git: not found")
@@ -221,7 +226,7 @@ def test_the_commit_comes_from_the_environment_where_there_is_no_git(monkeypatch
 
 
 def test_the_memory_estimate_keeps_mixed_precision_maps_in_float32():
-    from cmgm_bench import flops
+    from cmgm_bench.workload import flops
 
     maps = 5 * 8 * 784**2
     assert flops.estimated_peak_bytes("fwd", 1, 784, 64, 8, "bfloat16") == 4 * maps + 2 * 8 * 784 * 64
@@ -279,5 +284,5 @@ def test_short_gpu_calls_are_timed_in_blocks_and_the_block_size_is_recorded():
     assert clock.blocks[-5:] == [7] * 5 and len(calls) == 3 + 5 * 7
     assert all(abs(sample - 100e-6) / 100e-6 < 0.08 for sample in samples)
     assert timing.calls_per_sample(lambda: None, timing.WallClock()) == 1  # the CPU clock resolves one call
-    record = CaseRunner(RunOptions(stop_rule=StopRule(min_samples=3, max_time_s=0.05))).run(Case("eager", "cpu", "float32", "fwd", 1, 4, 4, 2, 8))
-    assert record["notes"]["calls_per_sample"] == 1
+    record = CaseRunner(measure_config(stop_rule=StopRule(min_samples=3, max_time_s=0.05))).run(Case("eager", "cpu", "float32", "fwd", 1, 4, 4, 2, 8))
+    assert record.notes["calls_per_sample"] == 1

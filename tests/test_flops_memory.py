@@ -3,12 +3,16 @@
 import pytest
 from typer.testing import CliRunner
 
-from cmgm_bench import flops, memory, registry
-from cmgm_bench.cases import Case
+from cmgm_bench import registry
+
+from cmgm_bench.workload import flops
+
+from cmgm_bench.measure import memory
+from cmgm_bench.config.cases import Case
 from cmgm_bench.cli import app
-from cmgm_bench.counters import MAC_FAMILIES, analytic_macs, count_all
-from cmgm_bench.modes import autograd_context
-from cmgm_bench.runner import prepare_case
+from cmgm_bench.measure.counters import MAC_FAMILIES, analytic_macs, count_all
+from cmgm_bench.workload.modes import autograd_context
+from cmgm_bench.measure.prepare import prepare_case
 
 SHAPES = [(1, 64, 8, 11, 11), (2, 32, 4, 5, 7), (1, 48, 2, 9, 4)]
 
@@ -106,25 +110,28 @@ def test_run_fills_throughput_and_ceiling_columns(tmp_path):
 
 def test_emulated_dtype_uses_the_float32_ceiling_and_no_share_exceeds_100():
     """A CPU without bfloat16 units: 0.9 GFLOP/s native, 150 in float32; an upcasting case at 120 GFLOP/s."""
-    from cmgm_bench import ceilings as ceilings_module
-    from cmgm_bench.report import ceiling_notes
+    from cmgm_bench.config.cases import Case
+    from cmgm_bench.measure import ceilings as ceilings_module
+    from cmgm_bench.measure.measurement import Measurement, Status
+    from cmgm_bench.views.report import ceiling_notes
 
     native = {"float32": 150.0, "bfloat16": 0.9, "float16": 1.1}
     device = {"matmul_gflops": ceilings_module.effective(native), "matmul_gflops_native": native,
               "emulated": ceilings_module.emulated(native), "copy_gbytes_per_s": 20.0}
     assert device["matmul_gflops"] == {"float32": 150.0, "bfloat16": 150.0, "float16": 150.0}
     assert device["emulated"] == ["bfloat16", "float16"]
-    rows = [{"dtype": "bfloat16", "gflops_per_s": 120.0}, {"dtype": "float32", "gflops_per_s": 90.0},
-            {"dtype": "float32", "gflops_per_s": 180.0}, {"dtype": "float32", "gflops_per_s": 100.0}]
-    for index, row in enumerate(rows):
-        ceilings_module.account(device, row, f"case {index}")
-    assert rows[0]["pct_peak"] == pytest.approx(80.0)  # not 120 / 0.9 = 13333 %
-    assert rows[2]["pct_peak"] == pytest.approx(100.0) and rows[3]["pct_peak"] == pytest.approx(100 * 100 / 180)
-    assert device["raised"]["float32"] == {"from": 150.0, "to": 180.0, "by": "case 2"}
-    assert all(row["pct_peak"] <= 100 for row in rows)
+    # a case's rate is its FLOPs over its median sample: 1 ms samples, FLOPs = rate x 1e6
+    rates = [("bfloat16", 120.0), ("float32", 90.0), ("float32", 180.0), ("float32", 100.0)]
+    cases = [Measurement(Case(f"case{index}", "cpu", dtype, "fwd", 1, 4, 4, 2, 8), Status.OK, samples_s=[1e-3], flops=int(rate * 1e6))
+             for index, (dtype, rate) in enumerate(rates)]
+    shares = [ceilings_module.account(device, case).pct_peak for case in cases]
+    assert shares[0] == pytest.approx(80.0)  # not 120 / 0.9 = 13333 %
+    assert shares[2] == pytest.approx(100.0) and shares[3] == pytest.approx(100 * 100 / 180)
+    assert device["raised"]["float32"] == {"from": 150.0, "to": pytest.approx(180.0), "by": "case2 fwd B1 8x4x4 h2"}
+    assert all(share <= 100 for share in shares)
     lines = ceiling_notes({"cpu": device})
     assert "- cpu bfloat16 matmul: 0.9 GFLOP/s, no native support; % peak uses the float32 ceiling (150.0 GFLOP/s)." in lines
-    assert any("`case 2` ran at 180.0 GFLOP/s" in line for line in lines)
+    assert any("`case2 fwd B1 8x4x4 h2` ran at 180.0 GFLOP/s" in line for line in lines)
 
 
 def test_a_case_beating_the_ceiling_is_capped_at_100_in_a_real_run(tmp_path, monkeypatch):
@@ -133,7 +140,7 @@ def test_a_case_beating_the_ceiling_is_capped_at_100_in_a_real_run(tmp_path, mon
 
     import pandas as pd
 
-    from cmgm_bench import ceilings as ceilings_module
+    from cmgm_bench.measure import ceilings as ceilings_module
     from tests.conftest import FAST
 
     monkeypatch.setattr(ceilings_module, "matmul_gflops", lambda device, dtype: 1e-3)

@@ -7,11 +7,13 @@ import pytest
 import torch
 
 from cmgm_bench import registry
-from cmgm_bench.cases import Case
-from cmgm_bench.reference import make_inputs, reference_module
-from cmgm_bench.runner import CaseRunner, RunOptions
+from cmgm_bench.config.cases import Case
+from cmgm_bench.workload.reference import make_inputs, reference_module
+from cmgm_bench.measure.case_runner import CaseRunner
+from cmgm_bench.results.store import to_row
+from tests.helpers import measure_config
 from cmgm_bench.stats import StopRule
-from cmgm_bench import cpu_features
+from cmgm_bench.machine import cpu_features
 from impls import kernels
 from impls.fused import FusedCMGM
 
@@ -27,7 +29,7 @@ def target_kernels(request):
     return kernels.load(request.param)[0]
 
 
-QUICK = RunOptions(stop_rule=StopRule(min_samples=1, max_time_s=0.0, floor_samples=1), measure_memory=False)
+QUICK = measure_config(measure_memory=False)
 
 
 def test_the_kernels_build_for_every_target_this_cpu_runs():
@@ -64,7 +66,7 @@ def test_accuracy_on_random_shapes(monkeypatch, name, target):
         dim = rng.choice([d for d in (16, 32, 64) if d % heads == 0])
         batch, height, width = rng.choice([1, 2]), rng.randint(3, 40), rng.randint(3, 40)
         for mode in ("fwd", "feature"):
-            row = runner.run(Case(name, "cpu", impl.dtype, mode, batch, height, width, heads, dim))["row"]
+            row = to_row(runner.run(Case(name, "cpu", impl.dtype, mode, batch, height, width, heads, dim)))
             assert row["status"] == "ok", (heads, dim, height, width, mode, row["error"])
             if name == "fused":  # issue target: float32 errors at most 1e-5
                 assert row["out_rel_err"] <= 1e-5
@@ -139,17 +141,17 @@ def test_without_a_compiler_fwd_is_unsupported_with_the_reason_and_feature_runs(
     """feature mode needs no kernel of ours (SDPA); fwd needs both."""
     monkeypatch.setenv("CXX", "no-such-compiler-cmgm")
     runner = CaseRunner(QUICK)
-    fwd = runner.run(Case("fused", "cpu", "float32", "fwd", 1, 5, 5, 2, 16))["row"]
+    fwd = to_row(runner.run(Case("fused", "cpu", "float32", "fwd", 1, 5, 5, 2, 16)))
     assert fwd["status"] == "unsupported"
     assert fwd["error"] == "no C++ compiler (no-such-compiler-cmgm) to build the fused kernels"
-    assert runner.run(Case("fused", "cpu", "float32", "feature", 1, 5, 5, 2, 16))["row"]["status"] == "ok"
+    assert to_row(runner.run(Case("fused", "cpu", "float32", "feature", 1, 5, 5, 2, 16)))["status"] == "ok"
 
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_the_stage_choice_and_the_target_are_recorded(monkeypatch, target):
     monkeypatch.setenv(kernels.TARGET_ENV, target)
     record = CaseRunner(QUICK).run(Case("fused", "cpu", "float32", "fwd", 1, 13, 11, 4, 32))
-    row, notes = record["row"], record["notes"]
+    row, notes = to_row(record), record.notes
     assert row["status"] == "ok", row["error"]
     assert notes["kernel_target"] == target and notes["kernel_extension"] == kernels.extension_name(target)
     assert set(notes["stage_paths"]) == {"attention", "map"} and set(notes["stage_paths"].values()) <= {"kernel", "aten"}
@@ -174,5 +176,5 @@ def test_either_path_of_each_stage_gives_the_reference(target_kernels, path):
 
 def test_fused_bf16_needs_native_bfloat16(monkeypatch):
     monkeypatch.setattr(cpu_features, "native_bfloat16", lambda: False)
-    row = CaseRunner(QUICK).run(Case("fused-bf16", "cpu", "bfloat16", "fwd", 1, 5, 5, 2, 16))["row"]
+    row = to_row(CaseRunner(QUICK).run(Case("fused-bf16", "cpu", "bfloat16", "fwd", 1, 5, 5, 2, 16)))
     assert row["status"] == "unsupported" and "no native bfloat16" in row["error"]

@@ -9,14 +9,16 @@ import pytest
 from typer.testing import CliRunner
 
 from cmgm_bench import registry
-from cmgm_bench.cases import Case
+from cmgm_bench.config.cases import Case
 from cmgm_bench.cli import app
-from cmgm_bench.runner import CaseRunner, RunOptions
+from cmgm_bench.measure.case_runner import CaseRunner
+from cmgm_bench.results.store import to_row
+from tests.helpers import measure_config
 from cmgm_bench.stats import StopRule
 from tests.conftest import FAST, require_tool, write_file
 
 ROOT = Path(__file__).resolve().parent.parent
-QUICK = RunOptions(stop_rule=StopRule(min_samples=1, max_time_s=0.0, floor_samples=1), measure_memory=False)
+QUICK = measure_config(measure_memory=False)
 
 
 def random_shapes(count, seed):
@@ -53,7 +55,7 @@ def test_implementation_within_tolerance(name):
     runner = CaseRunner(QUICK)
     require_tool(registry.get(name).missing())
     for case in claimed_cases(name, 5):
-        row = runner.run(case)["row"]
+        row = to_row(runner.run(case))
         if row["status"] == "unsupported" and name in MAY_BE_UNSUPPORTED:
             assert MAY_BE_UNSUPPORTED[name] in row["error"], (case, row["error"])
             continue
@@ -73,7 +75,7 @@ def test_compiled_implementation_within_tolerance(name, shapes):
     """Compilation costs ~10 s a case on two cores, so one or two shapes only."""
     runner = CaseRunner(QUICK)
     for case in claimed_cases(name, shapes):
-        row = runner.run(case)["row"]
+        row = to_row(runner.run(case))
         assert row["status"] == "ok", (case, row["error"])
         assert row["compile_s"] > 0
 
@@ -84,8 +86,8 @@ def test_a_shape_compiled_before_hits_inductors_cache_and_says_so():
     case = Case("compile", "cpu", "float32", "feature", 1, 5, 6, 2, 16)
     runner.run(case)
     again = runner.run(case)
-    assert again["row"]["status"] == "ok"
-    assert again["notes"]["inductor_fx_graph_cache"]["hit"] >= 1 and again["notes"]["inductor_fx_graph_cache"]["miss"] == 0
+    assert again.status == "ok"
+    assert again.notes["inductor_fx_graph_cache"]["hit"] >= 1 and again.notes["inductor_fx_graph_cache"]["miss"] == 0
 
 
 def test_unsupported_mode_and_device_give_rows_with_reasons(tmp_path):
@@ -102,9 +104,9 @@ def test_unsupported_mode_and_device_give_rows_with_reasons(tmp_path):
     )
     registry.load_file(str(impl_file))
     runner = CaseRunner(QUICK)
-    row = runner.run(Case("fwd-only", "cpu", "float32", "feature", 1, 4, 4, 2, 8))["row"]
+    row = to_row(runner.run(Case("fwd-only", "cpu", "float32", "feature", 1, 4, 4, 2, 8)))
     assert row["status"] == "unsupported" and "modes fwd" in row["error"]
-    row = runner.run(Case("fwd-only", "cuda", "float32", "fwd", 1, 4, 4, 2, 8))["row"]
+    row = to_row(runner.run(Case("fwd-only", "cuda", "float32", "fwd", 1, 4, 4, 2, 8)))
     assert row["status"] == "unsupported" and "devices cpu" in row["error"]
 
 
@@ -190,7 +192,7 @@ def test_recompile_while_timing_invalidates_the_case(tmp_path):
         """,
     )
     registry.load_file(str(impl_file))
-    row = CaseRunner(QUICK).run(Case("recompiles", "cpu", "float32", "feature", 1, 4, 4, 2, 8))["row"]
+    row = to_row(CaseRunner(QUICK).run(Case("recompiles", "cpu", "float32", "feature", 1, 4, 4, 2, 8)))
     assert row["status"] == "error"
     assert "recompiled" in row["error"]
 
@@ -241,7 +243,7 @@ def test_the_sdpa_backend_that_ran_is_observed(tmp_path):
     registry.load_file(str(path))
     runner = CaseRunner(QUICK)
     backends = {
-        name: runner.run(Case(name, "cpu", "float32", "feature", 1, 6, 5, 2, 32))["row"]["sdpa_backend"]
+        name: to_row(runner.run(Case(name, "cpu", "float32", "feature", 1, 6, 5, 2, 32)))["sdpa_backend"]
         for name in ("eager", "sdpa", "sdpa-math")
     }
     assert backends == {"eager": None, "sdpa": "flash-cpu", "sdpa-math": "math"}

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cmgm_bench.reference import make_inputs, reference_module
-from impls.eager import CMGM
+from cmgm_bench.workload.reference import make_inputs, reference_module
+from cmgm_bench.workload.model import CMGM
 from tests.official_grafting import Grafting
 
 

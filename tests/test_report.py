@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cmgm_bench.cli import app
-from cmgm_bench.report import fit_exponent
+from cmgm_bench.views.report import fit_exponent
 from tests.conftest import FAST
 
 runner = CliRunner()
@@ -29,7 +29,7 @@ def test_run_writes_a_report_listing_every_case_with_valid_plots(run_dir):
     report = (run_dir / "report.md").read_text()
     frame = pd.read_csv(run_dir / "results.csv")
     for row in frame.itertuples():
-        assert re.search(rf"\| {row.impl} \| B{row.batch} {row.height}x{row.width} h{row.heads} C{row.dim} \| {row.status} \|", report)
+        assert re.search(rf"\| {row.impl} \| B{row.batch} {row.dim}x{row.height}x{row.width} h{row.heads} \| {row.status} \|", report)
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
     assert {"latency_vs_tokens.png", "speedup.png", "memory_vs_tokens.png", "roofline.png"} <= set(images)
     for name in images:

@@ -15,10 +15,11 @@ import torch
 from typer.testing import CliRunner
 
 from cmgm_bench import registry
-from cmgm_bench.cases import Case
+from cmgm_bench.config.cases import Case
 from cmgm_bench.cli import app
-from cmgm_bench.reference import make_inputs, reference_module
-from cmgm_bench.runner import CaseRunner
+from cmgm_bench.workload.reference import make_inputs, reference_module
+from cmgm_bench.measure.case_runner import CaseRunner
+from cmgm_bench.results.store import to_row
 from impls import export_cache
 from impls.ov import core
 from tests.conftest import FAST, require_tool
@@ -107,7 +108,7 @@ def test_a_missing_runtime_is_unsupported_with_the_install_hint(tmp_path, monkey
 def test_openvino_bf16_runs_only_with_native_bfloat16():
     impl = registry.get("openvino-bf16")
     require_tool(impl.missing())
-    row = CaseRunner(QUICK).run(Case("openvino-bf16", "cpu", "bfloat16", "fwd", 1, 7, 5, 4, 32))["row"]
+    row = to_row(CaseRunner(QUICK).run(Case("openvino-bf16", "cpu", "bfloat16", "fwd", 1, 7, 5, 4, 32)))
     if "BF16" in core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
         assert row["status"] == "ok", row["error"]
         assert 1e-4 < row["out_rel_err"] <= row["tolerance"]  # really bfloat16: above float32's error

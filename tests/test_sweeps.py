@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cmgm_bench.cli import app
-from cmgm_bench.store import load_run, read_journal
+from cmgm_bench.results.store import load_run, read_journal
 from tests.conftest import FAST, write_file
 
 runner = CliRunner()
@@ -51,8 +51,8 @@ def test_an_implementation_that_raises_on_one_shape_is_one_error_row(tmp_path):
     frame = pd.read_csv(out / "results.csv")
     assert frame.set_index("height").status.to_dict() == {4: "ok", 5: "error", 6: "ok"}
     assert frame.set_index("height").error[5] == "RuntimeError: picky cannot do 5x5"
-    record = [r for r in load_run(out).records if r["row"]["height"] == 5][0]
-    assert "Traceback" in record["traceback"] and "picky cannot do 5x5" in record["traceback"]
+    failed = [m for m in load_run(out).measurements if m.case.height == 5][0]
+    assert "Traceback" in failed.traceback and "picky cannot do 5x5" in failed.traceback
 
 
 def test_each_record_says_where_its_time_went(tmp_path):
@@ -72,8 +72,8 @@ def test_each_record_says_where_its_time_went(tmp_path):
     )
     out = tmp_path / "run"
     assert run(["--impl-file", path, "--impl", "slow_build", "--res", "4", "--out", str(out), *FAST]).exit_code == 0
-    (record,) = load_run(out).records
-    phases, wall = record["notes"]["phase_s"], record["notes"]["wall_s"]
+    (measured,) = load_run(out).measurements
+    phases, wall = measured.notes["phase_s"], measured.notes["wall_s"]
     assert {"reference", "build_and_first_call", "warm_up", "sdpa_backend", "sampling", "cleanup"} <= set(phases)
     assert phases["build_and_first_call"] >= 0.3 > phases["warm_up"]
     assert sum(phases.values()) <= wall < sum(phases.values()) + 0.5
@@ -192,7 +192,7 @@ def test_ctrl_c_keeps_finished_cases_and_exits_130(tmp_path):
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == 130
     frame = pd.read_csv(out / "results.csv")
-    assert len(frame) >= 2 and len(load_run(out).records) == len(frame)
+    assert len(frame) >= 2 and len(load_run(out).measurements) == len(frame)
 
 
 def test_shards_merge_to_the_unsharded_sweep(tmp_path):
@@ -217,8 +217,8 @@ def test_shards_merge_to_the_unsharded_sweep(tmp_path):
 
 
 def test_shard_assignment_is_balanced_by_cost():
-    from cmgm_bench.cases import Case
-    from cmgm_bench.shard import assign, expected_cost
+    from cmgm_bench.config.cases import Case
+    from cmgm_bench.config.shard import assign, expected_cost
 
     cases = [Case("eager", "cpu", "float32", "fwd", 1, n, n, 8, 64) for n in (4, 8, 16, 28, 40, 48)] * 2
     shard_of = assign(cases, 2)
@@ -291,19 +291,19 @@ def test_results_file_with_missing_columns_is_refused(tmp_path):
 
 def test_appending_a_case_writes_one_journal_line_not_the_summaries(tmp_path, monkeypatch):
     """A 1,000-case sweep costs 1,000 journal lines and one write of each summary, not 1,000 rewrites."""
-    from cmgm_bench import store
-    from cmgm_bench.cases import Case
+    from cmgm_bench.config.cases import Case
+    from cmgm_bench.measure.measurement import Measurement, Status
+    from cmgm_bench.results import store
 
     writes = []
     real_write = store._atomic_write
     monkeypatch.setattr(store, "_atomic_write", lambda path, text: (writes.append(path.name), real_write(path, text)))
     writer = store.RunWriter(tmp_path / "run", {"environment": {"cpu_model": "test"}, "settings": {}})
     for index in range(1000):
-        row = {**Case("eager", "cpu", "float32", "fwd", index + 1, 7, 5, 2, 16).as_dict(), "tokens": 35, "status": "ok",
-               "latency_ms": 1.0 + index / 1000}
-        writer.append({"row": row, "samples_s": [0.001 + index * 1e-6] * 10, "notes": {}, "traceback": None})
+        case = Case("eager", "cpu", "float32", "fwd", index + 1, 7, 5, 2, 16)
+        writer.append(Measurement(case, Status.OK, samples_s=[0.001 + index * 1e-6] * 10))
     assert writes == ["cases.jsonl", "run.json"]  # set-up only
-    assert len(load_run(tmp_path / "run").records) == 1000  # readable from the journal before the summaries exist
+    assert len(load_run(tmp_path / "run").measurements) == 1000  # readable from the journal before the summaries exist
     writer.finish()
     assert writes[2:] == ["results.csv", "results.json"]
     assert len(pd.read_csv(tmp_path / "run" / "results.csv")) == 1000

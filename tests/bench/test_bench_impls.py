@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from cmgm_bench import registry
-from cmgm_bench.cases import Case
-from cmgm_bench.runner import prepare_case
+from cmgm_bench.config.cases import Case
+from cmgm_bench.measure.prepare import prepare_case
 
 CPU_IMPLS = [
     name

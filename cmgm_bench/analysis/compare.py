@@ -1,0 +1,153 @@
+"""Judge a candidate run against a base run, case by case.
+
+Latency verdicts need both a threshold and statistical evidence: the ratio of
+medians ``cand/base`` with a bootstrap interval from the raw samples (see
+:func:`cmgm_bench.stats.verdict`). Instruction counts are deterministic, so
+they are judged on the threshold alone. Accuracy (a case became inaccurate,
+or stopped running) and memory (peak grew past ``mem_threshold``) are judged
+too. Two runs on different machines or software are refused unless allowed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import pandas as pd
+
+from cmgm_bench.config.cases import KEY_COLUMNS, Case
+from cmgm_bench.errors import UsageError
+from cmgm_bench.measure.measurement import Measurement, Status
+from cmgm_bench.results.merge import environment_differences
+from cmgm_bench.stats import bootstrap_ratio_of_medians, geometric_mean, verdict
+from cmgm_bench.results.store import Run
+
+METRICS = ("latency", "instructions")
+DEFAULT_THRESHOLDS = {"latency": 0.05, "instructions": 0.01}
+# Peak memory is counted in pages; changes below this are noise, whatever their ratio.
+MEMORY_NOISE_FLOOR_MB = 1.0
+
+
+@dataclass
+class CaseComparison:
+    key: tuple
+    base: float | None
+    cand: float | None
+    ratio: float | None
+    low: float | None
+    high: float | None
+    verdict: str
+    base_status: str
+    cand_status: str
+    accuracy: str | None = None  # what regressed, if anything
+    memory_ratio: float | None = None
+    memory_regressed: bool = False
+
+    @property
+    def regressed(self) -> bool:
+        return self.verdict == "slower" or self.accuracy is not None or self.memory_regressed
+
+    def as_row(self) -> dict:
+        row = dict(zip(KEY_COLUMNS, self.key))
+        row.update({k: v for k, v in asdict(self).items() if k != "key"})
+        row["regressed"] = self.regressed
+        return row
+
+
+@dataclass
+class Comparison:
+    metric: str
+    threshold: float
+    cases: list[CaseComparison]
+    only_base: list[tuple]
+    only_cand: list[tuple]
+    environment_differences: dict = field(default_factory=dict)
+
+    @property
+    def regressed(self) -> bool:
+        return any(case.regressed for case in self.cases)
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame([case.as_row() for case in self.cases])
+
+    def geomean_by_impl(self) -> dict[str, float]:
+        groups: dict[str, list[float]] = {}
+        for case in self.cases:
+            if case.ratio is not None:
+                groups.setdefault(case.key[0], []).append(case.ratio)
+        return {impl: geometric_mean(ratios) for impl, ratios in sorted(groups.items())}
+
+
+def accuracy_regression(base: Measurement, cand: Measurement) -> str | None:
+    if base.timed and not cand.timed:
+        return f"stopped running: {cand.status}"
+    if base.status is Status.OK and cand.status is Status.INACCURATE:
+        return f"became inaccurate ({cand.worst_error:.2g} > {cand.tolerance})"
+    return None
+
+
+def _latency(base: Measurement, cand: Measurement, threshold: float, seed: int):
+    if len(base.samples_s) < 2 or len(cand.samples_s) < 2:
+        return None, None, None, None, None, "inconclusive"
+    ratio, low, high = bootstrap_ratio_of_medians(base.samples_s, cand.samples_s, seed=seed)
+    return base.latency_ms, cand.latency_ms, ratio, low, high, verdict(ratio, low, high, threshold)
+
+
+def _instructions(base: Measurement, cand: Measurement, threshold: float):
+    b, c = base.instructions, cand.instructions
+    if not b or not c:
+        raise UsageError("--metric instructions: a run has no instruction counts (run with --count-instructions)")
+    ratio = c / b
+    return b, c, ratio, ratio, ratio, verdict(ratio, ratio, ratio, threshold)
+
+
+def compare_runs(
+    base: Run,
+    cand: Run,
+    *,
+    metric: str = "latency",
+    threshold: float | None = None,
+    mem_threshold: float = 0.10,
+    allow_env_mismatch: bool = False,
+) -> Comparison:
+    if metric not in METRICS:
+        raise UsageError(f"--metric: unknown metric {metric!r} (choose from {', '.join(METRICS)})")
+    threshold = DEFAULT_THRESHOLDS[metric] if threshold is None else threshold
+    if threshold <= 0 or mem_threshold <= 0:
+        raise UsageError("--threshold and --mem-threshold must be positive")
+    differences = environment_differences(base.meta["environment"], cand.meta["environment"])
+    if differences and not allow_env_mismatch:
+        key, (a, b) = next(iter(differences.items()))
+        raise UsageError(f"the runs differ in {key} ({a!r} vs {b!r}); pass --allow-env-mismatch to compare anyway")
+    base_cases, cand_cases = base.by_key(), cand.by_key()
+    shared = [key for key in base_cases if key in cand_cases]
+    if not shared:
+        raise UsageError(f"{base.path} and {cand.path} share no case")
+    cases = []
+    for index, key in enumerate(shared):
+        b, c = base_cases[key], cand_cases[key]
+        running = b.timed and c.timed
+        if not running:
+            numbers = (b.latency_ms, c.latency_ms, None, None, None, "n/a")
+        elif metric == "instructions":
+            numbers = _instructions(b, c, threshold)
+        else:
+            numbers = _latency(b, c, threshold, seed=index)
+        base_mem, cand_mem = b.peak_mem_mb, c.peak_mem_mb
+        memory_ratio = cand_mem / base_mem if running and base_mem and cand_mem else None
+        cases.append(
+            CaseComparison(
+                key, *numbers, b.status.value, c.status.value,
+                accuracy=accuracy_regression(b, c),
+                memory_ratio=memory_ratio,
+                memory_regressed=memory_ratio is not None
+                and memory_ratio > 1 + mem_threshold
+                and cand_mem - base_mem > MEMORY_NOISE_FLOOR_MB,
+            )
+        )
+    only_base = [k for k in base_cases if k not in cand_cases]
+    only_cand = [k for k in cand_cases if k not in base_cases]
+    return Comparison(metric, threshold, cases, only_base, only_cand, differences)
+
+
+def case_label(key: tuple) -> str:
+    return Case(*key).label

@@ -1,0 +1,154 @@
+"""One validated configuration of a run, built once from preset, TOML file and command line.
+
+:mod:`cmgm_bench.config.settings` layers the raw settings (a dict of option
+names and values as a user writes them); :meth:`RunConfig.from_settings`
+parses and validates them in one place into a frozen :class:`RunConfig`,
+which keeps the raw form only to store it for ``--resume``. Commands that
+time a single case (``ab``, ``profile``, ``flops``) validate through
+:func:`single_cases`, the same path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Mapping
+
+import torch
+
+from cmgm_bench import registry
+from cmgm_bench.stats import StopRule
+from cmgm_bench.config import settings as settings_module
+from cmgm_bench.config.cases import Case, Sweep, dedupe, parse_choices, parse_positive_ints, parse_resolutions, split_list
+from cmgm_bench.config.shard import select
+from cmgm_bench.errors import UsageError
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda"):
+        raise UsageError(f"--device: unknown device {device!r} (choose from cpu, cuda, auto)")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device cuda: CUDA is not available on this machine (torch {torch.__version__})")
+    return device
+
+
+def check_threads(threads: int | None) -> None:
+    if threads is not None and threads <= 0:
+        raise UsageError(f"--threads: {threads} must be positive")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run needs to know, validated. Build it with :meth:`from_settings` or :meth:`build`."""
+
+    sweep: Sweep
+    impl_files: tuple[str, ...] = ()
+    threads: int | None = None
+    seed: int = 0
+    stop_rule: StopRule = field(default_factory=StopRule)
+    cold_cache: bool = False
+    tf32: bool = False
+    cudnn_benchmark: bool = False
+    measure_memory: bool = True
+    memory_guard: bool = True
+    timeout_s: float | None = None
+    isolate: bool = False
+    shard: str | None = None
+    strict: bool = False
+    report: bool = True
+    count_instructions: bool = False
+    settings: Mapping = field(default_factory=dict, compare=False, repr=False)  # the raw form, stored for --resume
+
+    @property
+    def device(self) -> str:
+        return self.sweep.devices[0]
+
+    def cases(self) -> list[Case]:
+        """The sweep's cases (this shard's, with ``--shard``), in running order."""
+        return select(self.sweep.cases(), self.shard)
+
+    @classmethod
+    def build(cls, preset: str | None = None, config_file: Path | None = None, **options) -> "RunConfig":
+        """From a preset, a TOML file and options named as ``run``'s (``impl="eager,sdpa"``, ``max_time=0.5``)."""
+        given = {name: settings_module.check_value(name, value, name) for name, value in options.items()}
+        return cls.from_settings(settings_module.combine(preset, config_file, given))
+
+    @classmethod
+    def from_settings(cls, raw: Mapping) -> "RunConfig":
+        """Parse and validate raw settings (every key of :data:`settings.DEFAULTS`); raises :class:`UsageError`."""
+        raw = {**settings_module.DEFAULTS, **raw}
+        for spec in raw["impl_file"]:
+            registry.load_file(spec)
+        registry.load_entry_points()
+        device = resolve_device(raw["device"])
+        if raw["impl"]:
+            names = dedupe(split_list(raw["impl"]))
+        else:  # every implementation of the default sweep that can run on this device
+            names = [name for name, impl in registry.all_implementations().items() if device in impl.devices and impl.in_default_sweep]
+        for name in names:
+            registry.get(name)
+        if raw["min_samples"] < 1 or raw["max_time"] <= 0 or raw["target_rel_iqr"] <= 0:
+            raise UsageError("--min-samples, --max-time and --target-rel-iqr must be positive")
+        if raw["timeout"] is not None and raw["timeout"] <= 0:
+            raise UsageError(f"--timeout: {raw['timeout']} must be positive")
+        check_threads(raw["threads"])
+        sweep = Sweep(
+            impls=tuple(names),
+            devices=(device,),
+            modes=tuple(dedupe(parse_choices(raw["mode"], "--mode", registry.MODES))),
+            batches=tuple(dedupe(parse_positive_ints(raw["batch"], "--batch"))),
+            resolutions=tuple(dedupe(parse_resolutions(raw["res"]))),
+            heads=tuple(dedupe(parse_positive_ints(raw["heads"], "--heads"))),
+            dims=tuple(dedupe(parse_positive_ints(raw["dim"], "--dim"))),
+        )
+        config = cls(
+            sweep=sweep,
+            impl_files=tuple(raw["impl_file"]),
+            threads=raw["threads"],
+            seed=raw["seed"],
+            stop_rule=StopRule(min_samples=raw["min_samples"], max_time_s=raw["max_time"], target_rel_iqr=raw["target_rel_iqr"]),
+            cold_cache=raw["cold_cache"],
+            tf32=raw["tf32"],
+            cudnn_benchmark=raw["cudnn_benchmark"],
+            measure_memory=raw["memory"],
+            memory_guard=raw["memory_guard"],
+            timeout_s=raw["timeout"],
+            isolate=raw["isolate"],
+            shard=raw["shard"],
+            strict=raw["strict"],
+            report=raw["report"],
+            count_instructions=raw["count_instructions"],
+            settings=MappingProxyType(dict(raw)),
+        )
+        config.cases()  # a bad --shard is a usage error now, not when the run starts
+        return config
+
+    def summary(self) -> dict:
+        """What ``run.json`` records of the configuration besides the raw settings."""
+        return {
+            "seed": self.seed,
+            "stop_rule": dataclasses.asdict(self.stop_rule),
+            "cold_cache": self.cold_cache, "measure_memory": self.measure_memory, "memory_guard": self.memory_guard,
+            "tf32": self.tf32, "cudnn_benchmark": self.cudnn_benchmark, "timeout_s": self.timeout_s,
+        }
+
+
+def single_cases(impls: list[str], *, device: str, mode: str, batch, res, heads, dim, impl_files=()) -> list[Case]:
+    """The cases of commands that time or count cases one at a time (``ab``, ``profile``, ``flops``): validated
+    as ``run`` validates, one mode, every implementation able to run each case (else a :class:`UsageError`)."""
+    config = RunConfig.build(
+        impl=",".join(impls), impl_file=list(impl_files), device=device, mode=str(mode),
+        batch=str(batch), res=str(res), heads=str(heads), dim=str(dim),
+    )
+    if len(config.sweep.modes) != 1:
+        raise UsageError("--mode: give one mode")
+    cases = config.cases()
+    for case in cases:
+        reason = registry.get(case.impl).unsupported_reason(case)
+        if reason:
+            raise UsageError(reason)
+    return cases

@@ -1,0 +1,74 @@
+"""Run one case in a fresh Python process (``run --isolate``).
+
+A child process gives a clean allocator for memory numbers, a hard
+``--timeout`` (the child is killed), and survives crashes in native code: a
+child that dies by a signal becomes an ``error`` record naming the signal.
+Run as ``python -m cmgm_bench.execution.isolate SPEC.json RECORD.json``.
+
+The child applies ``--timeout`` to the case itself, as an in-process run
+does; the parent kills a child that has not finished by then plus
+:data:`STARTUP_ALLOWANCE_S` (importing torch), which catches hangs inside
+native code that the in-process deadline cannot interrupt.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from cmgm_bench.config.cases import Case
+from cmgm_bench.measure.case_runner import CaseRunner
+from cmgm_bench.measure.measurement import Measurement, Status
+from cmgm_bench.results.store import from_record, to_record
+
+STARTUP_ALLOWANCE_S = 30.0
+
+
+def run_isolated(case: Case, runner: CaseRunner, threads: int) -> Measurement:
+    """Run ``case`` in a child process with ``runner``'s configuration and ceilings."""
+    config = runner.config
+    spec = {"case": case.as_dict(), "settings": dict(config.settings), "ceilings": runner.ceilings, "threads": threads}
+    with tempfile.TemporaryDirectory(prefix="cmgm-bench-") as tmp:
+        spec_path, record_path = Path(tmp) / "spec.json", Path(tmp) / "record.json"
+        spec_path.write_text(json.dumps(spec))
+        child = subprocess.Popen(
+            [sys.executable, "-m", "cmgm_bench.execution.isolate", str(spec_path), str(record_path)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        limit = None if config.timeout_s is None else config.timeout_s + STARTUP_ALLOWANCE_S
+        notes = {"isolated": True}
+        try:
+            _, stderr = child.communicate(timeout=limit)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.communicate()
+            return runner.failed(case, Status.TIMEOUT, f"timed out after {limit:g} s (child killed)", notes)
+        if child.returncode < 0:
+            name = signal.Signals(-child.returncode).name
+            return runner.failed(case, Status.ERROR, f"child process died with signal {name}", notes)
+        if child.returncode != 0 or not record_path.exists():
+            last = (stderr or "").strip().splitlines()[-1:] or ["no output"]
+            return runner.failed(case, Status.ERROR, f"child process exited with code {child.returncode}: {last[0][:200]}", notes)
+        measurement = from_record(json.loads(record_path.read_text()), record_path)
+    return measurement.with_(notes={**measurement.notes, **notes})
+
+
+def _child(spec_path: str, record_path: str) -> None:
+    from cmgm_bench.config.run_config import RunConfig
+    from cmgm_bench.machine.process_setup import prepare_process
+
+    spec = json.loads(Path(spec_path).read_text())
+    config = RunConfig.from_settings(spec["settings"])  # loads the --impl-file plug-ins too
+    prepare_process(spec["threads"], config.tf32, config.cudnn_benchmark)
+    measurement = CaseRunner(config, spec["ceilings"]).run(Case(**spec["case"]))
+    Path(record_path).write_text(json.dumps(to_record(measurement)))
+
+
+if __name__ == "__main__":
+    _child(sys.argv[1], sys.argv[2])

@@ -1,0 +1,106 @@
+"""Paired A/B timing in one process: the wall-clock gate that survives a noisy machine.
+
+Two implementations of the same case are called alternately (A B B A A B ...)
+so that drifts of the machine's speed hit both alike. The verdict rests on
+the median of per-quad ratios ``t_cand / t_base`` (the geometric mean of an
+A-first and a B-first pair, which cancels any advantage of position) with a
+moving-block bootstrap interval over eighths of the run (the machine's
+noise is correlated in time). Two separately built instances of identical
+code still differ by up to ~0.5% here (memory placement), which long races
+resolve: read "same" as the verdict, not "the interval contains 1". Measured on 2 shared vCPUs, identical code gives ratios within ~1%
+while separate processes differ by 13-16% (docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from cmgm_bench import registry
+
+from cmgm_bench.measure import memory
+from cmgm_bench.config.cases import Case
+from cmgm_bench.errors import UsageError
+from cmgm_bench.workload.modes import autograd_context
+from cmgm_bench.measure.prepare import prepare_case
+from cmgm_bench.stats import bootstrap_median, paired_ratios, verdict
+from cmgm_bench.measure.timing import clock_for, warm_up
+
+
+@dataclass
+class PairedResult:
+    base: Case
+    cand: Case
+    base_ms: float
+    cand_ms: float
+    ratio: float
+    low: float
+    high: float
+    verdict: str
+    pairs: int
+
+
+def _case_for(name: str, like: Case) -> Case:
+    impl = registry.get(name)
+    case = Case(name, like.device, impl.dtype, like.mode, like.batch, like.height, like.width, like.heads, like.dim)
+    reason = impl.unsupported_reason(case)
+    if reason:
+        raise UsageError(reason)
+    return case
+
+
+def race(
+    base_name: str,
+    cand_name: str,
+    shape: Case,
+    *,
+    seed: int = 0,
+    max_time_s: float = 10.0,
+    min_pairs: int = 20,
+    threshold: float = 0.05,
+    gap_s: float = 0.0,
+) -> PairedResult:
+    """Time ``base_name`` and ``cand_name`` interleaved on ``shape`` (its impl field is ignored).
+
+    ``gap_s`` of idle time before each timed call lets the worker threads of the
+    call before it stop spinning: two runtimes with their own thread pools
+    (ONNX Runtime's, OpenMP's) otherwise time each other's spinning as much as
+    their own work when they use more than one thread (docs/performance.md, section 9).
+
+    glibc's allocator is pinned as ``run`` pins it: unpinned, its mmap threshold
+    follows the frees, and eager's 20 MB maps at 28x28 were faulted in afresh
+    on every call (eager ``feature`` 36 ms instead of 16 ms on the CPU machine),
+    so the two commands disagreed about the same implementation.
+    """
+    memory.pin_allocator_for_timing()
+    base_case, cand_case = _case_for(base_name, shape), _case_for(cand_name, shape)
+    base = prepare_case(base_case, registry.get(base_name), seed)
+    cand = prepare_case(cand_case, registry.get(cand_name), seed)
+    clock = clock_for(shape.device)
+    base_times, cand_times = [], []
+    with autograd_context(shape.mode):
+        warm_up(base.step, clock)
+        warm_up(cand.step, clock)
+        started = time.perf_counter()
+        while len(base_times) < min_pairs or time.perf_counter() - started < max_time_s:
+            first, second = (base, cand) if len(base_times) % 2 == 0 else (cand, base)
+            t_first = _after_gap(gap_s, clock, first.step)
+            t_second = _after_gap(gap_s, clock, second.step)
+            base_times.append(t_first if first is base else t_second)
+            cand_times.append(t_second if first is base else t_first)
+    ratios = paired_ratios(base_times, cand_times)
+    ratio, low, high = bootstrap_median(ratios, block=max(1, len(ratios) // 8))
+    base_times.sort()
+    cand_times.sort()
+    middle = len(base_times) // 2
+    return PairedResult(
+        base_case, cand_case, base_times[middle] * 1e3, cand_times[middle] * 1e3,
+        ratio, low, high, verdict(ratio, low, high, threshold), len(ratios),
+    )
+
+
+def _after_gap(gap_s: float, clock, step) -> float:
+    """Time one call of ``step`` after ``gap_s`` of idle time (none when the gap is zero)."""
+    if gap_s:
+        time.sleep(gap_s)
+    return clock.time_call(step)

@@ -1,0 +1,69 @@
+"""The environment a run happened in: versions, hardware, threads, git commit, command line."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+import cmgm_bench
+from cmgm_bench.machine import cpu_features
+
+# Keys that must agree for two runs to be compared (``compare`` refuses otherwise).
+from cmgm_bench.machine import process_setup
+
+# Keys that must agree for two runs to be compared (``compare`` refuses otherwise).
+COMPARABLE_KEYS = ("cpu_model", "gpu_name", "torch_version", "threads")
+# Keys that must agree for ``run --resume`` to add cases to a run: one run, one machine and software.
+MACHINE_KEYS = ("cpu_model", "cpu_family_model", "cpu_instruction_sets", "gpu_name", "torch_version", "cuda_version")
+
+
+GIT_COMMIT_ENV = "CMGM_BENCH_GIT_COMMIT"
+
+
+def git_commit() -> str | None:
+    """The checkout's commit; where the tree was copied without ``.git`` (a GPU machine), ``$CMGM_BENCH_GIT_COMMIT``."""
+    repo = Path(__file__).resolve().parents[2]
+    try:
+        result = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        result = None
+    found = result.stdout.strip() if result is not None and result.returncode == 0 else ""
+    return found or os.environ.get(GIT_COMMIT_ENV) or None
+
+
+def cuda_info(device: str) -> dict:
+    if not device.startswith("cuda") or not torch.cuda.is_available():
+        return {"gpu_name": None, "cuda_version": None, "cudnn_version": None}
+    return {
+        "gpu_name": torch.cuda.get_device_name(device),
+        "cuda_version": torch.version.cuda,
+        "cudnn_version": torch.backends.cudnn.version(),
+        **process_setup.cuda_arithmetic(),
+    }
+
+
+def collect(device: str = "cpu", argv: list[str] | None = None) -> dict:
+    return {
+        "project_version": cmgm_bench.__version__,
+        "git_commit": git_commit(),
+        "command_line": " ".join(argv if argv is not None else sys.argv),
+        "start_time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "python_version": platform.python_version(),
+        "torch_version": torch.__version__,
+        "platform": platform.platform(),
+        "device": device,
+        **cpu_features.describe(),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
+        "mkldnn_enabled": torch.backends.mkldnn.is_available(),
+        **cuda_info(device),
+    }

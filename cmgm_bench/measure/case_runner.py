@@ -1,0 +1,203 @@
+"""Run one case: build, check accuracy, time, measure memory, and return a :class:`Measurement`.
+
+The runner knows implementations only through the registry; every failure
+becomes a measurement with a status (``unsupported``, ``oom``, ``error``,
+``timeout``, ``inaccurate``) instead of stopping the sweep. The phases of a
+case (float64 reference, build and first call, memory call, SDPA-backend
+probe, warm-up, sampling, cleanup) are timed into ``notes["phase_s"]``.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import copy
+import time
+import traceback
+
+import torch
+
+from cmgm_bench import registry
+from cmgm_bench.config.cases import Case
+from cmgm_bench.config.run_config import RunConfig
+from cmgm_bench.measure import ceilings as ceilings_module
+from cmgm_bench.measure import accuracy, memory
+from cmgm_bench.measure.compile_watch import RecompiledDuringTiming, compile_count, inductor_cache_counts
+from cmgm_bench.measure.deadline import CaseTimeout, deadline
+from cmgm_bench.measure.failures import is_out_of_memory, one_line
+from cmgm_bench.measure.measurement import Measurement, Status
+from cmgm_bench.measure.prepare import memory_format_of, prepare_case
+from cmgm_bench.measure.sdpa_probe import observed_sdpa_backend
+from cmgm_bench.measure.timing import CacheFlusher, calls_per_sample, clock_for, collect_samples, sync, warm_up
+from cmgm_bench.workload import flops
+from cmgm_bench.workload.modes import autograd_context, set_module_mode
+from cmgm_bench.workload.reference import make_inputs, reference_module
+
+WARM_UP_S = 0.1  # warm-up: at least two calls and this long, before the first sample
+
+
+class _Draft:
+    """The fields of a measurement while its case runs, with the timed phases."""
+
+    def __init__(self, case: Case, fields: dict):
+        self.case = case
+        self.fields = fields
+        self.notes: dict = {}
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        """Add the wall time of the block to ``notes["phase_s"][name]``: where a sweep's time goes."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            phases = self.notes.setdefault("phase_s", {})
+            phases[name] = phases.get(name, 0.0) + time.perf_counter() - started
+
+    def ended(self, status: Status, error: str | None = None, **fields) -> Measurement:
+        return Measurement(self.case, status, error, **{**self.fields, **fields}, notes=self.notes)
+
+
+class CaseRunner:
+    def __init__(self, config: RunConfig, ceilings: dict | None = None):
+        self.config = config
+        self.ceilings = ceilings or {}
+        self._references: collections.OrderedDict = collections.OrderedDict()
+
+    def known_fields(self, case: Case, impl) -> dict:
+        """What is known of a case before it runs: closed-form FLOPs and memory, the floor, the tolerance."""
+        return dict(
+            flops=flops.flops(case.mode, case.batch, case.tokens, case.dim, case.heads),
+            est_mem_mb=flops.estimated_peak_bytes(case.mode, case.batch, case.tokens, case.dim, case.heads, case.dtype) / 2**20,
+            threads=torch.get_num_threads(),
+            source=impl.source if impl else None,
+            tolerance=accuracy.tolerance_for(case.dtype, self.config.tf32 and case.device.startswith("cuda")),
+            floor_ms=ceilings_module.floor_ms(self.ceilings, case),
+        )
+
+    def failed(self, case: Case, status: Status, error: str, notes: dict | None = None) -> Measurement:
+        """A case that ended before it was measured (also a child process that died under ``--isolate``)."""
+        impl = registry.all_implementations().get(case.impl)
+        return Measurement(case, status, error, **self.known_fields(case, impl), notes=notes or {})
+
+    def run(self, case: Case) -> Measurement:
+        try:
+            impl = registry.get(case.impl)
+        except Exception as exc:
+            return Measurement(case, Status.ERROR, one_line(exc), **self.known_fields(case, None))
+        draft = _Draft(case, self.known_fields(case, impl))
+        reason = impl.unsupported_reason(case)
+        if reason:
+            return draft.ended(Status.UNSUPPORTED, reason)
+        if self.config.memory_guard:
+            available = memory.available_bytes(case.device)
+            needed = draft.fields["est_mem_mb"] * 2**20 + self._reference_bytes(case)
+            if available is not None and needed > 0.9 * available:
+                return draft.ended(Status.OOM, f"oom (predicted): needs ~{needed / 2**30:.1f} GiB, {available / 2**30:.1f} GiB available")
+        started = time.perf_counter()
+        try:
+            with deadline(self.config.timeout_s):
+                result = self._measure(case, impl, draft)
+        except CaseTimeout as exc:
+            result = draft.ended(Status.TIMEOUT, str(exc))
+        except registry.Unsupported as exc:
+            result = draft.ended(Status.UNSUPPORTED, str(exc))
+        except Exception as exc:
+            status = Status.OOM if is_out_of_memory(exc) else Status.ERROR
+            result = draft.ended(status, one_line(exc), traceback=traceback.format_exc())
+        finally:
+            # TorchDynamo caches compiled code per Python function, across cases: without
+            # a reset, a sweep hits its recompile limit and later cases silently run eager.
+            with draft.phase("cleanup"):
+                torch._dynamo.reset()
+                memory.release_memory(case.device)
+            draft.notes["wall_s"] = time.perf_counter() - started
+        return result
+
+    def _reference_bytes(self, case: Case) -> int:
+        """Memory of the float64 reference, counted only on the CPU: on a GPU a reference
+        that does not fit is caught and the case runs without accuracy columns."""
+        if case.device != "cpu":
+            return 0
+        return 2 * flops.estimated_peak_bytes(case.mode, case.batch, case.tokens, case.dim, case.heads, "float64")
+
+    def reference(self, case: Case, module, x, y) -> accuracy.ReferenceOutputs | None:
+        """The float64 reference on the case's device (cached per shape); ``None`` if it does not fit."""
+        train = case.mode == "train"
+        key = (train, case.device, case.batch, case.height, case.width, case.heads, case.dim)
+        if key not in self._references:
+            if len(self._references) >= 2:
+                self._references.popitem(last=False)
+            try:
+                self._references[key] = accuracy.reference_outputs(module, x, y, train, case.device)
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                memory.release_memory(case.device)
+                self._references[key] = None
+        return self._references[key]
+
+    def _measure(self, case: Case, impl, draft: _Draft) -> Measurement:
+        device, mode, config, fields, notes = case.device, case.mode, self.config, draft.fields, draft.notes
+        x_cpu, y_cpu = make_inputs(case.batch, case.dim, case.height, case.width, config.seed)
+        reference = reference_module(case.dim, case.heads, config.seed, case.height, case.width)
+        with draft.phase("reference"):
+            ref = self.reference(case, set_module_mode(copy.deepcopy(reference), mode), x_cpu, y_cpu)
+
+        cache_before = inductor_cache_counts()
+        with draft.phase("build_and_first_call"):
+            prepared = prepare_case(case, impl, config.seed)
+            step, x, y = prepared.step, prepared.x, prepared.y
+            notes.update(prepared.notes)
+            fields["variant"] = prepared.variant
+
+        with autograd_context(mode):
+            with draft.phase("build_and_first_call"):
+                out, attn_map = step()
+                sync(device)
+            fields["compile_s"] = notes["phase_s"]["build_and_first_call"]
+            cache = {key: value - cache_before[key] for key, value in inductor_cache_counts().items()}
+            if any(cache.values()):
+                notes["inductor_fx_graph_cache"] = cache
+            grad = torch.cat([x.grad.flatten(), y.grad.flatten()]) if mode == "train" else None
+            if ref is None:
+                notes["accuracy"] = "not measured: the float64 reference did not fit in memory"
+            else:
+                fields["errors"] = accuracy.output_errors(out, attn_map, grad, ref)
+            fields.update(memory_format=memory_format_of(out), out_dtype=str(out.dtype).replace("torch.", ""))
+            del out, attn_map, grad
+
+            # The memory call and the profiled call of the SDPA-backend probe are the
+            # first two warm-up calls; warm-up then runs until its 0.1 s are spent.
+            clock = clock_for(device)
+            warm_start = time.perf_counter()
+            if config.measure_memory:
+                with draft.phase("memory"):
+                    peak = memory.peak_bytes(step, device)
+                fields["peak_mem_mb"] = None if peak is None else peak / 2**20
+            with draft.phase("sdpa_backend"):
+                fields["sdpa_backend"] = observed_sdpa_backend(step)
+            with draft.phase("warm_up"):
+                warm_up(step, clock, min_calls=0 if config.measure_memory else 1,
+                        min_time_s=WARM_UP_S - (time.perf_counter() - warm_start))
+            compiles = compile_count()
+            flusher = CacheFlusher(device) if config.cold_cache else None
+            # A cold cache is flushed before every call, so those cases are timed call by call.
+            calls = 1 if flusher else calls_per_sample(step, clock)
+            notes["calls_per_sample"] = calls
+            with draft.phase("sampling"):
+                samples = collect_samples(step, clock, config.stop_rule, before_each=flusher, calls=calls)
+            del flusher
+            if compile_count() != compiles:
+                raise RecompiledDuringTiming(
+                    f"recompiled {compile_count() - compiles} time(s) while being timed; the measurement is invalid"
+                )
+
+        notes.update(cold_cache=config.cold_cache, clock=clock.name)
+        errors = fields.get("errors")
+        if errors is None or errors.worst <= fields["tolerance"]:
+            return draft.ended(Status.OK, samples_s=samples)
+        return draft.ended(
+            Status.INACCURATE, f"relative error {errors.worst:.3g} above the {case.dtype} tolerance {fields['tolerance']:.3g}",
+            samples_s=samples,
+        )

@@ -1,0 +1,115 @@
+"""The machine's measured ceilings: matmul throughput per dtype and copy bandwidth.
+
+Measured once at the start of a run with the threads the run uses, and stored
+in ``results.json`` so that ``pct_peak`` and ``floor_ms`` can be recomputed.
+
+Each rate is the best of several short timings (this host drifts between
+fast and slow periods; the fast one is the machine's ceiling). Two matmul
+ceilings per dtype: the *native* rate of a matmul in that dtype, and the
+*effective* one, the best rate the machine reaches for that dtype's
+arithmetic by any path: a CPU without bfloat16 or float16 units emulates them
+far below its float32 rate, and an implementation may simply compute in
+float32, so the effective ceiling is never below float32's. ``pct_peak`` uses
+the effective ceiling; a case that still beats it raises it to the case's own
+rate (noted in the run), so no share is ever above 100 %.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from cmgm_bench.stats import StopRule, summarize
+from cmgm_bench.measure.timing import clock_for, collect_samples, warm_up
+from cmgm_bench.workload import flops
+
+_RULE = StopRule(min_samples=5, min_time_s=0.1, max_time_s=0.5, target_rel_iqr=0.05)
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _best_seconds(fn, device: str) -> float:
+    clock = clock_for(device)
+    warm_up(fn, clock)
+    return summarize(collect_samples(fn, clock, _RULE)).minimum
+
+
+def matmul_gflops(device: str, dtype: str) -> float | None:
+    """Best-case GFLOP/s of a square matmul; ``None`` if the dtype has no matmul here.
+
+    The side doubles from 256 until one call takes 20 ms or the side reaches
+    1024 (4096 on a GPU): an emulated dtype (1 GFLOP/s) is measured small
+    instead of spending seconds a call, a fast one large enough to reach its rate.
+    """
+    largest = 4096 if device.startswith("cuda") else 1024
+    n = 256
+    try:
+        while True:
+            a = torch.randn(n, n, device=device).to(_DTYPES[dtype])
+            b = torch.randn(n, n, device=device).to(_DTYPES[dtype])
+            seconds = clock_for(device).time_call(lambda: torch.mm(a, b))
+            if n >= largest or seconds >= 0.02:
+                break
+            n *= 2
+        seconds = _best_seconds(lambda: torch.mm(a, b), device)
+    except RuntimeError:
+        return None
+    return 2 * n**3 / seconds / 1e9
+
+
+def copy_gbytes_per_s(device: str) -> float:
+    """Read+write bandwidth of a large device-to-device copy."""
+    nbytes = (1024 if device.startswith("cuda") else 256) * 2**20
+    src = torch.ones(nbytes // 4, device=device)
+    dst = torch.empty_like(src)
+    seconds = _best_seconds(lambda: dst.copy_(src), device)
+    return 2 * nbytes / seconds / 1e9
+
+
+def effective(native: dict) -> dict:
+    """Per dtype, the best of its native matmul rate and float32's (an implementation may upcast)."""
+    floor = native.get("float32") or 0.0
+    return {dtype: max(value or 0.0, floor) or None for dtype, value in native.items()}
+
+
+def emulated(native: dict) -> list[str]:
+    """Dtypes whose native matmul is slower than float32's: no native support on this machine."""
+    floor = native.get("float32") or 0.0
+    return sorted(dtype for dtype, value in native.items() if dtype != "float32" and (value or 0.0) < floor)
+
+
+def measure(device: str, dtypes) -> dict:
+    """Native and effective matmul GFLOP/s per dtype (float32 always), emulated dtypes, copy GB/s."""
+    native = {dtype: matmul_gflops(device, dtype) for dtype in sorted(set(dtypes) | {"float32"})}
+    return {
+        "matmul_gflops": effective(native),
+        "matmul_gflops_native": native,
+        "emulated": emulated(native),
+        "copy_gbytes_per_s": copy_gbytes_per_s(device),
+    }
+
+
+def account(ceilings: dict, measurement):
+    """The measurement with ``pct_peak`` against the effective ceiling of its dtype, first raising that
+    ceiling to the measurement's rate if it beats it (noted under ``ceilings["raised"]``)."""
+    achieved = measurement.gflops_per_s
+    peaks = ceilings.setdefault("matmul_gflops", {})
+    dtype = measurement.case.dtype
+    peak = peaks.get(dtype)
+    if achieved is None or not peak:
+        return measurement.with_(pct_peak=None)
+    if achieved > peak:
+        case = measurement.case
+        ceilings.setdefault("raised", {})[dtype] = {"from": peak, "to": achieved, "by": f"{case.impl} {case.mode} {case.shape_label}"}
+        peaks[dtype] = peak = achieved
+    return measurement.with_(pct_peak=100 * achieved / peak)
+
+
+def floor_ms(ceilings: dict, case) -> float | None:
+    """The case's lower bound at this machine's ceilings: max(FLOPs / matmul ceiling, minimum bytes / copy bandwidth), in ms."""
+    peak = ceilings.get("matmul_gflops", {}).get(case.dtype)
+    bandwidth = ceilings.get("copy_gbytes_per_s")
+    if not peak or not bandwidth:
+        return None
+    args = (case.mode, case.batch, case.tokens, case.dim, case.heads)
+    compute_s = flops.flops(*args) / (peak * 1e9)
+    memory_s = flops.min_bytes(*args, case.dtype) / (bandwidth * 1e9)
+    return 1e3 * max(compute_s, memory_s)

@@ -1,0 +1,119 @@
+"""What one case produced: the typed record that flows from measuring to storing, comparing and reporting.
+
+A :class:`Measurement` is frozen; later passes (the share of the ceiling,
+instruction counts) make a new one with :meth:`Measurement.with_`. Latency
+figures are derived from the raw samples, never stored beside them. Only the
+results store (:mod:`cmgm_bench.results.store`) turns a measurement into a CSV
+row or JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from cmgm_bench.stats import Summary, summarize
+from cmgm_bench.config.cases import Case
+
+
+class Status(str, enum.Enum):
+    """How a case ended. ``ok`` and ``inaccurate`` cases ran and were timed."""
+
+    OK = "ok"
+    INACCURATE = "inaccurate"
+    OOM = "oom"
+    UNSUPPORTED = "unsupported"
+    ERROR = "error"
+    TIMEOUT = "timeout"
+
+    @property
+    def timed(self) -> bool:
+        return self in (Status.OK, Status.INACCURATE)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+TIMED_STATUSES = tuple(status.value for status in Status if status.timed)
+
+
+@dataclass(frozen=True)
+class AccuracyErrors:
+    """Errors against the float64 reference: relative L2 and largest absolute difference per output."""
+
+    out_rel_err: float
+    out_max_abs_err: float
+    attn_rel_err: float | None = None  # None: the output does not exist (feature mode)
+    attn_max_abs_err: float | None = None
+    grad_rel_err: float | None = None  # train mode only
+
+    @property
+    def worst(self) -> float:
+        """The largest relative error of the outputs that exist; NaN if none is a number."""
+        return worst_relative_error(dataclasses.asdict(self))
+
+
+def worst_relative_error(values: Mapping[str, Any]) -> float:
+    """The largest of ``out_rel_err``, ``attn_rel_err``, ``grad_rel_err`` in ``values``, ignoring missing and NaN."""
+    found = [values.get(name) for name in ("out_rel_err", "attn_rel_err", "grad_rel_err")]
+    numbers = [v for v in found if isinstance(v, (int, float)) and not math.isnan(v)]
+    return max(numbers) if numbers else math.nan
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One case's result. Every field but ``case`` and ``status`` may be absent (``None``/empty)."""
+
+    case: Case
+    status: Status
+    error: str | None = None
+    samples_s: tuple[float, ...] = ()  # seconds per call, one per timed sample
+    errors: AccuracyErrors | None = None
+    tolerance: float | None = None
+    flops: int | None = None
+    floor_ms: float | None = None
+    pct_peak: float | None = None
+    peak_mem_mb: float | None = None
+    est_mem_mb: float | None = None
+    compile_s: float | None = None
+    instructions: int | None = None
+    threads: int | None = None
+    sdpa_backend: str | None = None
+    memory_format: str | None = None
+    out_dtype: str | None = None
+    variant: str | None = None
+    source: str | None = None
+    notes: Mapping[str, Any] = field(default_factory=dict)
+    traceback: str | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "status", Status(self.status))
+        object.__setattr__(self, "samples_s", tuple(self.samples_s))
+
+    def with_(self, **changes) -> "Measurement":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def timed(self) -> bool:
+        return self.status.timed
+
+    @functools.cached_property
+    def latency(self) -> Summary | None:
+        """Median, IQR, minimum and count of the samples (seconds); ``None`` if nothing was timed."""
+        return summarize(self.samples_s) if self.samples_s else None
+
+    @property
+    def latency_ms(self) -> float | None:
+        return None if self.latency is None else self.latency.median * 1e3
+
+    @property
+    def gflops_per_s(self) -> float | None:
+        return None if self.latency is None or self.flops is None else self.flops / self.latency.median / 1e9
+
+    @property
+    def worst_error(self) -> float:
+        return math.nan if self.errors is None else self.errors.worst

@@ -1,0 +1,121 @@
+"""Peak memory of one call, above what was allocated before it.
+
+* CUDA: the caching allocator's peak (``reset_peak_memory_stats`` before,
+  ``synchronize`` after), minus what was allocated before the call.
+* CPU (Linux): the process's resident-set high-water mark. ``/proc/self/clear_refs``
+  resets ``VmHWM`` to the current RSS just before the call, and for the
+  duration of the measurement glibc's mmap threshold is lowered so that every
+  block of 64 KiB or more is mapped fresh and unmapped on free; the heap then
+  cannot hide an allocation behind memory freed by an earlier call. This sees
+  every allocation that touches memory, oneDNN's scratchpads and workspaces
+  included, not only PyTorch's. Limits: it counts pages (4 KiB granularity),
+  includes any memory another thread of the process touches during the call,
+  and is unavailable off Linux/glibc (the column is then empty).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import gc
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_STEADY_MMAP_THRESHOLD = 32 * 2**20  # glibc's own ceiling for its dynamic threshold
+_MEASURE_MMAP_THRESHOLD = 64 * 2**10
+
+
+def _libc():
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    return libc if libc is not None and hasattr(libc, "mallopt") else None
+
+
+_LIBC = _libc()
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def cpu_method_available() -> bool:
+    return _LIBC is not None and _CLEAR_REFS.exists()
+
+
+def pin_allocator_for_timing() -> None:
+    """Fix glibc's mmap threshold at its steady-state value for the whole run.
+
+    glibc raises the threshold on its own as large blocks are freed, so the
+    first cases of a run would otherwise be timed with a different allocator
+    behaviour than the later ones.
+    """
+    if _LIBC is not None:
+        _LIBC.mallopt(_M_MMAP_THRESHOLD, _STEADY_MMAP_THRESHOLD)
+        _LIBC.mallopt(_M_TRIM_THRESHOLD, 2 * _STEADY_MMAP_THRESHOLD)
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def cpu_peak_bytes(call: Callable[[], object]) -> int | None:
+    if not cpu_method_available():
+        return None
+    gc.collect()
+    _LIBC.mallopt(_M_MMAP_THRESHOLD, _MEASURE_MMAP_THRESHOLD)
+    _LIBC.mallopt(_M_TRIM_THRESHOLD, 0)
+    try:
+        _LIBC.malloc_trim(0)
+        before = _status_kib("VmRSS")
+        _CLEAR_REFS.write_text("5")
+        result = call()
+        peak = _status_kib("VmHWM")
+        del result
+    finally:
+        pin_allocator_for_timing()
+    return max(peak - before, 0) * 1024
+
+
+def cuda_peak_bytes(call: Callable[[], object], device: str) -> int:
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    result = call()
+    torch.cuda.synchronize(device)
+    peak = torch.cuda.max_memory_allocated(device)
+    del result
+    return peak - before
+
+
+def peak_bytes(call: Callable[[], object], device: str) -> int | None:
+    """Peak extra memory of one ``call()`` on ``device``; ``None`` where it cannot be measured."""
+    if device.startswith("cuda"):
+        return cuda_peak_bytes(call, device)
+    return cpu_peak_bytes(call)
+
+
+def available_bytes(device: str) -> int | None:
+    """Memory a new case can still use: free device memory on CUDA, ``MemAvailable`` on the CPU."""
+    if device.startswith("cuda"):
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def release_memory(device: str) -> None:
+    """Collect garbage and give the CUDA allocator's cached blocks back between cases."""
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()

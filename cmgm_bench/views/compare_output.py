@@ -1,0 +1,92 @@
+"""A comparison as a rich table, Markdown (pull-request comments, CI job summaries), JSON or CSV."""
+
+from __future__ import annotations
+
+import json
+
+from rich.table import Table
+
+from cmgm_bench.views import markdown
+from cmgm_bench.analysis.compare import Comparison, case_label
+
+VERDICT_STYLE = {"faster": "green", "slower": "red", "same": "", "inconclusive": "yellow", "n/a": "dim"}
+FORMATS = ("table", "markdown", "json", "csv")
+
+
+def _unit(comparison: Comparison) -> str:
+    return "instructions" if comparison.metric == "instructions" else "ms"
+
+
+def _rows(comparison: Comparison) -> list[list[str]]:
+    spec = ",.0f" if comparison.metric == "instructions" else ".3f"
+    rows = []
+    for case in comparison.cases:
+        interval = "-" if case.low is None else f"[{case.low:.3f}, {case.high:.3f}]"
+        notes = [case.accuracy or "", "memory x%.2f" % case.memory_ratio if case.memory_regressed else ""]
+        rows.append(
+            [
+                case_label(case.key),
+                markdown.cell(case.base, spec),
+                markdown.cell(case.cand, spec),
+                markdown.cell(case.ratio, ".3f"),
+                interval,
+                case.verdict,
+                "; ".join(n for n in notes if n) or "-",
+            ]
+        )
+    return rows
+
+
+def headers(comparison: Comparison) -> list[str]:
+    unit = _unit(comparison)
+    return ["case", f"base {unit}", f"cand {unit}", "cand/base", "95% CI", "verdict", "regressions"]
+
+
+def rich_table(comparison: Comparison) -> Table:
+    table = Table(title=f"compare ({comparison.metric}, threshold {comparison.threshold:.1%})", header_style="bold")
+    for index, name in enumerate(headers(comparison)):
+        table.add_column(name, justify="right" if 1 <= index <= 4 else "left")
+    for row in _rows(comparison):
+        style = VERDICT_STYLE.get(row[5], "")
+        row[5] = f"[{style}]{row[5]}[/]" if style else row[5]
+        table.add_row(*row)
+    return table
+
+
+def summary_lines(comparison: Comparison) -> list[str]:
+    lines = [f"geometric mean cand/base, {impl}: {value:.3f}" for impl, value in comparison.geomean_by_impl().items()]
+    lines += [f"only in base: {case_label(k)}" for k in comparison.only_base]
+    lines += [f"only in candidate: {case_label(k)}" for k in comparison.only_cand]
+    lines += [f"environment differs in {k}: {a!r} vs {b!r}" for k, (a, b) in comparison.environment_differences.items()]
+    regressions = sum(case.regressed for case in comparison.cases)
+    lines.append(f"{regressions} regression(s) in {len(comparison.cases)} compared case(s)")
+    return lines
+
+
+def to_markdown(comparison: Comparison) -> str:
+    align = ["l", "r", "r", "r", "r", "l", "l"]
+    body = markdown.table(headers(comparison), _rows(comparison), align)
+    summary = "\n".join(f"- {line}" for line in summary_lines(comparison))
+    title = f"### cmgm-bench compare ({comparison.metric}, threshold {comparison.threshold:.1%})"
+    return f"{title}\n\n{body}\n\n{summary}\n"
+
+
+def to_json(comparison: Comparison) -> str:
+    return json.dumps(
+        {
+            "metric": comparison.metric,
+            "threshold": comparison.threshold,
+            "regressed": comparison.regressed,
+            "cases": [case.as_row() for case in comparison.cases],
+            "geomean_by_impl": comparison.geomean_by_impl(),
+            "only_base": [list(k) for k in comparison.only_base],
+            "only_cand": [list(k) for k in comparison.only_cand],
+            "environment_differences": {k: list(v) for k, v in comparison.environment_differences.items()},
+        },
+        indent=1,
+        default=str,
+    )
+
+
+def to_csv(comparison: Comparison) -> str:
+    return comparison.frame().to_csv(index=False)

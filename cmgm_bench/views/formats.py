@@ -1,0 +1,35 @@
+"""The four output formats of every command that prints a table, and the one function that writes them."""
+
+from __future__ import annotations
+
+import enum
+from typing import Callable
+
+import pandas as pd
+import typer
+from rich.table import Table
+
+from cmgm_bench.views import markdown
+from cmgm_bench.views.terminal import console
+
+
+class OutputFormat(str, enum.Enum):
+    """``table`` (rich, for a terminal); ``markdown``, ``json`` and ``csv`` go to stdout for piping."""
+
+    TABLE = "table"
+    MARKDOWN = "markdown"
+    JSON = "json"
+    CSV = "csv"
+
+
+def emit(frame: pd.DataFrame, output_format: OutputFormat, rich_table: Callable[[], Table], align: list[str] | None = None) -> None:
+    """Print ``frame`` in ``output_format``; ``rich_table`` builds the terminal form (it may style and abbreviate)."""
+    output_format = OutputFormat(output_format)
+    if output_format is OutputFormat.TABLE:
+        console().print(rich_table())
+    elif output_format is OutputFormat.CSV:
+        typer.echo(frame.to_csv(index=False), nl=False)
+    elif output_format is OutputFormat.JSON:
+        typer.echo(frame.to_json(orient="records", indent=1))
+    else:
+        typer.echo(markdown.table(list(frame.columns), frame.values.tolist(), align))
