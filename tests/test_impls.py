@@ -70,9 +70,9 @@ def test_implementation_within_tolerance(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,shapes", [("compile", 2), ("compile-max", 1), ("aot-inductor", 1)])
+@pytest.mark.parametrize("name,shapes", [("compile", 1), ("compile-max", 1), ("aot-inductor", 1)])
 def test_compiled_implementation_within_tolerance(name, shapes):
-    """Compilation costs ~10 s a case on two cores, so one or two shapes only."""
+    """Compilation costs ~10 s a case on two cores, so one shape (every mode the implementation claims)."""
     runner = CaseRunner(QUICK)
     for case in claimed_cases(name, shapes):
         row = to_row(runner.run(case))
