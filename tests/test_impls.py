@@ -1,7 +1,6 @@
 """Every registered implementation, in every mode it claims, against the float64 reference."""
 
 import random
-import zlib
 from pathlib import Path
 
 import pandas as pd
@@ -31,11 +30,16 @@ def random_shapes(count, seed):
     return shapes
 
 
+# One draw of shapes for every implementation: the runtimes that share an exported graph
+# (ONNX Runtime, OpenVINO in float32 and bfloat16) then export each shape once per session.
+SHAPES_SEED = 20261129
+
+
 def claimed_cases(name, shape_count):
     impl = registry.get(name)
     return [
         Case(name, "cpu", impl.dtype, mode, b, h, w, heads, dim)
-        for (b, dim, heads, h, w) in random_shapes(shape_count, seed=zlib.crc32(name.encode()))
+        for (b, dim, heads, h, w) in random_shapes(shape_count, seed=SHAPES_SEED)
         for mode in impl.modes
     ]
 
