@@ -58,8 +58,9 @@ fi
 "$python" -c "import cmgm_bench.cli, cmgm_bench.measure.counters, cmgm_bench.views.report, pytest_benchmark"
 
 step "GPU tests"
+# one process (the suite's -n 2 workers would time cases on the one GPU at once; xdist may be missing here)
 tests_status=0
-timeout --signal=INT --kill-after=15 120 "$python" -m pytest -q -m cuda tests > "$out/gpu_tests.log" 2>&1 || tests_status=$?
+timeout --signal=INT --kill-after=15 120 "$python" -m pytest -q -o addopts="-ra --benchmark-disable" -m cuda tests > "$out/gpu_tests.log" 2>&1 || tests_status=$?
 tail -n 15 "$out/gpu_tests.log"
 
 step "sweep: every implementation and mode, B 8 then 1, grids 28/48/64, 8 heads (the headline B=8 28x28 first)"
