@@ -2,13 +2,12 @@
 
 All cases run in one valgrind process. Instrumentation is off until a case's
 counted calls (``--instr-atstart=no``, then callgrind's start/stop client
-request through a tiny C helper, ``csrc/callgrind_switch.c``, compiled at
-count time, before the first case's counted calls; it stays on, as stopping and
-restarting it corrupts later totals): Python, torch and the runtimes start
-under valgrind without callgrind's instrumentation, about three times faster.
-The counts agree with instrumenting from the start within 0.05%
-(docs/performance.md). Without a C compiler or ``valgrind/callgrind.h``
-everything is instrumented from the start. Collection is switched on only around the measured calls
+requests through a tiny C helper, ``csrc/callgrind_switch.c``, compiled at
+count time, and off again after them): starting Python and torch, building
+each case and its warm-up calls run without callgrind's instrumentation, several
+times faster. A dump's ``totals:`` line holds its count (its ``summary:`` line is
+wrong once instrumentation has been switched off and on). Without a C compiler
+or ``valgrind/callgrind.h`` everything is instrumented from the start. Collection is switched on only around the measured calls
 (``--collect-atstart=no`` and torch's client-request toggles), after two
 warm-up calls per case. Settings for repeatability: one thread, fixed seeds,
 ``PYTHONHASHSEED=0``.
@@ -43,8 +42,9 @@ def require_valgrind() -> str:
 
 
 def _totals(dump: Path) -> int:
+    """The instructions a dump counted: its ``totals:`` line."""
     for line in dump.read_text(errors="replace").splitlines():
-        match = re.match(r"(?:summary|totals):\s*(\d+)", line)
+        match = re.match(r"totals:\s*(\d+)", line)
         if match:
             return int(match.group(1))
     raise RuntimeError(f"no totals in {dump}")
@@ -110,7 +110,7 @@ def _child(spec_path: str, result_path: str) -> None:
             measured.append(None)
             continue
         ok = False
-        if switch is not None and dumps == 0:  # on for good: stopping and restarting it corrupts later dumps' totals
+        if switch is not None:
             switch.cmgm_start_instrumentation()
         torch._C._valgrind_toggle()
         try:
@@ -123,6 +123,8 @@ def _child(spec_path: str, result_path: str) -> None:
         finally:
             torch._C._valgrind_toggle_and_dump_stats()
             dumps += 1
+            if switch is not None:
+                switch.cmgm_stop_instrumentation()
         measured.append(dumps if ok else None)
     Path(result_path).write_text(json.dumps(measured))
 
