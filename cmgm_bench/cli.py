@@ -122,6 +122,10 @@ def run_command(
     strict: Annotated[bool, typer.Option(help="Exit 1 if any case is inaccurate.")] = DEFAULTS["strict"],
     report: Annotated[bool, typer.Option(help="Write report.md and plots into the run directory at the end.")] = DEFAULTS["report"],
     count_instructions: Annotated[bool, typer.Option(help="Also count instructions per case with callgrind (needs valgrind; slow).")] = DEFAULTS["count_instructions"],
+    executor: Annotated[str, typer.Option(help="local: every case in this process (or a child with --isolate); ray: cases as Ray tasks, one whole GPU or one timing slot each (pip install -e '.[ray]').")] = DEFAULTS["executor"],
+    ray_address: Annotated[Optional[str], typer.Option(help="With --executor ray: the cluster to join (auto, ray://host:port); default: start a local Ray instance.")] = DEFAULTS["ray_address"],
+    cpu_slots: Annotated[int, typer.Option(help="With --executor ray: timed CPU cases at once per node, each pinned to its own --threads cores (default 1: one at a time).")] = DEFAULTS["cpu_slots"],
+    allow_mixed_hosts: Annotated[bool, typer.Option(help="Keep cases that ran on different machine models in one run (grouped by the 'machine' column).")] = DEFAULTS["allow_mixed_hosts"],
 ):
     """Run a sweep of cases and write results.csv and results.json into a run directory."""
     given = {

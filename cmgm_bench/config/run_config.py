@@ -36,6 +36,9 @@ def resolve_device(device: str) -> str:
     return device
 
 
+EXECUTORS = ("local", "ray")
+
+
 def check_threads(threads: int | None) -> None:
     if threads is not None and threads <= 0:
         raise UsageError(f"--threads: {threads} must be positive")
@@ -61,6 +64,10 @@ class RunConfig:
     strict: bool = False
     report: bool = True
     count_instructions: bool = False
+    executor: str = "local"  # or "ray"
+    ray_address: str | None = None  # None: start a local Ray instance
+    cpu_slots: int = 1  # timed CPU cases at once per node (Ray)
+    allow_mixed_hosts: bool = False
     settings: Mapping = field(default_factory=dict, compare=False, repr=False)  # the raw form, stored for --resume
 
     @property
@@ -96,6 +103,10 @@ class RunConfig:
         if raw["timeout"] is not None and raw["timeout"] <= 0:
             raise UsageError(f"--timeout: {raw['timeout']} must be positive")
         check_threads(raw["threads"])
+        if raw["executor"] not in EXECUTORS:
+            raise UsageError(f"--executor: unknown executor {raw['executor']!r} (choose from {', '.join(EXECUTORS)})")
+        if raw["cpu_slots"] < 1:
+            raise UsageError(f"--cpu-slots: {raw['cpu_slots']} must be at least 1")
         sweep = Sweep(
             impls=tuple(names),
             devices=(device,),
@@ -122,6 +133,10 @@ class RunConfig:
             strict=raw["strict"],
             report=raw["report"],
             count_instructions=raw["count_instructions"],
+            executor=raw["executor"],
+            ray_address=raw["ray_address"],
+            cpu_slots=raw["cpu_slots"],
+            allow_mixed_hosts=raw["allow_mixed_hosts"],
             settings=MappingProxyType(dict(raw)),
         )
         config.cases()  # a bad --shard is a usage error now, not when the run starts

@@ -38,6 +38,10 @@ DEFAULTS: dict = {
     "strict": False,
     "report": True,
     "count_instructions": False,
+    "executor": "local",
+    "ray_address": None,
+    "cpu_slots": 1,
+    "allow_mixed_hosts": False,
 }
 
 PRESETS: dict[str, dict] = {
@@ -55,7 +59,7 @@ PRESET_HELP = (
 )
 
 # Settings that may differ when a run is resumed: they do not change what a case measures.
-RESUMABLE_CHANGES = {"isolate", "timeout", "memory_guard", "strict", "report", "impl_file"}
+RESUMABLE_CHANGES = {"isolate", "timeout", "memory_guard", "strict", "report", "impl_file", "executor", "ray_address", "allow_mixed_hosts"}
 
 _LIST_KEYS = {"impl", "mode", "batch", "res", "heads", "dim", "impl_file"}
 _TYPES = {
@@ -67,6 +71,9 @@ _TYPES = {
     "target_rel_iqr": (int, float),
     "timeout": (int, float, type(None)),
     "shard": (str, type(None)),
+    "executor": (str,),
+    "ray_address": (str, type(None)),
+    "cpu_slots": (int,),
 }
 
 

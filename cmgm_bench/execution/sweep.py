@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -53,10 +53,19 @@ class Plan:
         return [case for case in self.cases if case.key not in finished]
 
 
-def make_plan(config: RunConfig, out_dir: Path | None) -> Plan:
-    """The plan of a new run of ``config`` into an empty ``out_dir``; raises :class:`UsageError` if it cannot run."""
+def check_executor(config: RunConfig) -> None:
+    """What the configuration needs beyond this package: valgrind to count, Ray to run on Ray."""
     if config.count_instructions:
         instructions.require_valgrind()
+    if config.executor == "ray":
+        from cmgm_bench.execution.ray_executor import require_ray
+
+        require_ray()
+
+
+def make_plan(config: RunConfig, out_dir: Path | None) -> Plan:
+    """The plan of a new run of ``config`` into an empty ``out_dir``; raises :class:`UsageError` if it cannot run."""
+    check_executor(config)
     out_dir = Path(out_dir) if out_dir else default_run_dir(config.device)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise UsageError(f"--out {out_dir} exists and is not empty")
@@ -69,8 +78,7 @@ def plan_resume(run_dir: Path, given: dict) -> Plan:
     if "settings" not in run.meta:
         raise UsageError(f"--resume {run_dir}: the run has no stored settings")
     config = RunConfig.from_settings(settings_module.resumed(run.meta["settings"], given, run_dir))
-    if config.count_instructions:
-        instructions.require_valgrind()
+    check_executor(config)
     plan = Plan(config, config.cases(), Path(run_dir))
     stored = run.meta.get("environment", {})
     here = env.collect(config.device)
@@ -133,13 +141,27 @@ def frozen_heap():
         gc.unfreeze()
 
 
-def run_cases(plan: Plan, writer: RunWriter, runners: dict, on_case_start, on_case_done) -> None:
-    """Run each case not done yet, account its share of the ceiling, append its measurement at once."""
+def local_measurements(plan: Plan, runners: dict, on_case_start) -> Iterator[tuple[Case, Measurement]]:
+    """The local executor: each case in this process (or a child process with ``--isolate``), in order."""
     for index, case in enumerate(plan.todo):
         if on_case_start:
             on_case_start(case, index)
         runner = runners[case.device]
         measurement = run_isolated(case, runner, torch.get_num_threads()) if plan.config.isolate else runner.run(case)
+        yield case, measurement.with_(notes={**measurement.notes, "host": env.host_description(case.device)})
+
+
+def run_cases(plan: Plan, writer: RunWriter, runners: dict, on_case_start, on_case_done) -> None:
+    """Run each case not done yet with the configured executor; account its share of the ceiling and
+    append it to the journal as soon as it is back."""
+    if plan.config.executor == "ray":
+        from cmgm_bench.execution.ray_executor import RayExecutor
+
+        finished = RayExecutor(plan.config.ray_address, plan.config.cpu_slots).measurements(plan.todo, runners, on_case_start)
+    else:
+        finished = local_measurements(plan, runners, on_case_start)
+    for case, measurement in finished:
+        check_one_machine_model(writer.measurements + [measurement], plan.config.allow_mixed_hosts)
         device_ceilings = writer.meta["ceilings"][case.device]
         raised = dict(device_ceilings.get("raised", {}))
         measurement = ceilings.account(device_ceilings, measurement)
@@ -148,6 +170,17 @@ def run_cases(plan: Plan, writer: RunWriter, runners: dict, on_case_start, on_ca
         writer.append(measurement)
         if on_case_done:
             on_case_done(case, measurement)
+
+
+def check_one_machine_model(measurements: list[Measurement], allowed: bool) -> None:
+    """Refuse a run whose cases ran on machines of different models, unless ``--allow-mixed-hosts``."""
+    models = sorted({m.machine for m in measurements if m.machine})
+    if len(models) > 1 and not allowed:
+        raise UsageError(
+            f"cases ran on {len(models)} machine models ({'; '.join(models)}); their timings do not belong in one "
+            "table; the run stopped before the first case of another model: go on with --resume RUN_DIR "
+            "--allow-mixed-hosts to keep them all, grouped by the 'machine' column"
+        )
 
 
 def add_instruction_counts(writer: RunWriter, plan: Plan) -> None:

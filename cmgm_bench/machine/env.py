@@ -67,3 +67,9 @@ def collect(device: str = "cpu", argv: list[str] | None = None) -> dict:
         "mkldnn_enabled": torch.backends.mkldnn.is_available(),
         **cuda_info(device),
     }
+
+
+def host_description(device: str) -> dict:
+    """Where a case ran: host name, CPU model, GPU model (``None`` on the CPU); stored in its notes."""
+    gpu = torch.cuda.get_device_name(device) if device.startswith("cuda") and torch.cuda.is_available() else None
+    return {"hostname": platform.node(), "cpu_model": cpu_features.describe()["cpu_model"], "gpu_name": gpu}

@@ -115,5 +115,13 @@ class Measurement:
         return None if self.latency is None or self.flops is None else self.flops / self.latency.median / 1e9
 
     @property
+    def machine(self) -> str | None:
+        """The model of the machine the case ran on, where an executor recorded it (``CPU model / GPU``)."""
+        host = self.notes.get("host")
+        if not host:
+            return None
+        return host["cpu_model"] + (f" / {host['gpu_name']}" if host.get("gpu_name") else "")
+
+    @property
     def worst_error(self) -> float:
         return math.nan if self.errors is None else self.errors.worst

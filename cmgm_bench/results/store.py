@@ -61,6 +61,7 @@ COLUMNS = (
     "out_dtype",
     "variant",
     "source",
+    "machine",
 )
 REQUIRED_COLUMNS = (*KEY_COLUMNS, "tokens", "status", "latency_ms")
 META_FILE = "run.json"
@@ -73,7 +74,7 @@ _PLAIN_FIELDS = tuple(
 def to_row(m: Measurement) -> dict:
     """The ``results.csv`` row of a measurement: every column of :data:`COLUMNS`."""
     row = dict.fromkeys(COLUMNS)
-    row.update(m.case.as_dict(), tokens=m.case.tokens, status=m.status.value)
+    row.update(m.case.as_dict(), tokens=m.case.tokens, status=m.status.value, machine=m.machine)
     row.update({name: getattr(m, name) for name in _PLAIN_FIELDS})
     if m.errors is not None:
         row.update(dataclasses.asdict(m.errors))

@@ -156,7 +156,9 @@ def _tables(frame: pd.DataFrame, baseline: str | None) -> str:
     frame = frame.copy()
     frame["speedup"] = speedups(frame, baseline)
     parts = []
-    for (mode, device), group in frame.groupby(["mode", "device"], sort=False):
+    by_machine = frame["machine"].nunique() > 1  # a run of several machine models (--allow-mixed-hosts)
+    for keys, group in frame.groupby(["mode", "device"] + (["machine"] if by_machine else []), sort=False):
+        mode, device = keys[0], keys[1]
         headers = ["implementation", "shape", "status", "latency ms", "IQR ms", f"speed-up vs {baseline}", "% peak", "peak MiB", "out rel err", "attn rel err", "grad rel err"]
         rows = [
             [
@@ -167,7 +169,8 @@ def _tables(frame: pd.DataFrame, baseline: str | None) -> str:
             ]
             for r in group.sort_values(["tokens", "batch", "impl"]).itertuples()
         ]
-        parts.append(f"### {mode} on {device}\n\n" + markdown.table(headers, rows, ["l", "l", "l"] + ["r"] * 8))
+        where = f"{device}, {keys[2]}" if by_machine else device
+        parts.append(f"### {mode} on {where}\n\n" + markdown.table(headers, rows, ["l", "l", "l"] + ["r"] * 8))
     return "\n\n".join(parts)
 
 

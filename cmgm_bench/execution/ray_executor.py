@@ -1,0 +1,177 @@
+"""Run a sweep's cases as Ray tasks (``run --executor ray``), on this machine or a cluster.
+
+The driver keeps the run directory: it submits cases, and appends each
+finished case to the journal as the local executor does, so Ctrl-C, a killed
+driver and ``--resume`` behave alike. Scheduling keeps timings honest:
+
+* a CUDA case asks for one whole GPU (``num_gpus=1``): a GPU times one case at a time;
+* a CPU case asks for ``--threads`` CPUs and one *timing slot*, a custom
+  resource of which each node has ``--cpu-slots`` (default 1: one timed CPU case
+  per node at a time, as two timed cases on one host disturb each other); with
+  more slots each case pins itself to its own cores, recorded in its notes.
+
+A worker that dies during a case (killed, node lost) gets one retry; then the
+case is an ``error`` naming the lost worker. A case still running ``--timeout``
+plus :data:`STARTUP_ALLOWANCE_S` after it was submitted is cancelled and
+recorded as ``timeout``. Each case records the host, CPU model and GPU it ran on
+(``notes["host"]``, the ``machine`` column), as with the local executor.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Iterator
+
+from cmgm_bench.config.cases import Case
+from cmgm_bench.errors import UsageError
+from cmgm_bench.measure.failures import one_line
+from cmgm_bench.measure.measurement import Measurement, Status
+from cmgm_bench.results.store import from_record
+
+INSTALL_HINT = "--executor ray needs Ray: pip install -e '.[ray]'"
+SLOT_RESOURCE = "cmgm_timing_slot"
+STARTUP_ALLOWANCE_S = 60.0  # a worker's first task imports torch and the plug-ins
+POLL_S = 1.0
+
+
+def require_ray():
+    try:
+        import ray
+    except ImportError:
+        raise UsageError(INSTALL_HINT) from None
+    return ray
+
+
+def connect(address: str | None, cpu_slots: int):
+    """Join the cluster at ``address`` (``auto``, ``ray://host:port``), or start a local Ray instance."""
+    ray = require_ray()
+    if cpu_slots < 1:
+        raise UsageError(f"--cpu-slots: {cpu_slots} must be at least 1")
+    if not ray.is_initialized():
+        quiet = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        try:
+            if address:
+                ray.init(address=address, **quiet)
+            else:
+                ray.init(resources={SLOT_RESOURCE: cpu_slots}, **quiet)
+        except ConnectionError as exc:
+            raise UsageError(f"--ray-address {address}: {exc}") from None
+    return ray
+
+
+def _pin_to_slot(slots: int, threads: int) -> tuple[object, list[int]] | tuple[None, None]:
+    """With several timing slots per node, take a free one (a lock file) and pin to its cores."""
+    import fcntl
+
+    if slots <= 1:
+        return None, None
+    cores = sorted(os.sched_getaffinity(0))
+    for slot in range(slots):
+        handle = open(f"/tmp/cmgm-bench-slot-{slot}.lock", "w")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        chosen = cores[slot * threads:(slot + 1) * threads] or cores
+        os.sched_setaffinity(0, chosen)
+        return handle, chosen
+    raise RuntimeError(f"no free timing slot of {slots} on this node")
+
+
+def _measure_case(case_fields: dict, settings: dict, ceilings: dict, slots: int) -> dict:
+    """The Ray task: measure one case in a worker process, return its record."""
+    from cmgm_bench.config.run_config import RunConfig
+    from cmgm_bench.execution.isolate import run_isolated
+    from cmgm_bench.machine import env
+    from cmgm_bench.machine.process_setup import prepare_process
+    from cmgm_bench.measure.case_runner import CaseRunner
+    from cmgm_bench.results.store import to_record
+
+    config = RunConfig.from_settings(settings)  # also loads the --impl-file plug-ins in this worker
+    case = Case(**case_fields)
+    threads = prepare_process(config.threads, config.tf32, config.cudnn_benchmark)
+    affinity = os.sched_getaffinity(0)
+    lock, cores = _pin_to_slot(slots, threads) if case.device == "cpu" else (None, None)
+    runner = CaseRunner(config, ceilings)
+    try:
+        measurement = run_isolated(case, runner, threads) if config.isolate else runner.run(case)
+    finally:
+        if lock is not None:
+            os.sched_setaffinity(0, affinity)
+            lock.close()
+    notes = {**measurement.notes, "executor": "ray", "host": env.host_description(case.device)}
+    if cores is not None:
+        notes["cpu_set"] = cores
+    return to_record(measurement.with_(notes=notes))
+
+
+class RayExecutor:
+    """Submits cases to Ray and yields their measurements as they finish."""
+
+    def __init__(self, address: str | None, cpu_slots: int):
+        self.ray = connect(address, cpu_slots)
+        self.cpu_slots = cpu_slots
+
+    def capacity(self, device: str) -> int:
+        """How many cases of ``device`` the cluster can time at once."""
+        resources = self.ray.cluster_resources()
+        if device.startswith("cuda"):
+            count = int(resources.get("GPU", 0))
+            if count < 1:
+                raise UsageError("--executor ray --device cuda: the Ray cluster has no GPU")
+            return count
+        slots = int(resources.get(SLOT_RESOURCE, 0))
+        if slots < 1:
+            raise UsageError(
+                f"the Ray cluster has no {SLOT_RESOURCE!r} resource: start each node with "
+                f"ray start ... --resources '{{\"{SLOT_RESOURCE}\": 1}}'"
+            )
+        return slots
+
+    def _submit(self, case: Case, runner):
+        config = runner.config
+        options = {"max_retries": 1, "retry_exceptions": False}
+        if case.device.startswith("cuda"):
+            options.update(num_gpus=1, num_cpus=1)
+        else:
+            options.update(num_cpus=config.threads or 1, resources={SLOT_RESOURCE: 1})
+        task = self.ray.remote(_measure_case).options(**options)
+        return task.remote(case.as_dict(), dict(config.settings), runner.ceilings, self.cpu_slots)
+
+    def measurements(self, cases: list[Case], runners: dict, on_case_start=None) -> Iterator[tuple[Case, Measurement]]:
+        """Run ``cases``, at most the cluster's capacity at once; yield each as it finishes."""
+        pending = list(cases)
+        window = min((self.capacity(device) for device in {case.device for case in cases}), default=1)
+        running: dict = {}  # object ref -> (case, submitted at)
+        try:
+            while pending or running:
+                while pending and len(running) < window:
+                    case = pending.pop(0)
+                    if on_case_start:
+                        on_case_start(case, len(cases) - len(pending) - 1)
+                    running[self._submit(case, runners[case.device])] = (case, time.monotonic())
+                done, _ = self.ray.wait(list(running), num_returns=1, timeout=POLL_S)
+                for ref in done:
+                    case, _ = running.pop(ref)
+                    yield case, self._result(ref, case, runners[case.device])
+                yield from self._cancel_overdue(running, runners)
+        finally:  # Ctrl-C or an error in the driver: nothing keeps running for a run that stopped
+            for ref in running:
+                self.ray.cancel(ref, force=True)
+
+    def _result(self, ref, case: Case, runner) -> Measurement:
+        try:
+            return from_record(self.ray.get(ref))
+        except self.ray.exceptions.RayError as exc:  # the worker or its node died twice
+            return runner.failed(case, Status.ERROR, f"lost the Ray worker (retried once): {one_line(exc)}", {"executor": "ray"})
+
+    def _cancel_overdue(self, running: dict, runners: dict) -> Iterator[tuple[Case, Measurement]]:
+        for ref, (case, submitted) in list(running.items()):
+            limit = runners[case.device].config.timeout_s
+            if limit is not None and time.monotonic() - submitted > limit + STARTUP_ALLOWANCE_S:
+                self.ray.cancel(ref, force=True)
+                running.pop(ref)
+                message = f"timed out after {limit + STARTUP_ALLOWANCE_S:g} s (Ray task cancelled)"
+                yield case, runners[case.device].failed(case, Status.TIMEOUT, message, {"executor": "ray"})
