@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from cmgm_bench import registry
@@ -251,3 +252,39 @@ def test_the_sdpa_backend_that_ran_is_observed(tmp_path):
         for name in ("eager", "sdpa", "sdpa-math")
     }
     assert backends == {"eager": None, "sdpa": "flash-cpu", "sdpa-math": "math"}
+
+
+def test_errors_computed_in_chunks_equal_the_direct_formulas(monkeypatch):
+    """Chunks never convert a whole output to float64 (8 GiB at B=8, 64x64); the numbers must not change."""
+    from cmgm_bench.measure import accuracy
+
+    torch.manual_seed(7)
+    ref = torch.randn(3, 5, 11, dtype=torch.float64)
+    value = (ref + 1e-3 * torch.randn_like(ref)).float()
+    monkeypatch.setattr(accuracy, "CHUNK_ELEMENTS", 7)  # 165 elements: 23 full chunks and a short one
+    want_rel = float((value.double() - ref).norm() / ref.norm())
+    assert accuracy.relative_error(value, ref) == pytest.approx(want_rel, rel=1e-12)
+    assert accuracy.max_abs_error(value, ref) == float((value.double() - ref).abs().max())
+    assert accuracy.relative_error(torch.zeros(4), torch.zeros(4, dtype=torch.float64)) == 0.0
+
+
+@pytest.mark.parametrize("mode, scope", [("fwd", "first sample"), ("feature", "first sample"), ("train", "none")])
+def test_a_reference_too_big_for_memory_covers_one_sample_or_none(monkeypatch, mode, scope):
+    """The float64 reference is budgeted: when the whole batch does not fit, inference is checked on the first
+    sample (running BatchNorm statistics: samples are independent), train not at all; the column says which."""
+    from cmgm_bench.measure import memory
+    from cmgm_bench.workload import flops
+
+    case = Case("eager", "cpu", "float32", mode, 4, 6, 7, 2, 16)
+    full = flops.estimated_peak_bytes(mode, 4, 42, 16, 2, "float64")
+    monkeypatch.setattr(memory, "available_bytes", lambda device: full // 2)  # the batch does not fit, a sample does
+    measured = CaseRunner(measure_config(measure_memory=False, memory_guard=False)).run(case)
+    assert measured.status == "ok" and measured.accuracy_scope == scope
+    if scope == "none":
+        assert measured.errors is None and "does not fit" in measured.notes["accuracy"]
+    else:
+        assert 0 < measured.errors.out_rel_err < 1e-6
+        assert (measured.errors.attn_rel_err is None) == (mode == "feature")
+    assert "accuracy" in measured.notes["phase_s"]
+    monkeypatch.setattr(memory, "available_bytes", lambda device: None)
+    assert CaseRunner(measure_config(measure_memory=False)).run(case).accuracy_scope == "full"

@@ -74,6 +74,7 @@ class Measurement:
     samples_s: tuple[float, ...] = ()  # seconds per call, one per timed sample
     errors: AccuracyErrors | None = None
     tolerance: float | None = None
+    accuracy_scope: str | None = None  # "full", "first sample" (the reference fitted for one sample only) or "none"
     flops: int | None = None
     floor_ms: float | None = None
     pct_peak: float | None = None

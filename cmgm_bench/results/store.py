@@ -54,6 +54,7 @@ COLUMNS = (
     "attn_max_abs_err",
     "grad_rel_err",
     "tolerance",
+    "accuracy_scope",
     "instructions",
     "threads",
     "sdpa_backend",
