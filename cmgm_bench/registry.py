@@ -43,7 +43,9 @@ class Built:
     one the builder was given (train mode clears its gradients each step).
     ``notes`` are recorded in the results as they are; ``variant`` is a short
     label of the code path that runs (a kernel target, a provider), shown in
-    the ``variant`` column.
+    the ``variant`` column. ``held_bytes`` returns the memory the implementation
+    keeps for its calls outside the call itself (a CUDA graph's private pool,
+    allocated at capture); it is added to the case's measured peak.
     """
 
     fn: Callable[..., Any]
@@ -51,6 +53,7 @@ class Built:
     module: Any = None
     notes: dict[str, Any] = field(default_factory=dict)
     variant: str | None = None
+    held_bytes: Callable[[], int | None] | None = None
 
 
 @dataclass(frozen=True)

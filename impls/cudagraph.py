@@ -4,18 +4,20 @@ Capture happens on the first call (so it is part of ``compile_s``) with the
 harness's input tensors as the graph's static inputs; later calls with the
 same tensors only replay, other tensors are copied in first. A capture that
 fails makes the case ``unsupported`` with the reason, or ``oom`` when it ran
-out of memory.
+out of memory. A replay allocates nothing: its memory is the graph's private
+pool, reserved at capture and reported as the case's peak (``held_bytes``).
 """
 
 from __future__ import annotations
 
 import torch
 
-from cmgm_bench.registry import Unsupported, register
+from cmgm_bench.registry import Built, Unsupported, register
 
 
 def capture(forward, x: torch.Tensor, y: torch.Tensor):
-    """Warm up on a side stream, then capture ``forward(x, y)``; returns the graph and its outputs.
+    """Warm up on a side stream, then capture ``forward(x, y)``; returns the graph, its outputs and
+    the bytes its private pool reserved (the outputs and intermediates of every replay).
 
     The warm-up's cached blocks are returned before the capture, so the graph's
     private pool does not compete with them; running out of memory is ``oom``,
@@ -30,12 +32,13 @@ def capture(forward, x: torch.Tensor, y: torch.Tensor):
         torch.cuda.current_stream().wait_stream(stream)
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
+        reserved = torch.cuda.memory_reserved()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             outputs = forward(x, y)
     except (RuntimeError, AssertionError, AttributeError) as exc:
         raise capture_failure(exc) from exc
-    return graph, outputs
+    return graph, outputs, torch.cuda.memory_reserved() - reserved
 
 
 def capture_failure(exc: BaseException) -> BaseException:
@@ -61,7 +64,7 @@ def build(module, case):
     def replay(x, y):
         if not state:
             state["x"], state["y"] = x, y
-            state["graph"], state["outputs"] = capture(forward, x, y)
+            state["graph"], state["outputs"], state["pool_bytes"] = capture(forward, x, y)
         if x is not state["x"]:
             state["x"].copy_(x)
         if y is not state["y"]:
@@ -69,4 +72,4 @@ def build(module, case):
         state["graph"].replay()
         return state["outputs"]
 
-    return replay
+    return Built(fn=replay, held_bytes=lambda: state.get("pool_bytes"))

@@ -1,5 +1,7 @@
 """FLOPs three ways agree exactly; peak memory behaves like the B·h·N² maps it is made of."""
 
+import json
+
 import pytest
 from typer.testing import CliRunner
 
@@ -152,3 +154,30 @@ def test_a_case_beating_the_ceiling_is_capped_at_100_in_a_real_run(tmp_path, mon
     raised = json.loads((out / "results.json").read_text())["ceilings"]["cpu"]["raised"]["float32"]
     assert raised["to"] == pytest.approx(frame.gflops_per_s.max())
     assert "the ceiling was raised to its rate" in (out / "report.md").read_text()
+
+
+def test_memory_held_for_the_calls_counts_in_the_peak(tmp_path):
+    """A CUDA graph's replays allocate nothing: their memory is the pool reserved at capture, which the
+    implementation reports (Built.held_bytes) and the harness adds to the measured peak."""
+    import pandas as pd
+
+    from tests.conftest import FAST, write_file
+
+    path = write_file(
+        tmp_path,
+        "holder.py",
+        """
+        from cmgm_bench.registry import Built, register
+
+        @register("holder", description="eager, claiming 50 MiB held for its calls", modes=("fwd",))
+        def build(module, case):
+            return Built(fn=lambda x, y: module(x, y), held_bytes=lambda: 50 * 2**20)
+        """,
+    )
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["run", "--impl-file", str(path), "--impl", "holder,eager", "--res", "6", "--out", str(out), *FAST, "--no-report"])
+    assert result.exit_code == 0, result.output
+    peaks = pd.read_csv(out / "results.csv").set_index("impl").peak_mem_mb
+    assert 50 <= peaks["holder"] and peaks["holder"] - 50 < 2 * peaks["eager"] + 1
+    notes = {json.loads(line)["row"]["impl"]: json.loads(line)["notes"] for line in (out / "cases.jsonl").read_text().splitlines()}
+    assert notes["holder"]["held_bytes"] == 50 * 2**20 and "held_bytes" not in notes["eager"]

@@ -24,6 +24,7 @@ class PreparedCase:
     step: object
     notes: dict
     variant: str | None = None
+    held_bytes: object = None  # Built.held_bytes
 
 
 def prepare_case(case: Case, impl, seed: int) -> PreparedCase:
@@ -37,7 +38,7 @@ def prepare_case(case: Case, impl, seed: int) -> PreparedCase:
     x, y = x.detach(), y.detach()
     module = built.module if built.module is not None else module
     step = make_step(built.fn, case.mode, module, x, y)
-    return PreparedCase(module, built.fn, x, y, step, dict(built.notes), built.variant)
+    return PreparedCase(module, built.fn, x, y, step, dict(built.notes), built.variant, built.held_bytes)
 
 
 def memory_format_of(tensor: torch.Tensor) -> str:
