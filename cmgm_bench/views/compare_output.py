@@ -10,7 +10,11 @@ from cmgm_bench.views import markdown
 from cmgm_bench.analysis.compare import Comparison, case_label
 
 VERDICT_STYLE = {"faster": "green", "slower": "red", "same": "", "inconclusive": "yellow", "n/a": "dim"}
-FORMATS = ("table", "markdown", "json", "csv")
+SEPARATE_RUNS_CAVEAT = (
+    "note: the latency intervals cover the spread within each run only; two runs on a shared machine can differ "
+    "by more (up to 2x between fast and slow periods, docs/performance.md section 5): gate wall time with "
+    "'cmgm-bench ab' (both sides in one process) or with --metric instructions"
+)
 
 
 def _unit(comparison: Comparison) -> str:
@@ -60,6 +64,8 @@ def summary_lines(comparison: Comparison) -> list[str]:
     lines += [f"environment differs in {k}: {a!r} vs {b!r}" for k, (a, b) in comparison.environment_differences.items()]
     regressions = sum(case.regressed for case in comparison.cases)
     lines.append(f"{regressions} regression(s) in {len(comparison.cases)} compared case(s)")
+    if comparison.metric == "latency":
+        lines.append(SEPARATE_RUNS_CAVEAT)
     return lines
 
 
