@@ -1,7 +1,8 @@
 """Statistics over raw latency samples, as pure functions.
 
 Summary numbers (median, IQR), the adaptive stopping rule used while timing,
-bootstrap confidence intervals of a ratio of medians, and the verdict that
+bootstrap confidence intervals of a ratio of medians, the blocked sign-test
+interval of a paired race's median ratio, and the verdict that
 ``compare`` and ``ab`` give. Everything here is tested on synthetic data.
 """
 
@@ -11,6 +12,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.stats import binom
 
 
 @dataclass(frozen=True)
@@ -78,27 +80,32 @@ def bootstrap_ratio_of_medians(base, cand, *, confidence=0.95, resamples=2000, s
     return float(np.median(cand) / np.median(base)), float(low), float(high)
 
 
-def _block_resample_indices(n: int, block: int, resamples: int, rng) -> np.ndarray:
-    """Indices of a moving-block bootstrap: runs of ``block`` consecutive samples."""
-    block = max(1, min(block, n))
-    count = -(-n // block)
-    starts = rng.integers(0, n - block + 1, (resamples, count))
-    return (starts[..., None] + np.arange(block)).reshape(resamples, -1)[:, :n]
+def blocked_median_interval(values, *, confidence: float = 0.95, per_block: int = 5,
+                            min_blocks: int = 8, max_blocks: int = 32) -> tuple[float, float, float]:
+    """Median of ``values`` (per-quad ratios, in time order) with a distribution-free interval.
 
-
-def bootstrap_median(values, *, confidence=0.95, resamples=2000, seed=0, block: int = 1) -> tuple[float, float, float]:
-    """Median of ``values`` (for example per-pair ratios) with a percentile-bootstrap interval.
-
-    ``block > 1`` resamples runs of consecutive values (moving-block
-    bootstrap), for series whose noise is correlated in time, as it is on a
-    shared machine that drifts between fast and slow periods.
+    The series is cut into consecutive blocks (8 to 32, at least ``per_block``
+    values each; a shorter series gets its whole range) and the interval is a pair of order statistics of the block
+    medians: ``[m_(k), m_(B-k+1)]`` with the largest ``k`` whose sign-test
+    (binomial) coverage of the median is still ``confidence``. Blocks absorb
+    the machine's time-correlated fast and slow periods; order statistics make
+    no assumption about their shape. On synthetic races with 3x speed swings
+    and rare spikes this covers the true ratio in 98-99% of races, where a
+    percentile block bootstrap of the median covered 88% (docs/performance.md;
+    ``tests/test_stats.py`` checks it).
     """
     values = np.asarray(values, dtype=float)
-    rng = np.random.default_rng(seed)
-    medians = np.median(values[_block_resample_indices(values.size, block, resamples, rng)], axis=1)
-    alpha = (1 - confidence) / 2
-    low, high = np.quantile(medians, [alpha, 1 - alpha])
-    return float(np.median(values)), float(low), float(high)
+    if values.size == 0:
+        raise ValueError("no values")
+    if values.size < min_blocks * per_block:  # too short a race to tell: the whole range, so never a wrong direction
+        return float(np.median(values)), float(values.min()), float(values.max())
+    count = min(max_blocks, values.size // per_block)
+    medians = np.sort([np.median(block) for block in np.array_split(values, count)])
+    alpha = 1 - confidence
+    k = 1  # [m_(k), m_(B-k+1)] misses the median with probability 2 * P(Bin(B, 1/2) <= k - 1)
+    while k < count // 2 and 2 * binom.cdf(k, count, 0.5) <= alpha:
+        k += 1
+    return float(np.median(values)), float(medians[k - 1]), float(medians[count - k])
 
 
 def paired_ratios(base_times, cand_times) -> np.ndarray:

@@ -4,8 +4,8 @@ Two implementations of the same case are called alternately (A B B A A B ...)
 so that drifts of the machine's speed hit both alike. The verdict rests on
 the median of per-quad ratios ``t_cand / t_base`` (the geometric mean of an
 A-first and a B-first pair, which cancels any advantage of position) with a
-moving-block bootstrap interval over eighths of the run (the machine's
-noise is correlated in time). Two separately built instances of identical
+sign-test interval over the medians of consecutive blocks of quads (the
+machine's noise is correlated in time; :func:`stats.blocked_median_interval`). Two separately built instances of identical
 code still differ by up to ~0.5% here (memory placement), which long races
 resolve: read "same" as the verdict, not "the interval contains 1". Measured on 2 shared vCPUs, identical code gives ratios within ~1%
 while separate processes differ by 13-16% (docs/performance.md).
@@ -23,7 +23,7 @@ from cmgm_bench.config.cases import Case
 from cmgm_bench.errors import UsageError
 from cmgm_bench.workload.modes import autograd_context
 from cmgm_bench.measure.prepare import prepare_case
-from cmgm_bench.stats import bootstrap_median, paired_ratios, verdict
+from cmgm_bench.stats import blocked_median_interval, paired_ratios, verdict
 from cmgm_bench.measure.timing import clock_for, warm_up
 
 
@@ -89,7 +89,7 @@ def race(
             base_times.append(t_first if first is base else t_second)
             cand_times.append(t_second if first is base else t_first)
     ratios = paired_ratios(base_times, cand_times)
-    ratio, low, high = bootstrap_median(ratios, block=max(1, len(ratios) // 8))
+    ratio, low, high = blocked_median_interval(ratios)
     base_times.sort()
     cand_times.sort()
     middle = len(base_times) // 2
