@@ -75,6 +75,7 @@ def race(
     min_pairs: int = 20,
     threshold: float = 0.05,
     gap_ms: float = 0.0,
+    until_decided: bool = False,
     impl_files=(),
 ) -> list[PairedResult]:
     """Race two implementations call by call in this process, one result per shape (as ``ab``)."""
@@ -84,6 +85,6 @@ def race(
     prepare_process(threads)  # as run sets up: threads, no TF32, cuDNN autotuning off, allocator pinned
     return [
         race_one_shape(base_impl, cand_impl, shape, seed=seed, max_time_s=max_time, min_pairs=min_pairs,
-                       threshold=threshold, gap_s=gap_ms / 1e3)
+                       threshold=threshold, gap_s=gap_ms / 1e3, until_decided=until_decided)
         for shape in cases if shape.impl == base_impl
     ]

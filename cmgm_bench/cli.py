@@ -243,23 +243,28 @@ def ab_command(
         "Idle milliseconds before each timed call, so that the other implementation's spinning worker threads "
         "are parked: about 50 when racing runtimes with their own thread pools (ONNX Runtime, OpenVINO) "
         "against PyTorch on more than one thread."))] = 0.0,
+    until_decided: Annotated[bool, typer.Option(help=(
+        "Stop each shape's race as soon as its verdict is decided (slower, faster or same), looking at 40, 80, 160, ... "
+        "quads with the error rate split over the looks; --max-time is then the limit."))] = False,
     fail_on_regression: Annotated[bool, typer.Option(help="Exit 1 if the candidate is slower on any shape.")] = False,
     output_format: FormatOption = "table",
 ):
     """Race two implementations call by call in one process (A B B A ...): the recommended wall-clock gate."""
     results = api.race(
         base_impl, cand_impl, device=device, mode=mode, batch=batch, res=res, heads=heads, dim=dim, threads=threads,
-        seed=seed, max_time=max_time, min_pairs=min_pairs, threshold=threshold, gap_ms=gap_ms, impl_files=impl_file or (),
+        seed=seed, max_time=max_time, min_pairs=min_pairs, threshold=threshold, gap_ms=gap_ms,
+        until_decided=until_decided, impl_files=impl_file or (),
     )
     sides = (f"{base_impl} ms", f"{cand_impl} ms") if base_impl != cand_impl else (f"{base_impl} ms (base)", f"{cand_impl} ms (cand)")
-    headers = ["shape", *sides, "median pair ratio", "95% CI", "verdict", "pairs"]
+    headers = ["shape", *sides, "median pair ratio", "95% CI", "verdict", "pairs", "seconds"]
     rows = [
-        [r.base.shape_label, f"{r.base_ms:.3f}", f"{r.cand_ms:.3f}", f"{r.ratio:.4f}", f"[{r.low:.4f}, {r.high:.4f}]", r.verdict, str(r.pairs)]
+        [r.base.shape_label, f"{r.base_ms:.3f}", f"{r.cand_ms:.3f}", f"{r.ratio:.4f}", f"[{r.low:.4f}, {r.high:.4f}]", r.verdict,
+         str(r.pairs), f"{r.seconds:.2f}"]
         for r in results
     ]
     title = f"ab: {cand_impl} / {base_impl} ({mode}, threshold {threshold:.1%})"
     emit(pd.DataFrame(rows, columns=headers), output_format, lambda: terminal.simple_table(headers, rows, title=title),
-         ["l", "r", "r", "r", "r", "l", "r"])
+         ["l", "r", "r", "r", "r", "l", "r", "r"])
     if fail_on_regression and any(r.verdict == "slower" for r in results):
         raise typer.Exit(1)
 

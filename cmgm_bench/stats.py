@@ -102,10 +102,28 @@ def blocked_median_interval(values, *, confidence: float = 0.95, per_block: int 
     count = min(max_blocks, values.size // per_block)
     medians = np.sort([np.median(block) for block in np.array_split(values, count)])
     alpha = 1 - confidence
+    if 2 * 0.5**count > alpha:  # even the extreme block medians fall short of the confidence asked for
+        return float(np.median(values)), float(values.min()), float(values.max())
     k = 1  # [m_(k), m_(B-k+1)] misses the median with probability 2 * P(Bin(B, 1/2) <= k - 1)
     while k < count // 2 and 2 * binom.cdf(k, count, 0.5) <= alpha:
         k += 1
     return float(np.median(values)), float(medians[k - 1]), float(medians[count - k])
+
+
+FIRST_LOOK_QUADS = 40  # the shortest race whose blocked interval can tell anything
+
+
+def sequential_confidence(look: int, confidence: float = 0.95) -> float:
+    """Confidence of interim look ``look`` (0, 1, 2, ... at 40, 80, 160, ... quads) of a race that stops
+    once decided: the error rate is spent as 1/2, 1/4, 1/8, ... of ``1 - confidence``, so however many
+    looks a race takes, together they keep ``confidence`` (a Bonferroni alpha-spending rule)."""
+    return 1 - (1 - confidence) / 2 ** (look + 1)
+
+
+def interim_look(ratios, look: int, threshold: float) -> tuple[tuple[float, float, float], str]:
+    """The interval and verdict of look ``look`` of a race that stops once decided (``ab --until-decided``)."""
+    interval = blocked_median_interval(ratios, confidence=sequential_confidence(look))
+    return interval, verdict(*interval, threshold)
 
 
 def paired_ratios(base_times, cand_times) -> np.ndarray:

@@ -168,6 +168,19 @@ def test_paired_race_of_two_revision_files_catches_more_work(tmp_path):
     assert "slower" in result.output
 
 
+def test_racing_until_decided_stops_early_on_twice_the_work(tmp_path):
+    base = tmp_path / "base_eager.py"
+    base.write_text(MORE_WORK.format(times=1))
+    head = tmp_path / "head_eager.py"
+    head.write_text(MORE_WORK.format(times=2))
+    args = ["ab", "base", "head", "--impl-file", f"base={base}", "--impl-file", f"head={head}", "--res", "6", "--threads", "1",
+            "--max-time", "30", "--until-decided", "--format", "json"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.output)
+    assert row["verdict"] == "slower" and float(row["seconds"]) < 10 and int(row["pairs"]) in (40, 80, 160, 320)
+
+
 def test_instruction_counts_repeat_and_flag_more_work(tmp_path):
     require_tool(None if shutil.which("valgrind") else "valgrind is not installed (.ci/run installs it)")
     variant = tmp_path / "variant.py"

@@ -150,3 +150,27 @@ def test_a_drifting_series_gets_an_interval_that_spans_both_periods():
     drifting = np.concatenate([np.full(260, 0.97), np.full(140, 1.03)])  # a slow period of the run
     median, low, high = blocked_median_interval(drifting)
     assert low == 0.97 and high == 1.03 and median == 0.97
+
+
+def race_until_decided(rng, true_ratio: float, looks: int = 5) -> tuple[str, int]:
+    """``ab --until-decided`` on a simulated race: look at 40, 80, ... quads, stop at the first decision."""
+    from cmgm_bench.stats import FIRST_LOOK_QUADS, interim_look
+
+    ratios = simulated_race(rng, true_ratio, 2 * 2 * FIRST_LOOK_QUADS * 2 ** (looks - 1))
+    for look in range(looks):
+        quads = FIRST_LOOK_QUADS * 2**look
+        _, judged = interim_look(ratios[:quads], look, threshold=0.05)
+        if judged != "inconclusive":
+            return judged, quads
+    return "inconclusive", len(ratios)
+
+
+def test_racing_until_decided_keeps_the_error_rate_and_stops_early_on_a_clear_difference():
+    """Looking again and again must not inflate false alarms (the error rate is split over the looks);
+    a 10% slowdown is decided long before the limit, A/A at worst runs to it."""
+    rng = np.random.default_rng(3)
+    same = [race_until_decided(rng, 1.0) for _ in range(100)]
+    slower = [race_until_decided(rng, 1.10) for _ in range(100)]
+    assert sum(judged in ("slower", "faster") for judged, _ in same) <= 2
+    assert sum(judged == "slower" for judged, _ in slower) >= 95
+    assert np.median([quads for _, quads in slower]) <= 160  # at the first, second or third look of five

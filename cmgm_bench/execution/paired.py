@@ -23,7 +23,7 @@ from cmgm_bench.config.cases import Case
 from cmgm_bench.errors import UsageError
 from cmgm_bench.workload.modes import autograd_context
 from cmgm_bench.measure.prepare import prepare_case
-from cmgm_bench.stats import blocked_median_interval, paired_ratios, verdict
+from cmgm_bench.stats import FIRST_LOOK_QUADS, blocked_median_interval, interim_look, paired_ratios, sequential_confidence, verdict
 from cmgm_bench.measure.timing import clock_for, warm_up
 
 
@@ -38,6 +38,7 @@ class PairedResult:
     high: float
     verdict: str
     pairs: int
+    seconds: float  # how long the interleaved timing took
 
 
 def _case_for(name: str, like: Case) -> Case:
@@ -59,6 +60,7 @@ def race(
     min_pairs: int = 20,
     threshold: float = 0.05,
     gap_s: float = 0.0,
+    until_decided: bool = False,
 ) -> PairedResult:
     """Time ``base_name`` and ``cand_name`` interleaved on ``shape`` (its impl field is ignored).
 
@@ -71,6 +73,10 @@ def race(
     follows the frees, and eager's 20 MB maps at 28x28 were faulted in afresh
     on every call (eager ``feature`` 36 ms instead of 16 ms on the CPU machine),
     so the two commands disagreed about the same implementation.
+
+    ``until_decided``: look at the verdict at 40, 80, 160, ... quads, each look at the
+    confidence :func:`stats.sequential_confidence` leaves it, and stop at the first
+    look that decides (slower, faster or same); ``max_time_s`` is then the limit.
     """
     memory.pin_allocator_for_timing()
     base_case, cand_case = _case_for(base_name, shape), _case_for(cand_name, shape)
@@ -78,6 +84,7 @@ def race(
     cand = prepare_case(cand_case, registry.get(cand_name), seed)
     clock = clock_for(shape.device)
     base_times, cand_times = [], []
+    look, decided = 0, None
     with autograd_context(shape.mode):
         warm_up(base.step, clock)
         warm_up(cand.step, clock)
@@ -88,14 +95,24 @@ def race(
             t_second = _after_gap(gap_s, clock, second.step)
             base_times.append(t_first if first is base else t_second)
             cand_times.append(t_second if first is base else t_first)
+            if until_decided and len(base_times) == 2 * FIRST_LOOK_QUADS * 2**look:
+                interval, judged = interim_look(paired_ratios(base_times, cand_times), look, threshold)
+                look += 1
+                if judged != "inconclusive":
+                    decided = interval
+                    break
+        seconds = time.perf_counter() - started
     ratios = paired_ratios(base_times, cand_times)
-    ratio, low, high = blocked_median_interval(ratios)
+    # a race that may stop early reports the interval of the confidence its looks left it
+    ratio, low, high = decided or blocked_median_interval(
+        ratios, confidence=sequential_confidence(look) if until_decided else 0.95
+    )
     base_times.sort()
     cand_times.sort()
     middle = len(base_times) // 2
     return PairedResult(
         base_case, cand_case, base_times[middle] * 1e3, cand_times[middle] * 1e3,
-        ratio, low, high, verdict(ratio, low, high, threshold), len(ratios),
+        ratio, low, high, verdict(ratio, low, high, threshold), len(ratios), seconds,
     )
 
 
