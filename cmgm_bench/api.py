@@ -83,8 +83,9 @@ def race(
         raise UsageError("--max-time, --threshold must be positive, --gap-ms not negative and --min-pairs at least 2")
     cases = single_cases([base_impl, cand_impl], device=device, mode=mode, batch=batch, res=res, heads=heads, dim=dim, impl_files=impl_files)
     prepare_process(threads)  # as run sets up: threads, no TF32, cuDNN autotuning off, allocator pinned
+    shapes = {case.key[1:]: case for case in cases if case.impl == cand_impl}  # the candidate's case of each shape
     return [
-        race_one_shape(base_impl, cand_impl, shape, seed=seed, max_time_s=max_time, min_pairs=min_pairs,
+        race_one_shape(base, shapes[base.key[1:]], seed=seed, max_time_s=max_time, min_pairs=min_pairs,
                        threshold=threshold, gap_s=gap_ms / 1e3, until_decided=until_decided)
-        for shape in cases if shape.impl == base_impl
+        for base in cases if base.impl == base_impl
     ]

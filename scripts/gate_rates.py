@@ -56,7 +56,7 @@ def main():
         registry.load_file(str(variant))
         shape = Case("eager", "cpu", "float32", "fwd", 1, args.res, args.res, 8, 64)
         for label, cand in (("identical", "eager"), ("slowed", "eager-plus10")):
-            results = [race("eager", cand, shape, max_time_s=args.seconds) for _ in range(args.trials)]
+            results = [race(shape, Case(cand, *shape.key[1:]), max_time_s=args.seconds) for _ in range(args.trials)]
             verdicts = [r.verdict for r in results]
             ratios = ", ".join(f"{r.ratio:.3f}" for r in results)
             print(f"paired {label}: {verdicts.count('slower')}/{args.trials} slower; ratios {ratios}")

@@ -153,7 +153,8 @@ def test_paired_race_times_under_the_same_allocator_settings_as_run(monkeypatch)
 
     pinned = []
     monkeypatch.setattr(memory, "pin_allocator_for_timing", lambda: pinned.append(True))
-    paired.race("eager", "eager", Case("eager", "cpu", "float32", "fwd", 1, 5, 5, 2, 16), max_time_s=0.0, min_pairs=2)
+    case = Case("eager", "cpu", "float32", "fwd", 1, 5, 5, 2, 16)
+    paired.race(case, case, max_time_s=0.0, min_pairs=2)
     assert pinned
 
 

@@ -17,10 +17,8 @@ import time
 from dataclasses import dataclass
 
 from cmgm_bench import registry
-
 from cmgm_bench.measure import memory
 from cmgm_bench.config.cases import Case
-from cmgm_bench.errors import UsageError
 from cmgm_bench.workload.modes import autograd_context
 from cmgm_bench.measure.prepare import prepare_case
 from cmgm_bench.stats import FIRST_LOOK_QUADS, blocked_median_interval, interim_look, paired_ratios, sequential_confidence, verdict
@@ -41,19 +39,9 @@ class PairedResult:
     seconds: float  # how long the interleaved timing took
 
 
-def _case_for(name: str, like: Case) -> Case:
-    impl = registry.get(name)
-    case = Case(name, like.device, impl.dtype, like.mode, like.batch, like.height, like.width, like.heads, like.dim)
-    reason = impl.unsupported_reason(case)
-    if reason:
-        raise UsageError(reason)
-    return case
-
-
 def race(
-    base_name: str,
-    cand_name: str,
-    shape: Case,
+    base_case: Case,
+    cand_case: Case,
     *,
     seed: int = 0,
     max_time_s: float = 10.0,
@@ -62,7 +50,7 @@ def race(
     gap_s: float = 0.0,
     until_decided: bool = False,
 ) -> PairedResult:
-    """Time ``base_name`` and ``cand_name`` interleaved on ``shape`` (its impl field is ignored).
+    """Time two cases of one shape interleaved, as validated by the caller (``config.run_config.single_cases``).
 
     ``gap_s`` of idle time before each timed call lets the worker threads of the
     call before it stop spinning: two runtimes with their own thread pools
@@ -79,13 +67,12 @@ def race(
     look that decides (slower, faster or same); ``max_time_s`` is then the limit.
     """
     memory.pin_allocator_for_timing()
-    base_case, cand_case = _case_for(base_name, shape), _case_for(cand_name, shape)
-    base = prepare_case(base_case, registry.get(base_name), seed)
-    cand = prepare_case(cand_case, registry.get(cand_name), seed)
-    clock = clock_for(shape.device)
+    base = prepare_case(base_case, registry.get(base_case.impl), seed)
+    cand = prepare_case(cand_case, registry.get(cand_case.impl), seed)
+    clock = clock_for(base_case.device)
     base_times, cand_times = [], []
     look, decided = 0, None
-    with autograd_context(shape.mode):
+    with autograd_context(base_case.mode):
         warm_up(base.step, clock)
         warm_up(cand.step, clock)
         started = time.perf_counter()
