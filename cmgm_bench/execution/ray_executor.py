@@ -112,6 +112,7 @@ class RayExecutor:
 
     def __init__(self, address: str | None, cpu_slots: int):
         self.ray = connect(address, cpu_slots)
+        self.task = self.ray.remote(_measure_case)  # exported once; each case sets its own resources
         self.cpu_slots = cpu_slots
 
     def capacity(self, device: str) -> int:
@@ -137,8 +138,7 @@ class RayExecutor:
             options.update(num_gpus=1, num_cpus=1)
         else:
             options.update(num_cpus=config.threads or 1, resources={SLOT_RESOURCE: 1})
-        task = self.ray.remote(_measure_case).options(**options)
-        return task.remote(case.as_dict(), dict(config.settings), runner.ceilings, self.cpu_slots)
+        return self.task.options(**options).remote(case.as_dict(), dict(config.settings), runner.ceilings, self.cpu_slots)
 
     def measurements(self, cases: list[Case], runners: dict, on_case_start=None) -> Iterator[tuple[Case, Measurement]]:
         """Run ``cases``, at most the cluster's capacity at once; yield each as it finishes."""
