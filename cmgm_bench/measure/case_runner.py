@@ -90,15 +90,16 @@ class CaseRunner:
         reason = impl.unsupported_reason(case)
         if reason:
             return draft.ended(Status.UNSUPPORTED, reason)
+        scope = self.reference_scope(case)  # decided once: the memory guard counts what the case will compute
         if self.config.memory_guard:
             available = memory.available_bytes(case.device)
-            needed = draft.fields["est_mem_mb"] * 2**20 + self._reference_bytes(case)
+            needed = draft.fields["est_mem_mb"] * 2**20 + self._reference_bytes(case, scope)
             if available is not None and needed > 0.9 * available:
                 return draft.ended(Status.OOM, f"oom (predicted): needs ~{needed / 2**30:.1f} GiB, {available / 2**30:.1f} GiB available")
         started = time.perf_counter()
         try:
             with deadline(self.config.timeout_s):
-                result = self._measure(case, impl, draft)
+                result = self._measure(case, impl, draft, scope)
         except CaseTimeout as exc:
             result = draft.ended(Status.TIMEOUT, str(exc))
         except registry.Unsupported as exc:
@@ -127,13 +128,13 @@ class CaseRunner:
             return "first sample"
         return "none"
 
-    def _reference_bytes(self, case: Case) -> int:
+    def _reference_bytes(self, case: Case, scope: str) -> int:
         """Memory of the float64 reference and its kept outputs, counted only on the CPU (on a GPU the
         reference runs and is freed before the implementation is built)."""
         if case.device != "cpu":
             return 0
         full = flops.estimated_peak_bytes(case.mode, case.batch, case.tokens, case.dim, case.heads, "float64")
-        return {"full": 2 * full, "first sample": 2 * full // case.batch, "none": 0}[self.reference_scope(case)]
+        return {"full": 2 * full, "first sample": 2 * full // case.batch, "none": 0}[scope]
 
     def reference(self, case: Case, module, x, y) -> accuracy.ReferenceOutputs | None:
         """The float64 reference of inputs ``x, y`` on the case's device (cached per shape); ``None`` if it does not fit."""
@@ -151,11 +152,10 @@ class CaseRunner:
                 self._references[key] = None
         return self._references[key]
 
-    def _measure(self, case: Case, impl, draft: _Draft) -> Measurement:
+    def _measure(self, case: Case, impl, draft: _Draft, scope: str) -> Measurement:
         device, mode, config, fields, notes = case.device, case.mode, self.config, draft.fields, draft.notes
         x_cpu, y_cpu = make_inputs(case.batch, case.dim, case.height, case.width, config.seed)
         reference = reference_module(case.dim, case.heads, config.seed, case.height, case.width)
-        scope = self.reference_scope(case)
         covered = slice(0, 1) if scope == "first sample" else slice(None)
         with draft.phase("reference"):
             ref = None if scope == "none" else self.reference(
