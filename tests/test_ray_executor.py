@@ -130,3 +130,4 @@ def test_cases_from_two_machine_models_are_refused_unless_allowed_then_grouped(t
     assert "### fwd on cpu, CPU A" in report and "### fwd on cpu, CPU B" in report
     frame = pd.read_csv(tmp_path / "run" / "results.csv")
     assert sorted(frame.machine.unique()) == ["CPU A", "CPU B"]
+

@@ -307,3 +307,19 @@ def test_appending_a_case_writes_one_journal_line_not_the_summaries(tmp_path, mo
     writer.finish()
     assert writes[2:] == ["results.csv", "results.json"]
     assert len(pd.read_csv(tmp_path / "run" / "results.csv")) == 1000
+
+
+def test_a_run_stops_before_mixing_machine_models_and_resumes_with_the_flag(tmp_path, monkeypatch):
+    """Each case records its host; a case from a second machine model is refused (nothing of it stored)
+    until --resume --allow-mixed-hosts keeps both. The host is faked: a new model at every case."""
+    from cmgm_bench.machine import env
+
+    models = iter(["CPU A", "CPU B", "CPU C"])
+    monkeypatch.setattr(env, "host_description", lambda device: {"hostname": "h", "cpu_model": next(models), "gpu_name": None})
+    out = tmp_path / "run"
+    refused = run(["--impl", "eager", "--res", "4,5", "--threads", "1", "--out", str(out), *FAST])
+    assert refused.exit_code == 2 and "2 machine models (CPU A; CPU B)" in refused.stderr
+    assert [m.machine for m in load_run(out).measurements] == ["CPU A"]
+    resumed = run(["--resume", str(out), "--allow-mixed-hosts"])
+    assert resumed.exit_code == 0, resumed.output
+    assert sorted(pd.read_csv(out / "results.csv").machine) == ["CPU A", "CPU C"]

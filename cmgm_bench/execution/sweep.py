@@ -160,8 +160,11 @@ def run_cases(plan: Plan, writer: RunWriter, runners: dict, on_case_start, on_ca
         finished = RayExecutor(plan.config.ray_address, plan.config.cpu_slots).measurements(plan.todo, runners, on_case_start)
     else:
         finished = local_measurements(plan, runners, on_case_start)
+    seen = {m.machine: m for m in writer.measurements if m.machine}  # one finished case per machine model
     for case, measurement in finished:
-        check_one_machine_model(writer.measurements + [measurement], plan.config.allow_mixed_hosts)
+        if measurement.machine and measurement.machine not in seen:
+            check_one_machine_model([*seen.values(), measurement], plan.config.allow_mixed_hosts)
+            seen[measurement.machine] = measurement
         device_ceilings = writer.meta["ceilings"][case.device]
         raised = dict(device_ceilings.get("raised", {}))
         measurement = ceilings.account(device_ceilings, measurement)
