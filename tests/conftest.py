@@ -34,10 +34,11 @@ def _frozen_import_heap():
     """What the imports built (torch, the runtimes: ~300k objects) lives for the whole session, as in a run
     (``execution.sweep.frozen_heap``): frozen, each case's garbage collection scans only newer objects
     (0.13 s -> ~0.01 s a case, a few hundred cases in the suite)."""
+    from cmgm_bench.execution.sweep import frozen_heap
+
     gc.collect()
-    gc.freeze()
-    yield
-    gc.unfreeze()
+    with frozen_heap():
+        yield
 
 
 def require_tool(problem: str | None) -> None:
