@@ -6,7 +6,6 @@ Every command reports bad usage as one line on stderr with exit code 2 (see
 
 from __future__ import annotations
 
-import functools
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -16,6 +15,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cmgm_bench import api, registry
+from cmgm_bench.cli_common import ClickUsageError, FormatOption, fail_with_usage_errors
+from cmgm_bench.cli_history import history_app
 from cmgm_bench.config import settings
 from cmgm_bench.config.cases import split_list
 from cmgm_bench.config.run_config import RunConfig, resolve_device, single_cases
@@ -33,15 +34,13 @@ from cmgm_bench.views import compare_output, terminal
 from cmgm_bench.views.formats import OutputFormat, emit
 from cmgm_bench.views.report import write_report
 
-# click's UsageError, whether typer uses click or its own vendored copy of it.
-ClickUsageError = typer.BadParameter.__bases__[0]
-
 app = typer.Typer(
     help="Benchmark and profile implementations of PGNet's Cross-Model Grafting Module (CMGM).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.add_typer(history_app, name="history")
 
 ImplOption = Annotated[
     Optional[list[str]],
@@ -59,21 +58,6 @@ HeadsOption = Annotated[str, typer.Option(help="Attention heads, comma separated
 DimOption = Annotated[str, typer.Option(help="Channels C of x and y, comma separated.")]
 ThreadsOption = Annotated[Optional[int], typer.Option(help="torch intra-op threads (default: torch's choice, recorded).")]
 SeedOption = Annotated[int, typer.Option(help="Seed of the weights and inputs.")]
-FormatOption = Annotated[OutputFormat, typer.Option("--format", help="table (rich, for a terminal), markdown, json or csv (to stdout, for piping).")]
-
-
-def fail_with_usage_errors(command):
-    """Turn a :class:`UsageError` into one line on stderr and exit code 2."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except UsageError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
-
-    return wrapper
 
 
 def _one_case(impl: str, impl_files, device: str, mode: str, batch, res, heads, dim):

@@ -14,7 +14,6 @@ import torch
 import cmgm_bench
 from cmgm_bench.machine import cpu_features
 
-# Keys that must agree for two runs to be compared (``compare`` refuses otherwise).
 from cmgm_bench.machine import process_setup
 
 # Keys that must agree for two runs to be compared (``compare`` refuses otherwise).
@@ -24,19 +23,27 @@ MACHINE_KEYS = ("cpu_model", "cpu_family_model", "cpu_instruction_sets", "gpu_na
 
 
 GIT_COMMIT_ENV = "CMGM_BENCH_GIT_COMMIT"
+GIT_BRANCH_ENV = "CMGM_BENCH_GIT_BRANCH"
+
+
+def _git(*args: str) -> str:
+    repo = Path(__file__).resolve().parents[2]
+    try:
+        result = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return result.stdout.strip() if result.returncode == 0 else ""
 
 
 def git_commit() -> str | None:
     """The checkout's commit; where the tree was copied without ``.git`` (a GPU machine), ``$CMGM_BENCH_GIT_COMMIT``."""
-    repo = Path(__file__).resolve().parents[2]
-    try:
-        result = subprocess.run(
-            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        result = None
-    found = result.stdout.strip() if result is not None and result.returncode == 0 else ""
-    return found or os.environ.get(GIT_COMMIT_ENV) or None
+    return _git("rev-parse", "HEAD") or os.environ.get(GIT_COMMIT_ENV) or None
+
+
+def git_branch() -> str | None:
+    """The checkout's branch (``$CMGM_BENCH_GIT_BRANCH`` first: CI checks out a detached commit)."""
+    branch = os.environ.get(GIT_BRANCH_ENV) or _git("rev-parse", "--abbrev-ref", "HEAD")
+    return None if branch in ("", "HEAD") else branch
 
 
 def cuda_info(device: str) -> dict:
@@ -54,6 +61,8 @@ def collect(device: str = "cpu", argv: list[str] | None = None) -> dict:
     return {
         "project_version": cmgm_bench.__version__,
         "git_commit": git_commit(),
+        "git_branch": git_branch(),
+        "hostname": platform.node(),
         "command_line": " ".join(argv if argv is not None else sys.argv),
         "start_time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "python_version": platform.python_version(),

@@ -1,0 +1,209 @@
+"""``cmgm-bench history``: keep finished runs in a database, show series over commits, gate on the trend, draw a dashboard."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import pandas as pd
+import typer
+from rich.table import Table
+
+from cmgm_bench.cli_common import FormatOption, fail_with_usage_errors
+from cmgm_bench.config.cases import split_list
+from cmgm_bench.errors import UsageError
+from cmgm_bench.history import database
+from cmgm_bench.history.changepoints import find_steps
+from cmgm_bench.history.runs import METRICS, add_run, read_points
+from cmgm_bench.history.trend import check_run
+from cmgm_bench.results.store import load_run
+from cmgm_bench.views import markdown
+from cmgm_bench.views.dashboard import write_dashboard
+from cmgm_bench.views.formats import OutputFormat, emit
+
+history_app = typer.Typer(
+    help="A database of finished runs: series over commits, change points, a trend gate and a dashboard page.",
+    no_args_is_help=True,
+)
+
+DbOption = Annotated[Optional[str], typer.Option(
+    "--db", help=f"SQLAlchemy URL (postgresql+psycopg://...) or SQLite file path; default ${database.DB_ENV} or {database.DEFAULT_DB}.",
+)]
+ImplFilter = Annotated[Optional[list[str]], typer.Option("--impl", "-i", help="Only these implementations, repeatable or comma separated.")]
+ModeFilter = Annotated[Optional[str], typer.Option(help="Only these modes, comma separated.")]
+ResFilter = Annotated[Optional[str], typer.Option(help="Only these grids (28, 32x24) or shapes ('B1 64x28x28 h8'), comma separated.")]
+MachineFilter = Annotated[Optional[str], typer.Option(help="Only this machine model (as `history show` prints it).")]
+BranchFilter = Annotated[Optional[str], typer.Option(help="Only runs recorded on this git branch.")]
+MetricOption = Annotated[str, typer.Option(help="latency (median ms), instructions, memory (peak MiB) or error (worst relative error).")]
+
+
+def _filters(impl, mode, res, machine) -> dict:
+    return {
+        "impls": split_list(impl) if impl else (),
+        "modes": split_list(mode) if mode else (),
+        "shapes": split_list(res) if res else (),
+        "machines": (machine,) if machine else (),
+    }
+
+
+def _check_metric(metric: str) -> None:
+    if metric not in METRICS:
+        raise UsageError(f"--metric: unknown metric {metric!r} (one of {', '.join(METRICS)})")
+
+
+@history_app.command("add")
+@fail_with_usage_errors
+def add_command(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Finished run directories.")],
+    db: DbOption = None,
+    commit: Annotated[Optional[str], typer.Option(help="Commit to record instead of the run's own (one run only).")] = None,
+    branch: Annotated[Optional[str], typer.Option(help="Branch to record instead of the run's own.")] = None,
+):
+    """Store finished runs: commit, branch, time, machine, settings and every case. Adding a run again stores nothing new."""
+    if commit and len(run_dirs) > 1:
+        raise UsageError("--commit names the commit of one run; give one run directory")
+    runs = [load_run(path) for path in run_dirs]  # every directory read before anything is stored
+    engine = database.open_database(db)
+    for path, run in zip(run_dirs, runs):
+        added = add_run(engine, run, commit=commit, branch=branch)
+        what = {"stored": "stored as", "updated": "more cases since; updated", "unchanged": "already stored as"}[added.outcome]
+        typer.echo(f"{path}: {what} run {added.run_id} ({added.cases} cases)")
+
+
+def _mark_changes(points: pd.DataFrame) -> pd.DataFrame:
+    """``points`` with a ``change`` column: the steps found in each series, and torch version changes."""
+    marks = pd.Series("", index=points.index)
+    for _, series in points.groupby(["case_key", "machine"], sort=False):
+        for step in find_steps(series["value"].astype(float).to_numpy()):
+            marks[series.index[step.index]] = f"step x{step.ratio:.3f} ({step.confidence:.0%})"
+        versions = series["torch_version"]
+        changed = versions.ne(versions.shift()) & versions.shift().notna()
+        for index in series.index[changed.to_numpy()]:
+            marks[index] = "; ".join(filter(None, [marks[index], f"torch {versions[index]}"]))
+    return points.assign(change=marks)
+
+
+@history_app.command("show")
+@fail_with_usage_errors
+def show_command(
+    db: DbOption = None,
+    impl: ImplFilter = None,
+    mode: ModeFilter = None,
+    res: ResFilter = None,
+    machine: MachineFilter = None,
+    branch: BranchFilter = None,
+    metric: MetricOption = "latency",
+    output_format: FormatOption = "table",
+):
+    """Per case and machine, the metric over commits (oldest first, newest last), with the steps found and torch version changes."""
+    _check_metric(metric)
+    engine = database.open_database(db, create=False)
+    points = _mark_changes(read_points(engine, metric, branch=branch, **_filters(impl, mode, res, machine)))
+    frame = points[["case_key", "machine", "commit", "branch", "started_at", "torch_version", "status", "value", "iqr", "change"]]
+    frame = frame.rename(columns={"case_key": "case", "value": metric})
+
+    def rich_table() -> Table:
+        table = Table(title=f"{metric} ({METRICS[metric][1]}) over commits, newest last")
+        for column in ("case", "machine", "commit", "date", "torch", metric, "IQR", "change"):
+            table.add_column(column, justify="right" if column in (metric, "IQR") else "left")
+        for row in frame.itertuples(index=False):
+            table.add_row(row.case, row.machine, str(row.commit or "?")[:10], str(row.started_at)[:16], str(row.torch_version),
+                          f"{getattr(row, metric):.4g}", "" if pd.isna(row.iqr) else f"{row.iqr:.3g}", row.change)
+        return table
+
+    emit(frame, output_format, rich_table)
+
+
+@history_app.command("check")
+@fail_with_usage_errors
+def check_command(
+    run_dir: Annotated[Path, typer.Argument(help="The new run to judge (it need not be added).")],
+    db: DbOption = None,
+    window: Annotated[int, typer.Option(help="Runs of history each case is judged against: the last K of its series.")] = 10,
+    metric: MetricOption = "latency",
+    threshold: Annotated[Optional[float], typer.Option(help="Relative change that counts (default: 0.05 latency, 0.01 instructions, 0.10 memory).")] = None,
+    confidence: Annotated[float, typer.Option(help="Confidence of the window's prediction interval, per direction.")] = 0.99,
+    branch: BranchFilter = None,
+    fail_on_regression: Annotated[bool, typer.Option(help="Exit 1 if any case is slower than its history.")] = False,
+    output_format: FormatOption = "table",
+):
+    """Judge each case of a new run against the last --window runs of the same case on the same machine model and torch."""
+    _check_metric(metric)
+    if window < 2:
+        raise UsageError("--window: at least 2 runs")
+    if not 0.5 < confidence < 1:
+        raise UsageError("--confidence: between 0.5 and 1")
+    run = load_run(run_dir)
+    engine = database.open_database(db, create=False)
+    verdicts = check_run(engine, run, metric=metric, window=window, threshold=threshold, confidence=confidence, branch=branch)
+    if verdicts.empty:
+        raise UsageError(f"{run_dir}: no case with a {metric} value to judge")
+    output_format = OutputFormat(output_format)
+    if output_format is OutputFormat.MARKDOWN:
+        typer.echo(pull_request_summary(verdicts, metric, window))
+    else:
+        emit(verdicts, output_format, lambda: _verdict_table(verdicts, metric))
+    if fail_on_regression and (verdicts.verdict == "slower").any():
+        raise typer.Exit(1)
+
+
+def _percent(value) -> str:
+    return "" if value is None or pd.isna(value) else f"{value:+.1%}"
+
+
+def _number(value) -> str:
+    return "" if value is None or pd.isna(value) else f"{value:.4g}"
+
+
+def _verdict_table(verdicts: pd.DataFrame, metric: str) -> Table:
+    table = Table(title=f"{metric} against its history")
+    for column in ("case", "machine", "runs", "history median", "new", "change", "limit", "verdict"):
+        table.add_column(column)
+    style = {"slower": "red", "faster": "green"}
+    for row in verdicts.itertuples(index=False):
+        verdict = f"[{style[row.verdict]}]{row.verdict}[/]" if row.verdict in style else row.verdict
+        table.add_row(row.case, row.machine, str(row.window), _number(row.window_median), _number(row.value), _percent(row.change), "" if row.limit is None or pd.isna(row.limit) else f"±{row.limit:.1%}",
+                      verdict + (f" ({row.note})" if row.note else ""))
+    return table
+
+
+def pull_request_summary(verdicts: pd.DataFrame, metric: str, window: int) -> str:
+    """The Markdown comment for a pull request: counts first, then every case that is not ``same``, then the rest folded."""
+    counts = verdicts.verdict.value_counts()
+    head = ", ".join(f"{counts[v]} {v}" for v in ("slower", "faster", "same", "too little history") if v in counts)
+    lines = [f"### cmgm-bench: {metric} against the last {window} runs", "", head, ""]
+    header = ["case", "machine", "runs", "history median", "new", "change", "limit", "verdict"]
+
+    def rows(frame):
+        return [[r.case, r.machine, r.window, _number(r.window_median), _number(r.value), _percent(r.change),
+                 "" if r.limit is None or pd.isna(r.limit) else f"±{r.limit:.1%}", r.verdict + (f" ({r.note})" if r.note else "")]
+                for r in frame.itertuples(index=False)]
+
+    notable = verdicts[verdicts.verdict.isin(["slower", "faster"])]
+    if not notable.empty:
+        lines += [markdown.table(header, rows(notable)), ""]
+    rest = verdicts[~verdicts.verdict.isin(["slower", "faster"])]
+    if not rest.empty:
+        lines += ["<details><summary>other cases</summary>", "", markdown.table(header, rows(rest)), "", "</details>"]
+    return "\n".join(lines)
+
+
+@history_app.command("html")
+@fail_with_usage_errors
+def html_command(
+    out_dir: Annotated[Path, typer.Argument(help="Folder for index.html (opens from disk, no server).")],
+    db: DbOption = None,
+    impl: ImplFilter = None,
+    mode: ModeFilter = None,
+    res: ResFilter = None,
+    machine: MachineFilter = None,
+    branch: BranchFilter = None,
+):
+    """Write a static dashboard page: one chart per case and metric over commits, steps and torch changes marked."""
+    engine = database.open_database(db, create=False)
+    filters = _filters(impl, mode, res, machine)
+    points = {metric: read_points(engine, metric, branch=branch, **filters) for metric in METRICS}
+    if all(frame.empty for frame in points.values()):
+        raise UsageError("no stored case matches the filters")
+    path = write_dashboard({m: f for m, f in points.items() if not f.empty}, out_dir)
+    typer.echo(f"wrote {path}")

@@ -1,0 +1,197 @@
+"""Runs into the history database, and series out of it.
+
+A run is stored once: its identity is its start time, command line, host and
+commit, so adding it again changes nothing (a run resumed since, with more
+cases, replaces its stored cases). A *series* is one case (implementation,
+device, dtype, mode, shape, threads) on one machine model with one metric; runs
+on different machine models are never joined, and each point carries its torch
+version so that a change of version is marked, not hidden.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+
+from cmgm_bench.config.cases import shape_label
+from cmgm_bench.errors import UsageError
+from cmgm_bench.history.database import cases_table, runs_table
+from cmgm_bench.results.store import Run, to_row
+
+# metric name -> (column in the database, unit, the relative change that counts by default)
+METRICS = {
+    "latency": ("latency_ms", "ms", 0.05),
+    "instructions": ("instructions", "instructions", 0.01),
+    "memory": ("peak_mem_mb", "MiB", 0.10),
+    "error": ("worst_error", "relative error", 1.0),
+}
+SERIES_COLUMNS = ("case_key", "machine", "impl", "device", "dtype", "mode", "shape", "threads")
+
+
+@dataclass(frozen=True)
+class Added:
+    """What ``add_run`` did: ``stored`` (new), ``updated`` (more cases than before) or ``unchanged``."""
+
+    run_id: int
+    outcome: str
+    cases: int
+
+
+def machine_model(environment: dict, device: str = "cpu") -> str:
+    """``AMD EPYC 25/17 [avx2_fma,avx512f,avx512_bf16]`` (+ `` / GPU`` for a CUDA case): what a series is measured on."""
+    cpu = f"{environment.get('cpu_model') or 'unknown CPU'} {environment.get('cpu_family_model') or ''}".strip()
+    sets = environment.get("cpu_instruction_sets")
+    model = f"{cpu} [{sets}]" if sets else cpu
+    gpu = environment.get("gpu_name")
+    return f"{model} / {gpu}" if device.startswith("cuda") and gpu else model
+
+
+def case_key(row: dict) -> str:
+    """``eager cpu float32 fwd B1 64x28x28 h8 t1``: a case and its thread count, as series are keyed."""
+    shape = shape_label(row["batch"], row["dim"], row["height"], row["width"], row["heads"])
+    threads = row.get("threads")
+    return f"{row['impl']} {row['device']} {row['dtype']} {row['mode']} {shape} t{threads if threads is not None else '?'}"
+
+
+def run_identity(environment: dict) -> str:
+    parts = [environment.get(k) for k in ("start_time", "command_line", "hostname", "git_commit", "cpu_model")]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
+def _number(value) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def case_values(run: Run, run_id: int) -> list[dict]:
+    """The rows of ``cases`` that stand for ``run``'s measurements: series keys, metric values, the full results row."""
+    environment = run.meta.get("environment", {})
+    values = []
+    for measurement in run.measurements:
+        row = to_row(measurement)
+        row["threads"] = row.get("threads") or environment.get("threads")
+        machine = machine_model(environment, measurement.case.device)
+        recorded = measurement.machine  # where an executor ran the case on another machine model
+        if recorded and not recorded.startswith(str(environment.get("cpu_model"))):
+            machine = recorded
+        values.append({
+            "run_id": run_id, "case_key": case_key(row), "machine": machine,
+            **{name: row[name] for name in ("impl", "device", "dtype", "mode", "batch", "dim", "height", "width", "heads")},
+            "threads": row["threads"], "status": row["status"],
+            **{name: _number(row[name]) for name in ("latency_ms", "latency_iqr_ms", "latency_min_ms", "instructions", "peak_mem_mb", "flops")},
+            "worst_error": _number(measurement.worst_error),
+            "samples_s": list(measurement.samples_s),
+            "row": json.loads(_json_row(row)),
+        })
+    return values
+
+
+def _json_row(row: dict) -> str:
+    return json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}, default=str)
+
+
+def stored_run_id(engine: Engine, run: Run) -> int | None:
+    """The database id of ``run`` where it was added before."""
+    identity = run_identity(run.meta.get("environment") or {})
+    with engine.connect() as connection:
+        return connection.execute(sa.select(runs_table.c.id).where(runs_table.c.identity == identity)).scalar()
+
+
+def add_run(engine: Engine, run: Run, commit: str | None = None, branch: str | None = None) -> Added:
+    """Store ``run`` (``commit``/``branch`` override what the run recorded); adding it again stores nothing new.
+
+    Where two processes add the same run at once and the database lets both look
+    before either writes (PostgreSQL), the second insert violates ``identity``'s
+    uniqueness; it then looks again and finds the run stored.
+    """
+    try:
+        return _add_run_once(engine, run, commit, branch)
+    except IntegrityError:
+        return _add_run_once(engine, run, commit, branch)
+
+
+def _add_run_once(engine: Engine, run: Run, commit: str | None, branch: str | None) -> Added:
+    environment = run.meta.get("environment") or {}
+    if not environment.get("start_time"):
+        raise UsageError(f"{run.path}: the run records no start time; not a cmgm-bench run directory")
+    if not run.measurements:
+        raise UsageError(f"{run.path}: the run has no finished cases to store")
+    identity = run_identity(environment)
+    with engine.begin() as connection:
+        found = connection.execute(sa.select(runs_table.c.id).where(runs_table.c.identity == identity)).scalar()
+        if found is not None:
+            stored = connection.execute(sa.select(sa.func.count()).where(cases_table.c.run_id == found)).scalar()
+            if stored >= len(run.measurements):
+                return Added(found, "unchanged", stored)
+            connection.execute(cases_table.delete().where(cases_table.c.run_id == found))
+            connection.execute(cases_table.insert(), case_values(run, found))
+            return Added(found, "updated", len(run.measurements))
+        run_id = connection.execute(runs_table.insert().values(
+            identity=identity,
+            commit=commit or environment.get("git_commit"),
+            branch=branch or environment.get("git_branch"),
+            started_at=environment["start_time"],
+            added_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            machine=machine_model(environment, environment.get("device") or "cpu"),
+            instruction_sets=environment.get("cpu_instruction_sets"),
+            torch_version=environment.get("torch_version"),
+            cuda_version=environment.get("cuda_version"),
+            environment=environment,
+            settings=run.meta.get("settings") or {},
+        )).inserted_primary_key[0]
+        connection.execute(cases_table.insert(), case_values(run, run_id))
+    return Added(run_id, "stored", len(run.measurements))
+
+
+def read_points(engine: Engine, metric: str = "latency", impls=(), modes=(), shapes=(), machines=(), branch: str | None = None) -> pd.DataFrame:
+    """One row per (series, run) with a value of ``metric``, oldest run first within a series.
+
+    Columns: the series (:data:`SERIES_COLUMNS`), ``run_id``, ``commit``, ``branch``,
+    ``started_at``, ``torch_version``, ``status``, ``value``, ``iqr`` (latency only), ``minimum``.
+    ``shapes`` are shape labels (``B1 64x28x28 h8``) or grids (``28``, ``32x24``).
+    """
+    if metric not in METRICS:
+        raise UsageError(f"--metric: unknown metric {metric!r} (one of {', '.join(METRICS)})")
+    column = METRICS[metric][0]
+    c, r = cases_table.c, runs_table.c
+    query = (
+        sa.select(
+            c.case_key, c.machine, c.impl, c.device, c.dtype, c.mode, c.batch, c.dim, c.height, c.width, c.heads, c.threads,
+            c.run_id, r.commit, r.branch, r.started_at, r.torch_version, c.status,
+            c[column].label("value"), c.latency_iqr_ms.label("iqr"), c.latency_min_ms.label("minimum"),
+        )
+        .join(runs_table, runs_table.c.id == c.run_id)
+        .where(c[column].is_not(None))
+        .order_by(c.case_key, c.machine, r.started_at, c.run_id)
+    )
+    if impls:
+        query = query.where(c.impl.in_(list(impls)))
+    if modes:
+        query = query.where(c.mode.in_(list(modes)))
+    if machines:
+        query = query.where(c.machine.in_(list(machines)))
+    if branch:
+        query = query.where(r.branch == branch)
+    with engine.connect() as connection:
+        frame = pd.DataFrame(connection.execute(query).mappings().all())
+    if frame.empty:
+        return pd.DataFrame(columns=[*SERIES_COLUMNS, "run_id", "commit", "branch", "started_at", "torch_version", "status", "value", "iqr", "minimum"])
+    frame["shape"] = [shape_label(*v) for v in frame[["batch", "dim", "height", "width", "heads"]].itertuples(index=False)]
+    if shapes:
+        grids = frame.height.astype(str) + "x" + frame.width.astype(str)
+        square = frame.height == frame.width
+        wanted = set(shapes)
+        keep = frame["shape"].isin(wanted) | grids.isin(wanted) | (square & frame.height.astype(str).isin(wanted))
+        frame = frame[keep]
+    if metric != "latency":
+        frame["iqr"] = None
+        frame["minimum"] = None
+    columns = [*SERIES_COLUMNS, "run_id", "commit", "branch", "started_at", "torch_version", "status", "value", "iqr", "minimum"]
+    return frame[columns].reset_index(drop=True)
