@@ -35,7 +35,7 @@ class PairedResult:
     low: float
     high: float
     verdict: str
-    pairs: int
+    pairs: int  # calls of each side timed (as --min-pairs counts them); the interval is over their quads
     seconds: float  # how long the interleaved timing took
 
 
@@ -99,7 +99,7 @@ def race(
     middle = len(base_times) // 2
     return PairedResult(
         base_case, cand_case, base_times[middle] * 1e3, cand_times[middle] * 1e3,
-        ratio, low, high, verdict(ratio, low, high, threshold), len(ratios), seconds,
+        ratio, low, high, verdict(ratio, low, high, threshold), len(base_times), seconds,
     )
 
 
