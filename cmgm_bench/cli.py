@@ -253,6 +253,45 @@ def ab_command(
         raise typer.Exit(1)
 
 
+@app.command("gate")
+@fail_with_usage_errors
+def gate_command(
+    base_ref: Annotated[str, typer.Argument(help="The base revision (a commit, branch or tag) the working tree is judged against.")],
+    impl: Annotated[Optional[list[str]], typer.Option("--impl", "-i", help="Implementations to gate (default: those whose file changed; eager when the model changed).")] = None,
+    mode: Annotated[str, typer.Option(help="fwd, feature or train.")] = "fwd",
+    instr_res: Annotated[str, typer.Option(help="Grids whose instructions are counted (callgrind: keep them small).")] = "8,11",
+    instr_threshold: Annotated[float, typer.Option(help="Relative growth of instructions that counts as a regression.")] = 0.01,
+    instructions: Annotated[bool, typer.Option(help="Count instructions (needs valgrind); --no-instructions races only.")] = True,
+    res: ResOption = "28",
+    threads: Annotated[int, typer.Option(help="torch intra-op threads for both checks.")] = 1,
+    max_time: Annotated[float, typer.Option(help="Seconds of interleaved timing per race (the limit with --until-decided).")] = 20.0,
+    threshold: Annotated[float, typer.Option(help="Relative change of wall time that counts in the race.")] = 0.05,
+    until_decided: Annotated[bool, typer.Option(help="Stop each race once its verdict is settled (sequential interval).")] = True,
+    work_dir: Annotated[Optional[Path], typer.Option(help="Folder for the base worktree and the counted runs (default: a temporary one).")] = None,
+    summary: Annotated[Optional[Path], typer.Option(help="Also write the Markdown summary here (for example $GITHUB_STEP_SUMMARY).")] = None,
+):
+    """Gate the working tree against BASE_REF: instruction counts and a paired race per changed implementation.
+
+    Prints one Markdown summary; exit 1 when either check finds a regression."""
+    import tempfile
+
+    from cmgm_bench.gate import run_gate, summary_markdown
+
+    with tempfile.TemporaryDirectory(prefix="cmgm-gate-") as scratch:
+        result = run_gate(
+            base_ref, work_dir or Path(scratch), impls=split_list(impl) if impl else None, instructions=instructions,
+            instr_res=instr_res, instr_threshold=instr_threshold, mode=mode, threads=threads,
+            res=res, max_time=max_time, threshold=threshold, until_decided=until_decided,
+        )
+    text = summary_markdown(result, "working tree")
+    typer.echo(text)
+    if summary is not None:
+        with open(summary, "a") as handle:
+            handle.write(text + "\n")
+    if result.regressed:
+        raise typer.Exit(1)
+
+
 @app.command("report")
 @fail_with_usage_errors
 def report_command(run_dir: Annotated[Path, typer.Argument(help="Run directory.")]):

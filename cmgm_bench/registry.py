@@ -163,11 +163,13 @@ def load_entry_points() -> None:
             _REGISTRY.setdefault(impl.name, impl)
 
 
-def load_file(spec: str) -> list[str]:
+def load_file(spec: str, prefix: str = "") -> list[str]:
     """Load a user's implementation file; ``spec`` is ``PATH`` or ``NAME=PATH``.
 
     With ``NAME=`` the file must register exactly one implementation, which is
-    registered under ``NAME``. A user file may replace a built-in of the same
+    registered under ``NAME``; with ``prefix``, each implementation the file
+    registers is registered as ``prefix + name`` (``gate`` loads two revisions
+    of a file side by side so). A user file may replace a built-in of the same
     name (the ``source`` column shows which one ran). Returns the names added.
     """
     load_entry_points()
@@ -175,7 +177,7 @@ def load_file(spec: str) -> list[str]:
     path = Path(path_text)
     if not path.is_file():
         raise UsageError(f"implementation file not found: {path}")
-    module_name = f"cmgm_bench_user_{abs(hash((str(path.resolve()), rename)))}"
+    module_name = f"cmgm_bench_user_{abs(hash((str(path.resolve()), rename, prefix)))}"
     try:
         with _capturing() as captured:
             module_spec = importlib.util.spec_from_file_location(module_name, path)
@@ -190,6 +192,8 @@ def load_file(spec: str) -> list[str]:
         if len(captured) != 1:
             raise UsageError(f"{spec}: NAME= needs a file that registers one implementation, {path} registers {len(captured)}")
         captured = {rename: replace(next(iter(captured.values())), name=rename)}
+    if prefix:
+        captured = {prefix + name: replace(impl, name=prefix + name) for name, impl in captured.items()}
     _REGISTRY.update(captured)
     return list(captured)
 
