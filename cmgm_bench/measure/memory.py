@@ -6,7 +6,12 @@
   resets ``VmHWM`` to the current RSS just before the call, and for the
   duration of the measurement glibc's mmap threshold is lowered so that every
   block of 64 KiB or more is mapped fresh and unmapped on free; the heap then
-  cannot hide an allocation behind memory freed by an earlier call. This sees
+  cannot hide an allocation behind memory freed by an earlier call. The call runs
+  in a thread of its own, so glibc serves it from an arena of its own: in the
+  caller's arena, blocks freed while timing (under the steady threshold) stay in
+  the free lists and are reused by the measured call, freed back without being
+  unmapped, and counted or not by chance; measured so, one case's peak moved by
+  whole 8 x N x N maps from call to call (docs/performance.md, section 15). This sees
   every allocation that touches memory, oneDNN's scratchpads and workspaces
   included, not only PyTorch's. Limits: it counts pages (4 KiB granularity),
   includes any memory another thread of the process touches during the call,
@@ -18,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -65,9 +71,33 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
+def _in_fresh_thread(function: Callable[[], int]) -> int:
+    """``function()`` in a new thread with the caller's autograd state (grad and inference mode are per thread)."""
+    grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+    outcome: dict[str, object] = {}
+
+    def body():
+        try:
+            with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+                outcome["value"] = function()
+        except BaseException as exc:  # raised again in the caller: an OOM is the case's result
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=body, name="cmgm-memory-call")
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
 def cpu_peak_bytes(call: Callable[[], object]) -> int | None:
     if not cpu_method_available():
         return None
+    return _in_fresh_thread(lambda: _rss_peak_bytes(call))
+
+
+def _rss_peak_bytes(call: Callable[[], object]) -> int:
     gc.collect()
     _LIBC.mallopt(_M_MMAP_THRESHOLD, _MEASURE_MMAP_THRESHOLD)
     _LIBC.mallopt(_M_TRIM_THRESHOLD, 0)
