@@ -92,6 +92,10 @@ def run_command(
     max_time: Annotated[float, typer.Option(help="Time budget per case for samples, seconds.")] = DEFAULTS["max_time"],
     min_samples: Annotated[int, typer.Option(help="Samples to take before the adaptive stop may end a case.")] = DEFAULTS["min_samples"],
     target_rel_iqr: Annotated[float, typer.Option(help="Stop a case early once IQR/median is below this.")] = DEFAULTS["target_rel_iqr"],
+    repeats: Annotated[int, typer.Option(help=(
+        "Replicates of each case, in separate rounds over the sweep (slow periods of the machine spread over all cases); "
+        "compare judges runs with 2 or more by a bootstrap over replicates. Costs K times the sampling."
+    ))] = DEFAULTS["repeats"],
     cold_cache: Annotated[bool, typer.Option(help="Flush the last-level cache (L2 on a GPU) before every timed call; recorded per case.")] = DEFAULTS["cold_cache"],
     tf32: Annotated[bool, typer.Option(help="Allow TF32 for float32 matmuls and convolutions on CUDA; recorded, and float32 tolerance becomes the TF32 one.")] = DEFAULTS["tf32"],
     cudnn_benchmark: Annotated[bool, typer.Option(help="Let cuDNN autotune convolution algorithms (torch.backends.cudnn.benchmark); recorded.")] = DEFAULTS["cudnn_benchmark"],
@@ -106,9 +110,21 @@ def run_command(
     strict: Annotated[bool, typer.Option(help="Exit 1 if any case is inaccurate.")] = DEFAULTS["strict"],
     report: Annotated[bool, typer.Option(help="Write report.md and plots into the run directory at the end.")] = DEFAULTS["report"],
     count_instructions: Annotated[bool, typer.Option(help="Also count instructions per case with callgrind (needs valgrind; slow).")] = DEFAULTS["count_instructions"],
-    executor: Annotated[str, typer.Option(help="local: every case in this process (or a child with --isolate); ray: cases as Ray tasks, one whole GPU or one timing slot each (pip install -e '.[ray]').")] = DEFAULTS["executor"],
+    executor: Annotated[str, typer.Option(help=(
+        "local: every case in this process (or a child with --isolate); ray: cases as Ray tasks, one whole GPU or one "
+        "timing slot each (pip install -e '.[ray]'); slurm: cases as Slurm jobs through submitit, one GPU or a whole "
+        "node each (pip install -e '.[slurm]')."
+    ))] = DEFAULTS["executor"],
     ray_address: Annotated[Optional[str], typer.Option(help="With --executor ray: the cluster to join (auto, ray://host:port); default: start a local Ray instance.")] = DEFAULTS["ray_address"],
-    cpu_slots: Annotated[int, typer.Option(help="With --executor ray: timed CPU cases at once per node, each pinned to its own --threads cores (default 1: one at a time).")] = DEFAULTS["cpu_slots"],
+    cpu_slots: Annotated[int, typer.Option(help=(
+        "With --executor ray: timed CPU cases at once per node, each pinned to its own --threads cores (default 1: one "
+        "at a time); with --executor slurm --slurm-cluster local: jobs at once."
+    ))] = DEFAULTS["cpu_slots"],
+    slurm_cluster: Annotated[str, typer.Option(help=(
+        "With --executor slurm: slurm (submit with sbatch; the run directory must be on a filesystem the nodes share) "
+        "or local (submitit's local executor: jobs as processes here, to try the setup)."
+    ))] = DEFAULTS["slurm_cluster"],
+    slurm_partition: Annotated[Optional[str], typer.Option(help="With --executor slurm: the partition to submit to (default: the cluster's).")] = DEFAULTS["slurm_partition"],
     allow_mixed_hosts: Annotated[bool, typer.Option(help="Keep cases that ran on different machine models in one run (grouped by the 'machine' column).")] = DEFAULTS["allow_mixed_hosts"],
 ):
     """Run a sweep of cases and write results.csv and results.json into a run directory."""
@@ -187,12 +203,17 @@ def compare_command(
     threshold: Annotated[Optional[float], typer.Option(help="Relative change that counts (default 0.05 for latency, 0.01 for instructions).")] = None,
     mem_threshold: Annotated[float, typer.Option(help="Relative growth of peak memory that counts as a regression.")] = 0.10,
     allow_env_mismatch: Annotated[bool, typer.Option(help="Judge runs from different CPUs/GPUs, torch versions or thread counts.")] = False,
+    run_spread: Annotated[Optional[float], typer.Option(help=(
+        "Latency, cases with one replicate: widen their intervals by this run-to-run factor (default: the largest spread "
+        "between replicates either run measured with --repeats, else 2.0; 1 on a quiet dedicated machine)."
+    ))] = None,
     fail_on_regression: Annotated[bool, typer.Option(help="Exit 1 if any case is slower, less accurate or uses more memory.")] = False,
     output_format: FormatOption = "table",
 ):
     """Compare two runs case by case: latency or instructions, accuracy and memory."""
     comparison = api.compare(
         base, cand, metric=metric, threshold=threshold, mem_threshold=mem_threshold, allow_env_mismatch=allow_env_mismatch,
+        run_spread=run_spread,
     )
     if output_format is OutputFormat.TABLE:
         console = terminal.console()

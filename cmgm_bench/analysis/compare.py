@@ -1,8 +1,14 @@
 """Judge a candidate run against a base run, case by case.
 
-Latency verdicts need both a threshold and statistical evidence: the ratio of
-medians ``cand/base`` with a bootstrap interval from the raw samples (see
-:func:`cmgm_bench.stats.verdict`). Instruction counts are deterministic, so
+Latency verdicts need both a threshold and statistical evidence (see
+:func:`cmgm_bench.stats.verdict`). Separate runs differ by more than the spread
+within each: with two or more replicates of a case on both sides (``run
+--repeats``) the interval is Welch's t over the replicates' medians,
+simultaneous over the compared cases (:data:`FAMILY_ERROR`);
+otherwise it is the bootstrap of the samples widened by the run-to-run spread
+(``run_spread``: ``--run-spread``, else the largest spread between replicate
+medians that either run measured, else :data:`DEFAULT_RUN_SPREAD`), and a
+difference only that widening hides is ``inconclusive (one replicate)``. Instruction counts are deterministic, so
 they are judged on the threshold alone. Accuracy (a case became inaccurate,
 or stopped running) and memory (peak grew past ``mem_threshold``) are judged
 too. Two runs on different machines or software are refused unless allowed.
@@ -12,17 +18,25 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
+
 import pandas as pd
 
 from cmgm_bench.config.cases import KEY_COLUMNS, Case
 from cmgm_bench.errors import UsageError
 from cmgm_bench.measure.measurement import Measurement, Status
 from cmgm_bench.results.merge import environment_differences
-from cmgm_bench.stats import bootstrap_ratio_of_medians, geometric_mean, verdict
+from cmgm_bench.stats import bootstrap_ratio_of_medians, geometric_mean, replicate_ratio_interval, verdict
 from cmgm_bench.results.store import Run
 
 METRICS = ("latency", "instructions")
 DEFAULT_THRESHOLDS = {"latency": 0.05, "instructions": 0.01}
+# Identical runs on this project's shared 2-vCPU hosts differed by up to 2x in wall time (docs/performance.md).
+DEFAULT_RUN_SPREAD = 2.0
+ONE_REPLICATE = "inconclusive (one replicate)"
+# Over replicates, the intervals of all compared cases hold together with 95 % (Bonferroni): a gate fails on any
+# one case, so a per-case 95 % would raise a false alarm in ~1 of 10 compares of 4 cases.
+FAMILY_ERROR = 0.05
 # Peak memory is counted in pages; changes below this are noise, whatever their ratio.
 MEMORY_NOISE_FLOOR_MB = 1.0
 
@@ -61,6 +75,8 @@ class Comparison:
     only_base: list[tuple]
     only_cand: list[tuple]
     environment_differences: dict = field(default_factory=dict)
+    run_spread: float | None = None  # latency: the factor single-replicate intervals were widened by
+    replicated_cases: int = 0  # latency: cases judged over replicates of both runs
 
     @property
     def regressed(self) -> bool:
@@ -85,11 +101,27 @@ def accuracy_regression(base: Measurement, cand: Measurement) -> str | None:
     return None
 
 
-def _latency(base: Measurement, cand: Measurement, threshold: float, seed: int):
+def replicate_spread(run: Run) -> float | None:
+    """The largest ratio between the fastest and slowest replicate median of a case in ``run``; ``None`` without replicates."""
+    spreads = []
+    for m in run.measurements:
+        medians = [float(np.median(group)) for group in m.replicate_samples if len(group)]
+        if len(medians) >= 2:
+            spreads.append(max(medians) / min(medians))
+    return max(spreads) if spreads else None
+
+
+def _latency(base: Measurement, cand: Measurement, threshold: float, seed: int, run_spread: float, replicate_confidence: float):
     if len(base.samples_s) < 2 or len(cand.samples_s) < 2:
         return None, None, None, None, None, "inconclusive"
+    if base.replicates >= 2 and cand.replicates >= 2:
+        ratio, low, high = replicate_ratio_interval(base.replicate_samples, cand.replicate_samples, confidence=replicate_confidence)
+        return base.latency_ms, cand.latency_ms, ratio, low, high, verdict(ratio, low, high, threshold)
     ratio, low, high = bootstrap_ratio_of_medians(base.samples_s, cand.samples_s, seed=seed)
-    return base.latency_ms, cand.latency_ms, ratio, low, high, verdict(ratio, low, high, threshold)
+    judged = verdict(ratio, low / run_spread, high * run_spread, threshold)
+    if judged == "inconclusive" and verdict(ratio, low, high, threshold) in ("slower", "faster"):
+        judged = ONE_REPLICATE
+    return base.latency_ms, cand.latency_ms, ratio, low / run_spread, high * run_spread, judged
 
 
 def _instructions(base: Measurement, cand: Measurement, threshold: float):
@@ -108,12 +140,18 @@ def compare_runs(
     threshold: float | None = None,
     mem_threshold: float = 0.10,
     allow_env_mismatch: bool = False,
+    run_spread: float | None = None,
 ) -> Comparison:
     if metric not in METRICS:
         raise UsageError(f"--metric: unknown metric {metric!r} (choose from {', '.join(METRICS)})")
     threshold = DEFAULT_THRESHOLDS[metric] if threshold is None else threshold
     if threshold <= 0 or mem_threshold <= 0:
         raise UsageError("--threshold and --mem-threshold must be positive")
+    if run_spread is not None and run_spread < 1:
+        raise UsageError("--run-spread: a factor of at least 1 (1: the runs are as alike as the calls within one)")
+    if run_spread is None:
+        measured = [spread for spread in (replicate_spread(base), replicate_spread(cand)) if spread is not None]
+        run_spread = max(measured) if measured else DEFAULT_RUN_SPREAD
     differences = environment_differences(base.meta["environment"], cand.meta["environment"])
     if differences and not allow_env_mismatch:
         key, (a, b) = next(iter(differences.items()))
@@ -131,7 +169,7 @@ def compare_runs(
         elif metric == "instructions":
             numbers = _instructions(b, c, threshold)
         else:
-            numbers = _latency(b, c, threshold, seed=index)
+            numbers = _latency(b, c, threshold, seed=index, run_spread=run_spread, replicate_confidence=1 - FAMILY_ERROR / len(shared))
         base_mem, cand_mem = b.peak_mem_mb, c.peak_mem_mb
         memory_ratio = cand_mem / base_mem if running and base_mem and cand_mem else None
         cases.append(
@@ -146,7 +184,9 @@ def compare_runs(
         )
     only_base = [k for k in base_cases if k not in cand_cases]
     only_cand = [k for k in cand_cases if k not in base_cases]
-    return Comparison(metric, threshold, cases, only_base, only_cand, differences)
+    replicated = sum(base_cases[k].replicates >= 2 and cand_cases[k].replicates >= 2 for k in shared)
+    return Comparison(metric, threshold, cases, only_base, only_cand, differences,
+                      run_spread=run_spread if metric == "latency" else None, replicated_cases=replicated)
 
 
 def case_label(key: tuple) -> str:

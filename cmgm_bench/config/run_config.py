@@ -36,7 +36,7 @@ def resolve_device(device: str) -> str:
     return device
 
 
-EXECUTORS = ("local", "ray")
+EXECUTORS = ("local", "ray", "slurm")
 
 
 def check_threads(threads: int | None) -> None:
@@ -66,8 +66,11 @@ class RunConfig:
     count_instructions: bool = False
     executor: str = "local"  # or "ray"
     ray_address: str | None = None  # None: start a local Ray instance
+    slurm_cluster: str = "slurm"  # or "local": submitit's local executor
+    slurm_partition: str | None = None
     cpu_slots: int = 1  # timed CPU cases at once per node (Ray)
     allow_mixed_hosts: bool = False
+    repeats: int = 1  # replicates of each case, in separate rounds over the sweep
     settings: Mapping = field(default_factory=dict, compare=False, repr=False)  # the raw form, stored for --resume
 
     @property
@@ -105,6 +108,10 @@ class RunConfig:
         check_threads(raw["threads"])
         if raw["executor"] not in EXECUTORS:
             raise UsageError(f"--executor: unknown executor {raw['executor']!r} (choose from {', '.join(EXECUTORS)})")
+        if raw["slurm_cluster"] not in ("slurm", "local"):
+            raise UsageError(f"--slurm-cluster: unknown cluster {raw['slurm_cluster']!r} (choose from slurm, local)")
+        if raw["repeats"] < 1:
+            raise UsageError(f"--repeats: {raw['repeats']} must be at least 1")
         if raw["cpu_slots"] < 1:
             raise UsageError(f"--cpu-slots: {raw['cpu_slots']} must be at least 1")
         sweep = Sweep(
@@ -135,8 +142,11 @@ class RunConfig:
             count_instructions=raw["count_instructions"],
             executor=raw["executor"],
             ray_address=raw["ray_address"],
+            slurm_cluster=raw["slurm_cluster"],
+            slurm_partition=raw["slurm_partition"],
             cpu_slots=raw["cpu_slots"],
             allow_mixed_hosts=raw["allow_mixed_hosts"],
+            repeats=raw["repeats"],
             settings=MappingProxyType(dict(raw)),
         )
         config.cases()  # a bad --shard is a usage error now, not when the run starts

@@ -27,6 +27,7 @@ DEFAULTS: dict = {
     "max_time": 2.0,
     "min_samples": 10,
     "target_rel_iqr": 0.03,
+    "repeats": 1,
     "cold_cache": False,
     "tf32": False,
     "cudnn_benchmark": False,
@@ -40,6 +41,8 @@ DEFAULTS: dict = {
     "count_instructions": False,
     "executor": "local",
     "ray_address": None,
+    "slurm_cluster": "slurm",
+    "slurm_partition": None,
     "cpu_slots": 1,
     "allow_mixed_hosts": False,
 }
@@ -59,7 +62,11 @@ PRESET_HELP = (
 )
 
 # Settings that may differ when a run is resumed: they do not change what a case measures.
-RESUMABLE_CHANGES = {"isolate", "timeout", "memory_guard", "strict", "report", "impl_file", "executor", "ray_address", "allow_mixed_hosts"}
+RESUMABLE_CHANGES = {
+    "isolate", "timeout", "memory_guard", "strict", "report", "impl_file", "executor", "ray_address", "allow_mixed_hosts",
+    "slurm_cluster", "slurm_partition",
+    "repeats",  # more replicates of the same cases: --resume RUN --repeats 3 adds rounds
+}
 
 _LIST_KEYS = {"impl", "mode", "batch", "res", "heads", "dim", "impl_file"}
 _TYPES = {
@@ -69,10 +76,13 @@ _TYPES = {
     "max_time": (int, float),
     "min_samples": (int,),
     "target_rel_iqr": (int, float),
+    "repeats": (int,),
     "timeout": (int, float, type(None)),
     "shard": (str, type(None)),
     "executor": (str,),
     "ray_address": (str, type(None)),
+    "slurm_cluster": (str,),
+    "slurm_partition": (str, type(None)),
     "cpu_slots": (int,),
 }
 

@@ -19,7 +19,6 @@ recorded as ``timeout``. Each case records the host, CPU model and GPU it ran on
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Iterator
 
@@ -27,6 +26,7 @@ from cmgm_bench.config.cases import Case
 from cmgm_bench.errors import UsageError
 from cmgm_bench.measure.failures import one_line
 from cmgm_bench.measure.measurement import Measurement, Status
+from cmgm_bench.execution.remote_case import measure_case
 from cmgm_bench.results.store import from_record
 
 INSTALL_HINT = "--executor ray needs Ray: pip install -e '.[ray]'"
@@ -60,59 +60,12 @@ def connect(address: str | None, cpu_slots: int):
     return ray
 
 
-def _pin_to_slot(slots: int, threads: int) -> tuple[object, list[int]] | tuple[None, None]:
-    """With several timing slots per node, take a free one (a lock file) and pin to its cores."""
-    import fcntl
-
-    if slots <= 1:
-        return None, None
-    cores = sorted(os.sched_getaffinity(0))
-    for slot in range(slots):
-        handle = open(f"/tmp/cmgm-bench-slot-{slot}.lock", "w")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            continue
-        chosen = cores[slot * threads:(slot + 1) * threads] or cores
-        os.sched_setaffinity(0, chosen)
-        return handle, chosen
-    raise RuntimeError(f"no free timing slot of {slots} on this node")
-
-
-def _measure_case(case_fields: dict, settings: dict, ceilings: dict, slots: int) -> dict:
-    """The Ray task: measure one case in a worker process, return its record."""
-    from cmgm_bench.config.run_config import RunConfig
-    from cmgm_bench.execution.isolate import run_isolated
-    from cmgm_bench.machine import env
-    from cmgm_bench.machine.process_setup import prepare_process
-    from cmgm_bench.measure.case_runner import CaseRunner
-    from cmgm_bench.results.store import to_record
-
-    config = RunConfig.from_settings(settings)  # also loads the --impl-file plug-ins in this worker
-    case = Case(**case_fields)
-    threads = prepare_process(config.threads, config.tf32, config.cudnn_benchmark)
-    affinity = os.sched_getaffinity(0)
-    lock, cores = _pin_to_slot(slots, threads) if case.device == "cpu" else (None, None)
-    runner = CaseRunner(config, ceilings)
-    try:
-        measurement = run_isolated(case, runner, threads) if config.isolate else runner.run(case)
-    finally:
-        if lock is not None:
-            os.sched_setaffinity(0, affinity)
-            lock.close()
-    notes = {**measurement.notes, "executor": "ray", "host": env.host_description(case.device)}
-    if cores is not None:
-        notes["cpu_set"] = cores
-    return to_record(measurement.with_(notes=notes))
-
-
 class RayExecutor:
     """Submits cases to Ray and yields their measurements as they finish."""
 
     def __init__(self, address: str | None, cpu_slots: int):
         self.ray = connect(address, cpu_slots)
-        self.task = self.ray.remote(_measure_case)  # exported once; each case sets its own resources
+        self.task = self.ray.remote(measure_case)  # exported once; each case sets its own resources
         self.cpu_slots = cpu_slots
 
     def capacity(self, device: str) -> int:
@@ -138,7 +91,7 @@ class RayExecutor:
             options.update(num_gpus=1, num_cpus=1)
         else:
             options.update(num_cpus=config.threads or 1, resources={SLOT_RESOURCE: 1})
-        return self.task.options(**options).remote(case.as_dict(), dict(config.settings), runner.ceilings, self.cpu_slots)
+        return self.task.options(**options).remote(case.as_dict(), dict(config.settings), runner.ceilings, self.cpu_slots, "ray")
 
     def measurements(self, cases: list[Case], runners: dict, on_case_start=None) -> Iterator[tuple[Case, Measurement]]:
         """Run ``cases``, at most the cluster's capacity at once; yield each as it finishes."""

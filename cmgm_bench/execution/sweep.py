@@ -49,8 +49,11 @@ class Plan:
 
     @property
     def todo(self) -> list[Case]:
-        finished = {m.case.key for m in self.done}
-        return [case for case in self.cases if case.key not in finished]
+        """Cases still to run, round by round: with ``--repeats K`` each case once per round, so that a slow
+        period of the machine spreads over all cases instead of falling on every replicate of one."""
+        finished = {m.case.key: m.replicates for m in self.done}
+        rounds = range(self.config.repeats)
+        return [case for index in rounds for case in self.cases if finished.get(case.key, 0) <= index]
 
 
 def check_executor(config: RunConfig) -> None:
@@ -61,6 +64,10 @@ def check_executor(config: RunConfig) -> None:
         from cmgm_bench.execution.ray_executor import require_ray
 
         require_ray()
+    if config.executor == "slurm":
+        from cmgm_bench.execution.slurm_executor import require_submitit
+
+        require_submitit()
 
 
 def make_plan(config: RunConfig, out_dir: Path | None) -> Plan:
@@ -88,6 +95,8 @@ def plan_resume(run_dir: Path, given: dict) -> Plan:
                 f"--resume {run_dir} ran on another machine or software: {key} was {stored[key]!r}, here it is {here.get(key)!r}"
             )
     planned = {case.key for case in plan.cases}
+    if any(m.replicates > config.repeats for m in run.measurements):
+        raise UsageError(f"--resume {run_dir}: holds more replicates than --repeats {config.repeats}")
     if any(m.case.key not in planned for m in run.measurements):
         raise UsageError(f"--resume {run_dir}: holds cases that are not in its sweep")
     plan.done = run.measurements
@@ -158,6 +167,11 @@ def run_cases(plan: Plan, writer: RunWriter, runners: dict, on_case_start, on_ca
         from cmgm_bench.execution.ray_executor import RayExecutor
 
         finished = RayExecutor(plan.config.ray_address, plan.config.cpu_slots).measurements(plan.todo, runners, on_case_start)
+    elif plan.config.executor == "slurm":
+        from cmgm_bench.execution.slurm_executor import SlurmExecutor
+
+        executor = SlurmExecutor(plan.out_dir / "slurm", plan.config.slurm_cluster, plan.config.cpu_slots, plan.config.slurm_partition)
+        finished = executor.measurements(plan.todo, runners, on_case_start)
     else:
         finished = local_measurements(plan, runners, on_case_start)
     seen = {m.machine: m for m in writer.measurements if m.machine}  # one finished case per machine model
@@ -188,8 +202,8 @@ def check_one_machine_model(measurements: list[Measurement], allowed: bool) -> N
 
 def add_instruction_counts(writer: RunWriter, plan: Plan) -> None:
     """Count instructions of every case that ran, in one valgrind process, and store them."""
-    todo = [m for m in writer.measurements if m.timed and not m.instructions]
-    counts = dict(zip((m.case.key for m in todo), instructions.count([m.case for m in todo], plan.config.seed, list(plan.config.impl_files))))
+    todo = list({m.case.key: m.case for m in writer.measurements if m.timed and not m.instructions}.values())  # once per case, not per replicate
+    counts = dict(zip((case.key for case in todo), instructions.count(todo, plan.config.seed, list(plan.config.impl_files))))
     writer.replace_all([m.with_(instructions=counts[m.case.key]) if m.case.key in counts else m for m in writer.measurements])
 
 

@@ -126,3 +126,34 @@ class Measurement:
     @property
     def worst_error(self) -> float:
         return math.nan if self.errors is None else self.errors.worst
+
+    @property
+    def replicates(self) -> int:
+        """How many times the case ran (``run --repeats``): 1 for a plain measurement."""
+        return len(self.notes.get("replicate_sizes") or (None,))
+
+    @property
+    def replicate_samples(self) -> list[tuple[float, ...]]:
+        """The samples of each replicate, in the order they ran (one group for a plain measurement)."""
+        sizes = self.notes.get("replicate_sizes")
+        if not sizes:
+            return [self.samples_s]
+        starts = [sum(sizes[:index]) for index in range(len(sizes))]
+        return [self.samples_s[start:start + size] for start, size in zip(starts, sizes)]
+
+
+def merge_replicates(parts: list[Measurement]) -> Measurement:
+    """One measurement of a case from its replicates, in the order they ran: the samples of all of them
+    (``notes["replicate_sizes"]`` says which are whose), the worst status, the other fields of the first."""
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    failed = next((part for part in parts if not part.timed), None)
+    inaccurate = next((part for part in parts if part.status is Status.INACCURATE), None)
+    worst = failed or inaccurate or first
+    sizes = [size for part in parts for size in (part.notes.get("replicate_sizes") or [len(part.samples_s)])]
+    return first.with_(
+        status=worst.status, error=worst.error, traceback=worst.traceback,
+        samples_s=tuple(sample for part in parts for sample in part.samples_s),
+        notes={**first.notes, "replicate_sizes": sizes},
+    )

@@ -27,7 +27,7 @@ import pandas as pd
 
 from cmgm_bench.config.cases import KEY_COLUMNS, Case
 from cmgm_bench.errors import UsageError
-from cmgm_bench.measure.measurement import AccuracyErrors, Measurement
+from cmgm_bench.measure.measurement import AccuracyErrors, Measurement, merge_replicates
 
 # The version of the files' layout; a file without one is version 1 (the same layout).
 SCHEMA_VERSION = 1
@@ -112,6 +112,14 @@ def from_record(record: dict, where: Path | str = "") -> Measurement:
     )
 
 
+def combine_replicates(measurements: list[Measurement]) -> list[Measurement]:
+    """One measurement per case: the journal holds one record per replicate with ``run --repeats``."""
+    groups: dict[tuple, list[Measurement]] = {}
+    for measurement in measurements:
+        groups.setdefault(measurement.case.key, []).append(measurement)
+    return [merge_replicates(parts) for parts in groups.values()]
+
+
 @dataclass
 class Run:
     """A run as read back: its metadata (environment, sweep, ceilings) and its measurements."""
@@ -189,9 +197,9 @@ class RunWriter:
 
     def finish(self) -> None:
         """Write the summaries, ``results.csv`` and ``results.json``, from the measurements."""
-        run = Run(self.path, self.meta, self.measurements)
+        run = Run(self.path, self.meta, combine_replicates(self.measurements))
         _atomic_write(self.path / "results.csv", run.frame().to_csv(index=False))
-        cases = [to_record(m) for m in self.measurements]
+        cases = [to_record(m) for m in run.measurements]
         _atomic_write(self.path / "results.json", json.dumps(_json_safe({**self.meta, "cases": cases}), indent=1))
 
 
@@ -245,4 +253,4 @@ def load_run(path: str | Path) -> Run:
         journaled = read_journal(journal)
         if len(journaled) > len(records):
             records = journaled
-    return Run(folder, data, [from_record(record, json_path) for record in records])
+    return Run(folder, data, combine_replicates([from_record(record, json_path) for record in records]))

@@ -10,11 +10,20 @@ from cmgm_bench.views import markdown
 from cmgm_bench.analysis.compare import Comparison, case_label
 
 VERDICT_STYLE = {"faster": "green", "slower": "red", "same": "", "inconclusive": "yellow", "n/a": "dim"}
-SEPARATE_RUNS_CAVEAT = (
-    "note: the latency intervals cover the spread within each run only; two runs on a shared machine can differ "
-    "by more (up to 2x between fast and slow periods, docs/performance.md section 5): gate wall time with "
-    "'cmgm-bench ab' (both sides in one process) or with --metric instructions"
-)
+def separate_runs_caveat(comparison: Comparison) -> str:
+    """What a latency verdict between two separate runs rests on, in one line."""
+    single = len(comparison.cases) - comparison.replicated_cases
+    parts = []
+    if comparison.replicated_cases:
+        parts.append(f"{comparison.replicated_cases} case(s) judged over the replicates of both runs (run --repeats)")
+    if single:
+        parts.append(
+            f"{single} case(s) with one replicate: their intervals are widened by the run-to-run spread "
+            f"x{comparison.run_spread:.2f} (separate runs on a shared machine differ by up to 2x, docs/performance.md "
+            "section 5), so only a larger change is decided; run both with --repeats 3, or gate wall time with "
+            "'cmgm-bench ab' (one process) or --metric instructions"
+        )
+    return "note: " + "; ".join(parts)
 
 
 def _unit(comparison: Comparison) -> str:
@@ -65,7 +74,7 @@ def summary_lines(comparison: Comparison) -> list[str]:
     regressions = sum(case.regressed for case in comparison.cases)
     lines.append(f"{regressions} regression(s) in {len(comparison.cases)} compared case(s)")
     if comparison.metric == "latency":
-        lines.append(SEPARATE_RUNS_CAVEAT)
+        lines.append(separate_runs_caveat(comparison))
     return lines
 
 

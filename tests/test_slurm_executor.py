@@ -1,0 +1,81 @@
+"""``run --executor slurm`` through submitit's local executor (jobs as processes on this machine)."""
+
+from __future__ import annotations
+
+import sys
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from cmgm_bench.cli import app
+from cmgm_bench.results.store import load_run
+from tests.conftest import FAST, require_tool, write_file
+
+try:
+    import submitit
+except ImportError:
+    submitit = None
+
+runner = CliRunner()
+SWEEP = ["--impl", "eager,sdpa", "--res", "4", "--threads", "1", *FAST, "--no-report"]
+LOCAL_SLURM = ["--executor", "slurm", "--slurm-cluster", "local"]
+
+
+@pytest.fixture
+def _needs_submitit():
+    require_tool(None if submitit is not None else "submitit is not installed (.ci/run installs the [slurm] extra)")
+
+
+@pytest.mark.usefixtures("_needs_submitit")
+def test_a_sweep_as_jobs_gives_the_local_executors_cases_and_columns(tmp_path):
+    local, jobs = tmp_path / "local", tmp_path / "jobs"
+    assert runner.invoke(app, ["run", *SWEEP, "--out", str(local)]).exit_code == 0
+    result = runner.invoke(app, ["run", *SWEEP, *LOCAL_SLURM, "--out", str(jobs)])
+    assert result.exit_code == 0, result.output
+    a, b = pd.read_csv(local / "results.csv"), pd.read_csv(jobs / "results.csv")
+    key = ["impl", "device", "dtype", "mode", "batch", "height", "width", "heads", "dim"]
+    assert list(a.columns) == list(b.columns)
+    pd.testing.assert_frame_equal(a[key + ["status", "machine"]].reset_index(drop=True), b[key + ["status", "machine"]].reset_index(drop=True))
+    assert (b.samples >= 3).all() and (b.latency_ms > 0).all() and (b.out_rel_err < 1e-5).all()
+    assert len((jobs / "cases.jsonl").read_text().splitlines()) == 2
+    assert all(m.notes["executor"] == "slurm" and m.notes["host"]["hostname"] for m in load_run(jobs).measurements)
+    assert list((jobs / "slurm").iterdir())  # submitit's pickles and logs, inside the run directory
+
+
+@pytest.mark.usefixtures("_needs_submitit")
+def test_a_job_that_dies_is_submitted_once_more_then_an_error(tmp_path):
+    attempts = tmp_path / "attempts.txt"
+    killer = write_file(
+        tmp_path,
+        "killer.py",
+        f"""
+        import os, signal
+        from cmgm_bench.registry import register
+
+        @register("killer", description="kills its job while building", modes=("fwd",))
+        def build(module, case):
+            with open({str(attempts)!r}, "a") as handle:
+                handle.write(str(os.getpid()) + "\\n")
+            os.kill(os.getpid(), signal.SIGKILL)
+        """,
+    )
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["run", "--impl-file", str(killer), "--impl", "killer,eager", "--res", "4", "--threads", "1",
+                                 *FAST, "--no-report", *LOCAL_SLURM, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(out / "results.csv").set_index("impl")
+    assert frame.status["eager"] == "ok"
+    assert frame.status["killer"] == "error" and "the Slurm job failed twice" in frame.error["killer"]
+    pids = attempts.read_text().split()
+    assert len(pids) == 2 and pids[0] != pids[1]  # the first job and one more, each a fresh process
+
+
+def test_no_submitit_is_a_one_line_error_with_the_install_hint(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "submitit", None)  # import submitit now raises ImportError
+    result = runner.invoke(app, ["run", *SWEEP, "--executor", "slurm", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == "error: --executor slurm needs submitit: pip install -e '.[slurm]'"
+    assert not (tmp_path / "run").exists()
+    bad = runner.invoke(app, ["run", *SWEEP, "--executor", "slurm", "--slurm-cluster", "pbs", "--out", str(tmp_path / "run")])
+    assert bad.exit_code == 2 and "--slurm-cluster: unknown cluster 'pbs'" in bad.stderr
