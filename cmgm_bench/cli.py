@@ -205,7 +205,7 @@ def compare_command(
     allow_env_mismatch: Annotated[bool, typer.Option(help="Judge runs from different CPUs/GPUs, torch versions or thread counts.")] = False,
     run_spread: Annotated[Optional[float], typer.Option(help=(
         "Latency, cases with one replicate: widen their intervals by this run-to-run factor (default: the largest spread "
-        "between replicates either run measured with --repeats, else 2.0; 1 on a quiet dedicated machine)."
+        "between replicates either run measured with --repeats, else 3.0; 1 on a quiet dedicated machine)."
     ))] = None,
     fail_on_regression: Annotated[bool, typer.Option(help="Exit 1 if any case is slower, less accurate or uses more memory.")] = False,
     output_format: FormatOption = "table",

@@ -51,7 +51,7 @@ def test_same_code_is_not_a_regression(runs):
     result = runner.invoke(app, ["compare", str(runs / "base"), str(runs / "same"), *WIDE, "--fail-on-regression"])
     assert result.exit_code == 0, result.output
     assert "0 regression(s) in 2 compared case(s)" in result.output
-    assert "2 case(s) with one replicate: their intervals are widened by the run-to-run spread x2.00" in " ".join(result.output.split())
+    assert "2 case(s) with one replicate: their intervals are widened by the run-to-run spread x3.00" in " ".join(result.output.split())
 
 
 def test_clearly_more_work_under_the_same_name_exits_1(runs):

@@ -19,8 +19,8 @@ def separate_runs_caveat(comparison: Comparison) -> str:
     if single:
         parts.append(
             f"{single} case(s) with one replicate: their intervals are widened by the run-to-run spread "
-            f"x{comparison.run_spread:.2f} (separate runs on a shared machine differ by up to 2x, docs/performance.md "
-            "section 5), so only a larger change is decided; run both with --repeats 3, or gate wall time with "
+            f"x{comparison.run_spread:.2f} (separate runs on a shared machine differ by up to 3x, docs/performance.md "
+            "section 16), so only a larger change is decided; run both with --repeats 3, or gate wall time with "
             "'cmgm-bench ab' (one process) or --metric instructions"
         )
     return "note: " + "; ".join(parts)
