@@ -113,10 +113,11 @@ def from_record(record: dict, where: Path | str = "") -> Measurement:
 
 
 def combine_replicates(measurements: list[Measurement]) -> list[Measurement]:
-    """One measurement per case: the journal holds one record per replicate with ``run --repeats``."""
+    """One measurement per case: the journal holds one record per replicate with ``run --repeats``. A case
+    that ran on two machine models (``--allow-mixed-hosts``) is two cases, never two replicates."""
     groups: dict[tuple, list[Measurement]] = {}
     for measurement in measurements:
-        groups.setdefault(measurement.case.key, []).append(measurement)
+        groups.setdefault((measurement.case.key, measurement.machine), []).append(measurement)
     return [merge_replicates(parts) for parts in groups.values()]
 
 
