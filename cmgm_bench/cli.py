@@ -94,7 +94,7 @@ def run_command(
     target_rel_iqr: Annotated[float, typer.Option(help="Stop a case early once IQR/median is below this.")] = DEFAULTS["target_rel_iqr"],
     repeats: Annotated[int, typer.Option(help=(
         "Replicates of each case, in separate rounds over the sweep (slow periods of the machine spread over all cases); "
-        "compare judges runs with 2 or more by a bootstrap over replicates. Costs K times the sampling."
+        "compare judges runs with 2 or more by Welch's t over the replicates' medians. Costs K times the sampling."
     ))] = DEFAULTS["repeats"],
     cold_cache: Annotated[bool, typer.Option(help="Flush the last-level cache (L2 on a GPU) before every timed call; recorded per case.")] = DEFAULTS["cold_cache"],
     tf32: Annotated[bool, typer.Option(help="Allow TF32 for float32 matmuls and convolutions on CUDA; recorded, and float32 tolerance becomes the TF32 one.")] = DEFAULTS["tf32"],

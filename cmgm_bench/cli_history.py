@@ -14,7 +14,7 @@ from cmgm_bench.config.cases import split_list
 from cmgm_bench.errors import UsageError
 from cmgm_bench.history import database
 from cmgm_bench.history.changepoints import find_steps
-from cmgm_bench.history.runs import METRICS, add_run, read_points
+from cmgm_bench.history.runs import METRICS, add_run, metric_spec, read_points, torch_changes
 from cmgm_bench.history.trend import check_run
 from cmgm_bench.results.store import load_run
 from cmgm_bench.views import markdown
@@ -46,11 +46,6 @@ def _filters(impl, mode, res, machine) -> dict:
     }
 
 
-def _check_metric(metric: str) -> None:
-    if metric not in METRICS:
-        raise UsageError(f"--metric: unknown metric {metric!r} (one of {', '.join(METRICS)})")
-
-
 @history_app.command("add")
 @fail_with_usage_errors
 def add_command(
@@ -76,10 +71,9 @@ def _mark_changes(points: pd.DataFrame) -> pd.DataFrame:
     for _, series in points.groupby(["case_key", "machine"], sort=False):
         for step in find_steps(series["value"].astype(float).to_numpy()):
             marks[series.index[step.index]] = f"step x{step.ratio:.3f} ({step.confidence:.0%})"
-        versions = series["torch_version"]
-        changed = versions.ne(versions.shift()) & versions.shift().notna()
-        for index in series.index[changed.to_numpy()]:
-            marks[index] = "; ".join(filter(None, [marks[index], f"torch {versions[index]}"]))
+        for position in torch_changes(series["torch_version"]):
+            index = series.index[position]
+            marks[index] = "; ".join(filter(None, [marks[index], f"torch {series['torch_version'][index]}"]))
     return points.assign(change=marks)
 
 
@@ -96,7 +90,7 @@ def show_command(
     output_format: FormatOption = "table",
 ):
     """Per case and machine, the metric over commits (oldest first, newest last), with the steps found and torch version changes."""
-    _check_metric(metric)
+    metric_spec(metric)  # an unknown metric fails before the database is opened
     engine = database.open_database(db, create=False)
     points = _mark_changes(read_points(engine, metric, branch=branch, **_filters(impl, mode, res, machine)))
     frame = points[["case_key", "machine", "commit", "branch", "started_at", "torch_version", "status", "value", "iqr", "change"]]
@@ -128,7 +122,7 @@ def check_command(
     output_format: FormatOption = "table",
 ):
     """Judge each case of a new run against the last --window runs of the same case on the same machine model and torch."""
-    _check_metric(metric)
+    metric_spec(metric)  # an unknown metric fails before the database is opened
     if window < 2:
         raise UsageError("--window: at least 2 runs")
     if not 0.5 < confidence < 1:
@@ -155,6 +149,10 @@ def _number(value) -> str:
     return "" if value is None or pd.isna(value) else f"{value:.4g}"
 
 
+def _limit(value) -> str:
+    return "" if value is None or pd.isna(value) else f"±{value:.1%}"
+
+
 def _verdict_table(verdicts: pd.DataFrame, metric: str) -> Table:
     table = Table(title=f"{metric} against its history")
     for column in ("case", "machine", "runs", "history median", "new", "change", "limit", "verdict"):
@@ -162,7 +160,7 @@ def _verdict_table(verdicts: pd.DataFrame, metric: str) -> Table:
     style = {"slower": "red", "faster": "green"}
     for row in verdicts.itertuples(index=False):
         verdict = f"[{style[row.verdict]}]{row.verdict}[/]" if row.verdict in style else row.verdict
-        table.add_row(row.case, row.machine, str(row.window), _number(row.window_median), _number(row.value), _percent(row.change), "" if row.limit is None or pd.isna(row.limit) else f"±{row.limit:.1%}",
+        table.add_row(row.case, row.machine, str(row.window), _number(row.window_median), _number(row.value), _percent(row.change), _limit(row.limit),
                       verdict + (f" ({row.note})" if row.note else ""))
     return table
 
@@ -176,7 +174,7 @@ def pull_request_summary(verdicts: pd.DataFrame, metric: str, window: int) -> st
 
     def rows(frame):
         return [[r.case, r.machine, r.window, _number(r.window_median), _number(r.value), _percent(r.change),
-                 "" if r.limit is None or pd.isna(r.limit) else f"±{r.limit:.1%}", r.verdict + (f" ({r.note})" if r.note else "")]
+                 _limit(r.limit), r.verdict + (f" ({r.note})" if r.note else "")]
                 for r in frame.itertuples(index=False)]
 
     notable = verdicts[verdicts.verdict.isin(["slower", "faster"])]

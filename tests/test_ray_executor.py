@@ -19,7 +19,8 @@ from cmgm_bench.errors import UsageError
 from cmgm_bench.execution.sweep import check_one_machine_model
 from cmgm_bench.measure.measurement import Measurement, Status
 from cmgm_bench.results.store import RunWriter, load_run
-from tests.conftest import FAST, require_tool, write_file
+from tests.conftest import FAST, require_tool
+from tests.helpers import killer_impl_file
 
 try:
     import ray
@@ -55,20 +56,7 @@ def test_a_sweep_through_ray_gives_the_local_executors_cases_and_columns(tmp_pat
 
 def test_a_worker_killed_during_a_case_is_retried_once_then_an_error(tmp_path):
     attempts = tmp_path / "attempts.txt"
-    killer = write_file(
-        tmp_path,
-        "killer.py",
-        f"""
-        import os, signal
-        from cmgm_bench.registry import register
-
-        @register("killer", description="kills its worker while building", modes=("fwd",))
-        def build(module, case):
-            with open({str(attempts)!r}, "a") as handle:
-                handle.write(str(os.getpid()) + "\\n")
-            os.kill(os.getpid(), signal.SIGKILL)
-        """,
-    )
+    killer = killer_impl_file(tmp_path, attempts)
     out = tmp_path / "run"
     result = runner.invoke(app, ["run", "--impl-file", str(killer), "--impl", "killer,eager", "--res", "4", "--threads", "1",
                                  *FAST, "--no-report", "--executor", "ray", "--out", str(out)])

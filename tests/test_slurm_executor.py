@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 
 from cmgm_bench.cli import app
 from cmgm_bench.results.store import load_run
-from tests.conftest import FAST, require_tool, write_file
+from tests.conftest import FAST, require_tool
+from tests.helpers import killer_impl_file
 
 try:
     import submitit
@@ -46,20 +47,7 @@ def test_a_sweep_as_jobs_gives_the_local_executors_cases_and_columns(tmp_path):
 @pytest.mark.usefixtures("_needs_submitit")
 def test_a_job_that_dies_is_submitted_once_more_then_an_error(tmp_path):
     attempts = tmp_path / "attempts.txt"
-    killer = write_file(
-        tmp_path,
-        "killer.py",
-        f"""
-        import os, signal
-        from cmgm_bench.registry import register
-
-        @register("killer", description="kills its job while building", modes=("fwd",))
-        def build(module, case):
-            with open({str(attempts)!r}, "a") as handle:
-                handle.write(str(os.getpid()) + "\\n")
-            os.kill(os.getpid(), signal.SIGKILL)
-        """,
-    )
+    killer = killer_impl_file(tmp_path, attempts)
     out = tmp_path / "run"
     result = runner.invoke(app, ["run", "--impl-file", str(killer), "--impl", "killer,eager", "--res", "4", "--threads", "1",
                                  *FAST, "--no-report", *LOCAL_SLURM, "--out", str(out)])

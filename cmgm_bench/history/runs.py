@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from cmgm_bench.config.cases import shape_label
 from cmgm_bench.errors import UsageError
 from cmgm_bench.history.database import cases_table, runs_table
-from cmgm_bench.results.store import Run, to_row
+from cmgm_bench.results.store import Run, to_record
 
 # metric name -> (column in the database, unit, the relative change that counts by default)
 METRICS = {
@@ -66,8 +66,17 @@ def run_identity(environment: dict) -> str:
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
-def _number(value) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+def metric_spec(metric: str) -> tuple[str, str, float]:
+    """``(column, unit, default threshold)`` of a metric of :data:`METRICS`; an unknown one is a :class:`UsageError`."""
+    if metric not in METRICS:
+        raise UsageError(f"--metric: unknown metric {metric!r} (one of {', '.join(METRICS)})")
+    return METRICS[metric]
+
+
+def torch_changes(versions) -> list[int]:
+    """Positions in a series (oldest first) where the torch version differs from the recorded one before it."""
+    versions = list(versions)
+    return [i for i in range(1, len(versions)) if versions[i - 1] is not None and versions[i] != versions[i - 1]]
 
 
 def case_values(run: Run, run_id: int) -> list[dict]:
@@ -75,7 +84,7 @@ def case_values(run: Run, run_id: int) -> list[dict]:
     environment = run.meta.get("environment", {})
     values = []
     for measurement in run.measurements:
-        row = to_row(measurement)
+        row = to_record(measurement)["row"]  # the results row, JSON-safe (no NaN)
         row["threads"] = row.get("threads") or environment.get("threads")
         machine = machine_model(environment, measurement.case.device)
         recorded = measurement.machine  # where an executor ran the case on another machine model
@@ -85,16 +94,12 @@ def case_values(run: Run, run_id: int) -> list[dict]:
             "run_id": run_id, "case_key": case_key(row), "machine": machine,
             **{name: row[name] for name in ("impl", "device", "dtype", "mode", "batch", "dim", "height", "width", "heads")},
             "threads": row["threads"], "status": row["status"],
-            **{name: _number(row[name]) for name in ("latency_ms", "latency_iqr_ms", "latency_min_ms", "instructions", "peak_mem_mb", "flops")},
-            "worst_error": _number(measurement.worst_error),
+            **{name: row[name] for name in ("latency_ms", "latency_iqr_ms", "latency_min_ms", "instructions", "peak_mem_mb", "flops")},
+            "worst_error": None if math.isnan(measurement.worst_error) else measurement.worst_error,
             "samples_s": list(measurement.samples_s),
-            "row": json.loads(_json_row(row)),
+            "row": row,
         })
     return values
-
-
-def _json_row(row: dict) -> str:
-    return json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}, default=str)
 
 
 def stored_run_id(engine: Engine, run: Run) -> int | None:
@@ -157,9 +162,7 @@ def read_points(engine: Engine, metric: str = "latency", impls=(), modes=(), sha
     ``started_at``, ``torch_version``, ``status``, ``value``, ``iqr`` (latency only), ``minimum``.
     ``shapes`` are shape labels (``B1 64x28x28 h8``) or grids (``28``, ``32x24``).
     """
-    if metric not in METRICS:
-        raise UsageError(f"--metric: unknown metric {metric!r} (one of {', '.join(METRICS)})")
-    column = METRICS[metric][0]
+    column = metric_spec(metric)[0]
     c, r = cases_table.c, runs_table.c
     query = (
         sa.select(

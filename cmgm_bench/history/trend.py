@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import t as student_t
 
-from cmgm_bench.history.runs import METRICS, case_values, read_points, stored_run_id
+from cmgm_bench.history.runs import case_values, metric_spec, read_points, stored_run_id
+from cmgm_bench.measure.measurement import TIMED_STATUSES
 from cmgm_bench.results.store import Run
 
 MIN_HISTORY = 3
@@ -43,13 +44,13 @@ def judge(window: np.ndarray, value: float, threshold: float, confidence: float)
 def check_run(engine, run: Run, metric: str = "latency", window: int = 10, threshold: float | None = None,
               confidence: float = 0.99, branch: str | None = None) -> pd.DataFrame:
     """One row per case of ``run`` with a value of ``metric``: its verdict against the history (:data:`VERDICT_COLUMNS`)."""
-    column, _, default_threshold = METRICS[metric]
+    column, _, default_threshold = metric_spec(metric)
     threshold = default_threshold if threshold is None else threshold
     environment = run.meta.get("environment", {})
     started, torch_version = environment.get("start_time", ""), environment.get("torch_version")
     history = read_points(engine, metric, branch=branch)
     own = stored_run_id(engine, run)
-    history = history[(history.started_at < started) & (history.run_id != own) & history.status.isin(["ok", "inaccurate"])]
+    history = history[(history.started_at < started) & (history.run_id != own) & history.status.isin(TIMED_STATUSES)]
     rows = []
     for case in case_values(run, run_id=0):  # the keys and values ``add`` stores
         value = case[column]

@@ -18,7 +18,7 @@ import plotly.graph_objects as go
 import plotly.offline
 
 from cmgm_bench.history.changepoints import find_steps
-from cmgm_bench.history.runs import METRICS
+from cmgm_bench.history.runs import METRICS, torch_changes
 
 FILTERS = (("machine", "machine"), ("impl", "implementation"), ("mode", "mode"), ("shape", "shape"), ("metric", "metric"))
 
@@ -56,10 +56,9 @@ def _figure(points: pd.DataFrame, metric: str) -> go.Figure:
         figure.add_vline(x=step.index - 0.5, line=dict(color="crimson", dash="dash"),
                          annotation_text=f"x{step.ratio:.3f} ({step.confidence:.0%})", annotation_font_color="crimson")
     versions = points["torch_version"].tolist()
-    for index in range(1, len(versions)):
-        if versions[index] != versions[index - 1]:
-            figure.add_vline(x=index - 0.5, line=dict(color="gray", dash="dot"),
-                             annotation_text=f"torch {versions[index]}", annotation_position="bottom right")
+    for index in torch_changes(versions):
+        figure.add_vline(x=index - 0.5, line=dict(color="gray", dash="dot"),
+                         annotation_text=f"torch {versions[index]}", annotation_position="bottom right")
     figure.update_layout(
         height=300, margin=dict(l=60, r=20, t=30, b=40), showlegend=False,
         xaxis=dict(tickmode="array", tickvals=positions, ticktext=commits, title="commit"),
