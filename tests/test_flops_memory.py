@@ -168,9 +168,43 @@ def test_emulated_dtype_uses_the_float32_ceiling_and_no_share_exceeds_100():
     assert shares[2] == pytest.approx(100.0) and shares[3] == pytest.approx(100 * 100 / 180)
     assert device["raised"]["float32"] == {"from": 150.0, "to": pytest.approx(180.0), "by": "case2 fwd B1 8x4x4 h2"}
     assert all(share <= 100 for share in shares)
-    lines = ceiling_notes({"cpu": device})
+    lines = ceiling_notes({"ceilings": {"cpu": device}})
     assert "- cpu bfloat16 matmul: 0.9 GFLOP/s, no native support; % peak uses the float32 ceiling (150.0 GFLOP/s)." in lines
     assert any("`case2 fwd B1 8x4x4 h2` ran at 180.0 GFLOP/s" in line for line in lines)
+
+
+def test_cases_of_two_machine_models_are_accounted_against_their_own_ceilings(tmp_path):
+    """A remote run whose cases ran on two CPU models (--allow-mixed-hosts): each worker's ceilings are kept
+    per machine model, each case's share uses its machine's, and the report shows both tables and rooflines."""
+    from cmgm_bench.measure import ceilings as ceilings_module
+    from cmgm_bench.measure.measurement import Measurement, Status
+    from cmgm_bench.results.store import RunWriter
+
+    def measured(gflops):
+        return {"matmul_gflops": {"float32": gflops}, "matmul_gflops_native": {"float32": gflops}, "emulated": [], "copy_gbytes_per_s": 20.0}
+
+    meta = {"environment": {"cpu_model": "CPU A"}, "baseline": "eager"}
+    ceilings_module.adopt(meta, "cpu", "CPU A", measured(100.0))
+    ceilings_module.adopt(meta, "cpu", "CPU B", measured(400.0))
+    ceilings_module.adopt(meta, "cpu", "CPU B", measured(7.0))  # a second worker of a known model: the first is kept
+    assert ceilings_module.of_machine(meta, "cpu", "CPU A")["matmul_gflops"]["float32"] == 100.0
+    assert ceilings_module.of_machine(meta, "cpu", "CPU B")["matmul_gflops"]["float32"] == 400.0
+    assert ceilings_module.of_machine(meta, "cpu", "CPU C") == {}
+
+    def case_on(model, impl):  # 50 GFLOP/s: 1 ms samples, 5e7 FLOPs
+        return Measurement(Case(impl, "cpu", "float32", "fwd", 1, 4, 4, 2, 8), Status.OK, samples_s=[1e-3, 1e-3, 1e-3], flops=50_000_000,
+                           notes={"host": {"hostname": model, "cpu_model": model, "gpu_name": None}})
+
+    cases = [case_on(model, impl) for model in ("CPU A", "CPU B") for impl in ("eager", "sdpa")]
+    accounted = [ceilings_module.account(ceilings_module.of_machine(meta, "cpu", m.machine), m) for m in cases]
+    assert [m.pct_peak for m in accounted] == pytest.approx([50.0, 50.0, 12.5, 12.5])
+    writer = RunWriter(tmp_path / "run", meta, accounted)
+    writer.finish()
+    assert CliRunner().invoke(app, ["report", str(tmp_path / "run")]).exit_code == 0
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "| machine | device | matmul dtype |" in report
+    assert "| CPU A | cpu | float32 | 100.0 | 100.0 |" in report and "| CPU B | cpu | float32 | 400.0 | 400.0 |" in report
+    assert (tmp_path / "run" / "roofline.png").exists() and (tmp_path / "run" / "roofline-2.png").exists()
 
 
 def test_a_case_beating_the_ceiling_is_capped_at_100_in_a_real_run(tmp_path, monkeypatch):

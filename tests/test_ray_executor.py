@@ -16,11 +16,12 @@ from typer.testing import CliRunner
 from cmgm_bench.cli import app
 from cmgm_bench.config.cases import Case
 from cmgm_bench.errors import UsageError
+from cmgm_bench.measure import ceilings
 from cmgm_bench.execution.sweep import check_one_machine_model
 from cmgm_bench.measure.measurement import Measurement, Status
 from cmgm_bench.results.store import RunWriter, load_run
 from tests.conftest import FAST, require_tool
-from tests.helpers import killer_impl_file
+from tests.helpers import assert_ceilings_from_the_workers, killer_impl_file, not_in_the_driver
 
 try:
     import ray
@@ -37,9 +38,10 @@ def _needs_ray():
     require_tool(None if ray is not None else "Ray is not installed (.ci/run installs the [ray] extra)")
 
 
-def test_a_sweep_through_ray_gives_the_local_executors_cases_and_columns(tmp_path):
+def test_a_sweep_through_ray_gives_the_local_executors_cases_and_columns(tmp_path, monkeypatch):
     local, remote = tmp_path / "local", tmp_path / "ray"
     assert runner.invoke(app, ["run", *SWEEP, "--out", str(local)]).exit_code == 0
+    monkeypatch.setattr(ceilings, "measure", not_in_the_driver)  # the driver may lack the device: the workers measure
     result = runner.invoke(app, ["run", *SWEEP, "--executor", "ray", "--out", str(remote)])
     assert result.exit_code == 0, result.output
     a, b = pd.read_csv(local / "results.csv"), pd.read_csv(remote / "results.csv")
@@ -52,6 +54,8 @@ def test_a_sweep_through_ray_gives_the_local_executors_cases_and_columns(tmp_pat
     measured = load_run(remote).measurements
     assert all(m.notes["executor"] == "ray" and m.notes["host"]["hostname"] for m in measured)
     assert all(m.notes["host"]["cpu_model"] == m.machine for m in measured)
+    assert_ceilings_from_the_workers(remote, measured)
+
 
 
 def test_a_worker_killed_during_a_case_is_retried_once_then_an_error(tmp_path):

@@ -9,9 +9,10 @@ import pytest
 from typer.testing import CliRunner
 
 from cmgm_bench.cli import app
+from cmgm_bench.measure import ceilings
 from cmgm_bench.results.store import load_run
 from tests.conftest import FAST, require_tool
-from tests.helpers import killer_impl_file
+from tests.helpers import assert_ceilings_from_the_workers, killer_impl_file, not_in_the_driver
 
 try:
     import submitit
@@ -29,9 +30,10 @@ def _needs_submitit():
 
 
 @pytest.mark.usefixtures("_needs_submitit")
-def test_a_sweep_as_jobs_gives_the_local_executors_cases_and_columns(tmp_path):
+def test_a_sweep_as_jobs_gives_the_local_executors_cases_and_columns(tmp_path, monkeypatch):
     local, jobs = tmp_path / "local", tmp_path / "jobs"
     assert runner.invoke(app, ["run", *SWEEP, "--out", str(local)]).exit_code == 0
+    monkeypatch.setattr(ceilings, "measure", not_in_the_driver)
     result = runner.invoke(app, ["run", *SWEEP, *LOCAL_SLURM, "--out", str(jobs)])
     assert result.exit_code == 0, result.output
     a, b = pd.read_csv(local / "results.csv"), pd.read_csv(jobs / "results.csv")
@@ -40,8 +42,12 @@ def test_a_sweep_as_jobs_gives_the_local_executors_cases_and_columns(tmp_path):
     pd.testing.assert_frame_equal(a[key + ["status", "machine"]].reset_index(drop=True), b[key + ["status", "machine"]].reset_index(drop=True))
     assert (b.samples >= 3).all() and (b.latency_ms > 0).all() and (b.out_rel_err < 1e-5).all()
     assert len((jobs / "cases.jsonl").read_text().splitlines()) == 2
-    assert all(m.notes["executor"] == "slurm" and m.notes["host"]["hostname"] for m in load_run(jobs).measurements)
+    measured = load_run(jobs).measurements
+    assert all(m.notes["executor"] == "slurm" and m.notes["host"]["hostname"] for m in measured)
     assert list((jobs / "slurm").iterdir())  # submitit's pickles and logs, inside the run directory
+    assert_ceilings_from_the_workers(jobs, measured)
+    assert sum("ceilings_s" in m.notes for m in measured) == 1  # the host's first job measured, the next one read them
+    assert len(list((jobs / "slurm").glob("ceilings-*.json"))) == 1
 
 
 @pytest.mark.usefixtures("_needs_submitit")

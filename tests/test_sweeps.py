@@ -311,10 +311,10 @@ def test_appending_a_case_writes_one_journal_line_not_the_summaries(tmp_path, mo
 
 def test_a_run_stops_before_mixing_machine_models_and_resumes_with_the_flag(tmp_path, monkeypatch):
     """Each case records its host; a case from a second machine model is refused (nothing of it stored)
-    until --resume --allow-mixed-hosts keeps both. The host is faked: a new model at every case."""
+    until --resume --allow-mixed-hosts keeps both. The host is faked: a new model at every case after the first."""
     from cmgm_bench.machine import env
 
-    models = iter(["CPU A", "CPU B", "CPU C"])
+    models = iter(["CPU A", "CPU A", "CPU B", "CPU C"])  # the driver's ceilings, then one per case
     monkeypatch.setattr(env, "host_description", lambda device: {"hostname": "h", "cpu_model": next(models), "gpu_name": None})
     out = tmp_path / "run"
     refused = run(["--impl", "eager", "--res", "4,5", "--threads", "1", "--out", str(out), *FAST])

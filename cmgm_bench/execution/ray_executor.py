@@ -14,7 +14,8 @@ A worker that dies during a case (killed, node lost) gets one retry; then the
 case is an ``error`` naming the lost worker. A case still running ``--timeout``
 plus :data:`STARTUP_ALLOWANCE_S` after it was submitted is cancelled and
 recorded as ``timeout``. Each case records the host, CPU model and GPU it ran on
-(``notes["host"]``, the ``machine`` column), as with the local executor.
+(``notes["host"]``, the ``machine`` column), as with the local executor, and
+is accounted against the ceilings its worker measured on that machine.
 """
 
 from __future__ import annotations
@@ -84,17 +85,18 @@ class RayExecutor:
             )
         return slots
 
-    def _submit(self, case: Case, runner):
+    def _submit(self, case: Case, runner, dtypes: list[str]):
         config = runner.config
         options = {"max_retries": 1, "retry_exceptions": False}
         if case.device.startswith("cuda"):
             options.update(num_gpus=1, num_cpus=1)
         else:
             options.update(num_cpus=config.threads or 1, resources={SLOT_RESOURCE: 1})
-        return self.task.options(**options).remote(case.as_dict(), dict(config.settings), runner.ceilings, self.cpu_slots, "ray")
+        return self.task.options(**options).remote(case.as_dict(), dict(config.settings), dtypes, self.cpu_slots, "ray")
 
-    def measurements(self, cases: list[Case], runners: dict, on_case_start=None) -> Iterator[tuple[Case, Measurement]]:
-        """Run ``cases``, at most the cluster's capacity at once; yield each as it finishes."""
+    def measurements(self, cases: list[Case], runners: dict, dtypes: dict, on_case_start=None) -> Iterator[tuple[Case, Measurement]]:
+        """Run ``cases``, at most the cluster's capacity at once; yield each as it finishes. ``dtypes``: per
+        device, the run's dtypes, whose ceilings each worker measures on its machine."""
         pending = list(cases)
         window = min((self.capacity(device) for device in {case.device for case in cases}), default=1)
         running: dict = {}  # object ref -> (case, submitted at)
@@ -104,7 +106,7 @@ class RayExecutor:
                     case = pending.pop(0)
                     if on_case_start:
                         on_case_start(case, len(cases) - len(pending) - 1)
-                    running[self._submit(case, runners[case.device])] = (case, time.monotonic())
+                    running[self._submit(case, runners[case.device], dtypes[case.device])] = (case, time.monotonic())
                 done, _ = self.ray.wait(list(running), num_returns=1, timeout=POLL_S)
                 for ref in done:
                     case, _ = running.pop(ref)

@@ -2,15 +2,24 @@
 
 The worker rebuilds the run's configuration from its raw settings (loading the
 ``--impl-file`` plug-ins there too), pins itself to a timing slot's cores where
-a node times several cases at once, and returns the case's JSON record, which
-the driver appends to the journal.
+a node times several cases at once, measures the ceilings of the machine it
+runs on (once per worker process, or once per host and run where a shared
+folder is given, as for Slurm jobs), and returns the case's JSON record with
+those ceilings in its notes; the driver moves them to the run's metadata and
+appends the record to the journal.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import platform
+import time
+from pathlib import Path
 
 from cmgm_bench.config.cases import Case
+
+_measured_ceilings: dict[tuple, dict] = {}  # this worker process's, per device, dtypes and cores
 
 
 def _pin_to_slot(slots: int, threads: int) -> tuple[object, list[int]] | tuple[None, None]:
@@ -33,13 +42,46 @@ def _pin_to_slot(slots: int, threads: int) -> tuple[object, list[int]] | tuple[N
     raise RuntimeError(f"no free timing slot of {slots} on this node")
 
 
-def measure_case(case_fields: dict, settings: dict, ceilings: dict, slots: int, executor: str) -> dict:
-    """Measure one case in a worker process (a Ray task, a Slurm job) and return its record."""
+def worker_ceilings(device: str, dtypes: list[str], machine: str, cache_dir: str | None) -> tuple[dict, float | None]:
+    """This machine's ceilings for ``device`` at the current threads and cores, and the seconds measuring
+    them took (``None`` when this worker or, with ``cache_dir``, another job on this host measured them)."""
+    import torch
+
+    from cmgm_bench.measure import ceilings
+
+    cores = sorted(os.sched_getaffinity(0))
+    key = (device, tuple(dtypes), torch.get_num_threads(), tuple(cores))
+    cache = None
+    if cache_dir is not None:
+        name = f"ceilings-{platform.node()}-{device}-{'_'.join(dtypes)}-{key[2]}t-{cores[0]}to{cores[-1]}.json"
+        cache = Path(cache_dir) / name.replace(":", "_").replace("/", "_")
+        if key not in _measured_ceilings and cache.exists():
+            _measured_ceilings[key] = json.loads(cache.read_text())
+    if key in _measured_ceilings:
+        return _measured_ceilings[key], None
+    started = time.perf_counter()
+    _measured_ceilings[key] = measured = ceilings.measure(device, dtypes, machine)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        partial = cache.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_text(json.dumps(measured))
+        partial.replace(cache)
+    return measured, time.perf_counter() - started
+
+
+def measure_case(case_fields: dict, settings: dict, dtypes: list[str], slots: int, executor: str,
+                 cache_dir: str | None = None) -> dict:
+    """Measure one case in a worker process (a Ray task, a Slurm job) and return its record.
+
+    ``dtypes``: the run's dtypes on the case's device (the ceilings measured). ``cache_dir``: a folder
+    the jobs share, where each host's ceilings are kept for the run's later jobs.
+    """
     from cmgm_bench.config.run_config import RunConfig
     from cmgm_bench.execution.isolate import run_isolated
     from cmgm_bench.machine import env
     from cmgm_bench.machine.process_setup import prepare_process
     from cmgm_bench.measure.case_runner import CaseRunner
+    from cmgm_bench.measure.measurement import machine_model
     from cmgm_bench.results.store import to_record
 
     config = RunConfig.from_settings(settings)  # also loads the --impl-file plug-ins in this worker
@@ -47,14 +89,18 @@ def measure_case(case_fields: dict, settings: dict, ceilings: dict, slots: int, 
     threads = prepare_process(config.threads, config.tf32, config.cudnn_benchmark)
     affinity = os.sched_getaffinity(0)
     lock, cores = _pin_to_slot(slots, threads) if case.device == "cpu" else (None, None)
-    runner = CaseRunner(config, ceilings)
+    host = env.host_description(case.device)
     try:
+        measured, seconds = worker_ceilings(case.device, dtypes, machine_model(host), cache_dir)
+        runner = CaseRunner(config, measured)
         measurement = run_isolated(case, runner, threads) if config.isolate else runner.run(case)
     finally:
         if lock is not None:
             os.sched_setaffinity(0, affinity)
             lock.close()
-    notes = {**measurement.notes, "executor": executor, "host": env.host_description(case.device)}
+    notes = {**measurement.notes, "executor": executor, "host": host, "ceilings": measured}
+    if seconds is not None:
+        notes["ceilings_s"] = seconds
     if cores is not None:
         notes["cpu_set"] = cores
     return to_record(measurement.with_(notes=notes))

@@ -15,8 +15,9 @@ machine, to try a sweep's setup before a cluster) ``--cpu-slots`` cases run at
 a time. A job that fails or dies (node lost, cancelled) is submitted once more;
 then the case is an ``error`` that says why. A case still running ``--timeout``
 plus :data:`STARTUP_ALLOWANCE_S` after it started is cancelled and recorded as
-``timeout``. The jobs' pickles and logs go to ``RUN_DIR/slurm/``: on Slurm the
-run directory must be on a filesystem the compute nodes share.
+``timeout``. The jobs' pickles and logs go to ``RUN_DIR/slurm/``, with each
+host's measured ceilings (measured by its first job, read by the others): on
+Slurm the run directory must be on a filesystem the compute nodes share.
 """
 
 from __future__ import annotations
@@ -55,12 +56,13 @@ class SlurmExecutor:
         if cluster not in CLUSTERS:
             raise UsageError(f"--slurm-cluster: unknown cluster {cluster!r} (choose from {', '.join(CLUSTERS)})")
         self.submitit = require_submitit()
-        self.executor = self.submitit.AutoExecutor(folder=Path(folder) / "%j", cluster=cluster)
+        self.folder = Path(folder)
+        self.executor = self.submitit.AutoExecutor(folder=self.folder / "%j", cluster=cluster)
         self.cluster = cluster
         self.cpu_slots = cpu_slots
         self.partition = partition
 
-    def _submit(self, case: Case, runner):
+    def _submit(self, case: Case, runner, dtypes: list[str]):
         config = runner.config
         minutes = math.ceil(((config.timeout_s or DEFAULT_JOB_MINUTES * 60) + STARTUP_ALLOWANCE_S) / 60)
         parameters = {"name": f"cmgm-{case.impl}", "timeout_min": minutes, "cpus_per_task": config.threads or 1}
@@ -71,10 +73,11 @@ class SlurmExecutor:
         if self.partition:
             parameters["slurm_partition"] = self.partition
         self.executor.update_parameters(**parameters)
-        return self.executor.submit(measure_case, case.as_dict(), dict(config.settings), runner.ceilings, 1, "slurm")
+        return self.executor.submit(measure_case, case.as_dict(), dict(config.settings), dtypes, 1, "slurm", str(self.folder))
 
-    def measurements(self, cases: list[Case], runners: dict, on_case_start=None) -> Iterator[tuple[Case, Measurement]]:
-        """Run ``cases`` (``--cpu-slots`` at a time on the local cluster); yield each as it finishes."""
+    def measurements(self, cases: list[Case], runners: dict, dtypes: dict, on_case_start=None) -> Iterator[tuple[Case, Measurement]]:
+        """Run ``cases`` (``--cpu-slots`` at a time on the local cluster); yield each as it finishes. ``dtypes``:
+        per device, the run's dtypes, whose ceilings each host measures once (kept in the jobs' folder)."""
         pending = [(case, 0) for case in cases]
         window = self.cpu_slots if self.cluster == "local" else len(cases)
         running: dict = {}  # job -> (case, attempt, started)
@@ -86,7 +89,7 @@ class SlurmExecutor:
                     if attempt == 0 and on_case_start:
                         on_case_start(case, started_count)
                         started_count += 1
-                    running[self._submit(case, runners[case.device])] = (case, attempt, time.monotonic())
+                    running[self._submit(case, runners[case.device], dtypes[case.device])] = (case, attempt, time.monotonic())
                 for job, (case, attempt, started) in list(running.items()):
                     runner = runners[case.device]
                     limit = runner.config.timeout_s

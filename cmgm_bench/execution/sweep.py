@@ -29,7 +29,7 @@ from cmgm_bench.measure import ceilings
 from cmgm_bench.machine.process_setup import prepare_process
 from cmgm_bench.measure import instructions
 from cmgm_bench.measure.case_runner import CaseRunner
-from cmgm_bench.measure.measurement import Measurement
+from cmgm_bench.measure.measurement import Measurement, machine_model
 from cmgm_bench.results.store import RunWriter, load_run
 
 
@@ -112,6 +112,7 @@ def run_plan(
     """Run every case of ``plan`` not done yet; a ``KeyboardInterrupt`` propagates after saving."""
     config = plan.config
     prepare_process(config.threads, config.tf32, config.cudnn_benchmark)
+    remote = config.executor != "local"  # the workers measure their own machines' ceilings: the driver may lack the device
     devices = sorted({case.device for case in plan.cases}) or [config.device]
     if plan.done:
         meta = load_run(plan.out_dir).meta
@@ -123,12 +124,13 @@ def run_plan(
             "sweep": {k: list(v) for k, v in dataclasses.asdict(config.sweep).items()},
             "options": config.summary(),
             "baseline": registry.baseline_name(),
-            "ceilings": {
-                device: ceilings.measure(device, {c.dtype for c in plan.cases if c.device == device}) for device in devices
+            "ceilings": {} if remote else {
+                device: ceilings.measure(device, run_dtypes(plan, device), machine_model(env.host_description(device)))
+                for device in devices
             },
         }
     writer = RunWriter(plan.out_dir, meta, plan.done)
-    runners = {device: CaseRunner(config, meta["ceilings"][device]) for device in devices}
+    runners = {device: CaseRunner(config, meta["ceilings"].get(device, {})) for device in devices}
     try:
         with frozen_heap():
             run_cases(plan, writer, runners, on_case_start, on_case_done)
@@ -137,6 +139,11 @@ def run_plan(
     finally:  # also on Ctrl-C: the summaries of what finished
         writer.finish()
     return writer
+
+
+def run_dtypes(plan: Plan, device: str) -> list[str]:
+    """The dtypes of the sweep's cases on ``device``: the matmul ceilings a run measures."""
+    return sorted({case.dtype for case in plan.cases if case.device == device})
 
 
 @contextlib.contextmanager
@@ -163,15 +170,16 @@ def local_measurements(plan: Plan, runners: dict, on_case_start) -> Iterator[tup
 def run_cases(plan: Plan, writer: RunWriter, runners: dict, on_case_start, on_case_done) -> None:
     """Run each case not done yet with the configured executor; account its share of the ceiling and
     append it to the journal as soon as it is back."""
+    dtypes = {device: run_dtypes(plan, device) for device in runners}
     if plan.config.executor == "ray":
         from cmgm_bench.execution.ray_executor import RayExecutor
 
-        finished = RayExecutor(plan.config.ray_address, plan.config.cpu_slots).measurements(plan.todo, runners, on_case_start)
+        finished = RayExecutor(plan.config.ray_address, plan.config.cpu_slots).measurements(plan.todo, runners, dtypes, on_case_start)
     elif plan.config.executor == "slurm":
         from cmgm_bench.execution.slurm_executor import SlurmExecutor
 
         executor = SlurmExecutor(plan.out_dir / "slurm", plan.config.slurm_cluster, plan.config.cpu_slots, plan.config.slurm_partition)
-        finished = executor.measurements(plan.todo, runners, on_case_start)
+        finished = executor.measurements(plan.todo, runners, dtypes, on_case_start)
     else:
         finished = local_measurements(plan, runners, on_case_start)
     seen = {m.machine: m for m in writer.measurements if m.machine}  # one finished case per machine model
@@ -179,14 +187,31 @@ def run_cases(plan: Plan, writer: RunWriter, runners: dict, on_case_start, on_ca
         if measurement.machine and measurement.machine not in seen:
             check_one_machine_model([*seen.values(), measurement], plan.config.allow_mixed_hosts)
             seen[measurement.machine] = measurement
-        device_ceilings = writer.meta["ceilings"][case.device]
+        measurement = adopt_worker_ceilings(writer, measurement)
+        device_ceilings = ceilings.of_machine(writer.meta, case.device, measurement.machine)
         raised = dict(device_ceilings.get("raised", {}))
         measurement = ceilings.account(device_ceilings, measurement)
         if device_ceilings.get("raised", {}) != raised:  # shares of earlier cases follow the new ceiling
-            writer.replace_all([ceilings.account(writer.meta["ceilings"][m.case.device], m) for m in writer.measurements])
+            writer.replace_all([
+                ceilings.account(ceilings.of_machine(writer.meta, m.case.device, m.machine), m) for m in writer.measurements
+            ])
         writer.append(measurement)
         if on_case_done:
             on_case_done(case, measurement)
+
+
+def adopt_worker_ceilings(writer: RunWriter, measurement: Measurement) -> Measurement:
+    """Move the ceilings a remote worker measured on its machine from the case's notes into the run's
+    metadata (the first of each machine model is kept); the case keeps only the time they took."""
+    notes = dict(measurement.notes)
+    measured = notes.pop("ceilings", None)
+    if measured is None:
+        return measurement
+    known = len(ceilings.all_of(writer.meta))
+    ceilings.adopt(writer.meta, measurement.case.device, measurement.machine, measured)
+    if len(ceilings.all_of(writer.meta)) != known:
+        writer.write_meta()
+    return measurement.with_(notes=notes)
 
 
 def check_one_machine_model(measurements: list[Measurement], allowed: bool) -> None:

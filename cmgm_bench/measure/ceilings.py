@@ -12,6 +12,14 @@ far below its float32 rate, and an implementation may simply compute in
 float32, so the effective ceiling is never below float32's. ``pct_peak`` uses
 the effective ceiling; a case that still beats it raises it to the case's own
 rate (noted in the run), so no share is ever above 100 %.
+
+Each device's ceilings name the machine model they were measured on
+(``"machine"``). The local executor measures them in the driver; a remote
+executor's worker measures its own machine's (once per worker process) and
+sends them with the case: ``results.json``'s ``ceilings`` holds the first
+machine model's per device, ``machine_ceilings`` those of any other model
+(a run with ``--allow-mixed-hosts``), and each case is accounted against the
+ceilings of the machine it ran on.
 """
 
 from __future__ import annotations
@@ -76,15 +84,44 @@ def emulated(native: dict) -> list[str]:
     return sorted(dtype for dtype, value in native.items() if dtype != "float32" and (value or 0.0) < floor)
 
 
-def measure(device: str, dtypes) -> dict:
-    """Native and effective matmul GFLOP/s per dtype (float32 always), emulated dtypes, copy GB/s."""
+def measure(device: str, dtypes, machine: str | None = None) -> dict:
+    """Native and effective matmul GFLOP/s per dtype (float32 always), emulated dtypes, copy GB/s,
+    and the model of the machine they were measured on."""
     native = {dtype: matmul_gflops(device, dtype) for dtype in sorted(set(dtypes) | {"float32"})}
     return {
+        "machine": machine,
         "matmul_gflops": effective(native),
         "matmul_gflops_native": native,
         "emulated": emulated(native),
         "copy_gbytes_per_s": copy_gbytes_per_s(device),
     }
+
+
+def of_machine(meta: dict, device: str, machine: str | None) -> dict:
+    """The ceilings of ``device`` on ``machine`` stored in a run's metadata (``{}`` where none are yet)."""
+    primary = meta.setdefault("ceilings", {}).get(device)
+    if primary is not None and (machine is None or primary.get("machine") in (None, machine)):  # None: an older run
+        return primary
+    return meta.get("machine_ceilings", {}).get(machine, {}).get(device, {})
+
+
+def adopt(meta: dict, device: str, machine: str, measured: dict) -> None:
+    """Store the ceilings a worker measured on ``machine``, unless that machine model's are stored already."""
+    if device not in meta.setdefault("ceilings", {}):
+        meta["ceilings"][device] = {**measured, "machine": machine}
+    elif meta["ceilings"][device].get("machine") != machine:
+        others = meta.setdefault("machine_ceilings", {}).setdefault(machine, {})
+        others.setdefault(device, {**measured, "machine": machine})
+
+
+def all_of(meta: dict) -> list[tuple[str | None, str, dict]]:
+    """Every stored ``(machine, device, ceilings)`` of a run, the first machine model's first."""
+    stored = [(values.get("machine"), device, values) for device, values in meta.get("ceilings", {}).items()]
+    return stored + [
+        (machine, device, values)
+        for machine, devices in meta.get("machine_ceilings", {}).items()
+        for device, values in devices.items()
+    ]
 
 
 def account(ceilings: dict, measurement):

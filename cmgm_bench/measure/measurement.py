@@ -57,6 +57,11 @@ class AccuracyErrors:
         return worst_relative_error(dataclasses.asdict(self))
 
 
+def machine_model(host: dict) -> str:
+    """The model of the machine a host description (``notes["host"]``) names: ``CPU model`` or ``CPU model / GPU``."""
+    return host["cpu_model"] + (f" / {host['gpu_name']}" if host.get("gpu_name") else "")
+
+
 def worst_relative_error(values: Mapping[str, Any]) -> float:
     """The largest of ``out_rel_err``, ``attn_rel_err``, ``grad_rel_err`` in ``values``, ignoring missing and NaN."""
     found = [values.get(name) for name in ("out_rel_err", "attn_rel_err", "grad_rel_err")]
@@ -119,9 +124,7 @@ class Measurement:
     def machine(self) -> str | None:
         """The model of the machine the case ran on, where an executor recorded it (``CPU model / GPU``)."""
         host = self.notes.get("host")
-        if not host:
-            return None
-        return host["cpu_model"] + (f" / {host['gpu_name']}" if host.get("gpu_name") else "")
+        return machine_model(host) if host else None
 
     @property
     def worst_error(self) -> float:

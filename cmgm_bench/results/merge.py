@@ -6,6 +6,7 @@ import copy
 from pathlib import Path
 
 from cmgm_bench.machine.env import COMPARABLE_KEYS
+from cmgm_bench.measure import ceilings
 from cmgm_bench.errors import UsageError
 from cmgm_bench.results.store import RunWriter, load_run
 
@@ -40,8 +41,8 @@ def merge_runs(dirs: list[Path], out: Path) -> RunWriter:
     if "settings" in meta:
         meta["settings"]["shard"] = None
     for run in runs[1:]:
-        for device, values in run.meta.get("ceilings", {}).items():
-            meta.setdefault("ceilings", {}).setdefault(device, values)
+        for machine, device, values in ceilings.all_of(run.meta):
+            ceilings.adopt(meta, device, machine, values)
     writer = RunWriter(out, meta, measurements)
     writer.finish()
     return writer

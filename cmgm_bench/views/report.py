@@ -20,6 +20,7 @@ import pandas as pd  # noqa: E402
 from cmgm_bench.analysis.speedups import speedups  # noqa: E402
 from cmgm_bench.config.cases import shape_label  # noqa: E402
 from cmgm_bench.errors import UsageError  # noqa: E402
+from cmgm_bench.measure import ceilings  # noqa: E402
 from cmgm_bench.measure.measurement import TIMED_STATUSES  # noqa: E402
 from cmgm_bench.results.store import Run, load_run  # noqa: E402
 from cmgm_bench.views import markdown  # noqa: E402
@@ -103,13 +104,13 @@ def plot_memory(frame: pd.DataFrame, path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def plot_roofline(frame: pd.DataFrame, ceilings: dict, path: Path) -> Path | None:
+def plot_roofline(frame: pd.DataFrame, device: dict, path: Path, machine: str | None = None) -> Path | None:
     """Each case at its arithmetic intensity (closed-form FLOPs / minimum bytes) against the
-    machine's measured roofs: matmul per dtype (native solid, effective dashed) and copy bandwidth."""
+    machine's measured roofs (``device``: one device's ceilings): matmul per dtype (native solid,
+    effective dashed) and copy bandwidth. ``machine``: the model named in the title (mixed hosts)."""
     timed = _timed(frame).dropna(subset=["gflops_per_s"])
     if timed.empty:
         return None
-    device = ceilings.get(timed.device.iloc[0], {})
     intensity = np.array([
         r.flops / flops.min_bytes(r.mode, r.batch, r.tokens, r.dim, r.heads, r.dtype) for r in timed.itertuples()
     ])
@@ -128,16 +129,33 @@ def plot_roofline(frame: pd.DataFrame, ceilings: dict, path: Path) -> Path | Non
     if bandwidth:
         ax.plot(span, bandwidth * span, ":", color="grey", label=f"copy bandwidth {bandwidth:.0f} GB/s")
     ax.set(xscale="log", yscale="log", xlabel="arithmetic intensity (FLOPs / minimum bytes)", ylabel="achieved GFLOP/s",
-           title="Roofline: each case against this machine's measured roofs")
+           title=f"Roofline: each case against {machine or 'this machine'}'s measured roofs")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     return _save(fig, path)
 
 
-def ceiling_notes(ceilings: dict) -> list[str]:
-    """One line per emulated dtype and per ceiling a case raised."""
+def rooflines(frame: pd.DataFrame, meta: dict, folder: Path) -> list[Path | None]:
+    """One roofline per machine model and device that has ceilings: the cases that ran there against them."""
+    stored = ceilings.all_of(meta)
+    mixed = bool(meta.get("machine_ceilings"))  # cases of one device ran on several machine models
+    plots = []
+    for index, (machine, device, values) in enumerate(stored):
+        cases = frame[frame.device == device]
+        if mixed:
+            cases = cases[cases.machine == machine]
+        name = "roofline.png" if index == 0 else f"roofline-{index + 1}.png"
+        plots.append(plot_roofline(cases, values, folder / name, machine if mixed else None))
+    return plots
+
+
+def ceiling_notes(meta: dict) -> list[str]:
+    """One line per emulated dtype and per ceiling a case raised (naming the machine model in a mixed run)."""
     lines = []
-    for device, values in ceilings.items():
+    stored = ceilings.all_of(meta)
+    mixed = bool(meta.get("machine_ceilings"))  # cases of one device ran on several machine models
+    for machine, where, values in stored:
+        device = f"{where} ({machine})" if mixed else where
         native, effective = values.get("matmul_gflops_native") or {}, values.get("matmul_gflops") or {}
         for dtype in values.get("emulated", []):
             lines.append(
@@ -150,6 +168,24 @@ def ceiling_notes(ceilings: dict) -> list[str]:
                 f"{raise_['from']:.1f}; the ceiling was raised to its rate."
             )
     return lines
+
+
+def ceiling_table(meta: dict) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows of the measured ceilings, one row per dtype and one for bandwidth per device
+    (and per machine model, in a column of its own, when the run's cases ran on several)."""
+    stored = ceilings.all_of(meta)
+    mixed = bool(meta.get("machine_ceilings"))  # cases of one device ran on several machine models
+    rows = []
+    for machine, device, values in stored:
+        native = values.get("matmul_gflops_native") or {}
+        where = [machine, device] if mixed else [device]
+        rows += [
+            [*where, dtype, markdown.cell(native.get(dtype), ".1f"), markdown.cell(value, ".1f")]
+            for dtype, value in sorted((values.get("matmul_gflops") or {}).items())
+        ]
+        rows.append([*where, "copy bandwidth (GB/s)", "", markdown.cell(values.get("copy_gbytes_per_s"), ".1f")])
+    headers = (["machine"] if mixed else []) + ["device", "matmul dtype", "native GFLOP/s", "effective GFLOP/s (% peak)"]
+    return headers, rows
 
 
 def _tables(frame: pd.DataFrame, baseline: str | None) -> str:
@@ -189,27 +225,21 @@ def _write(run: Run) -> Path:
         ("Latency vs tokens", plot_latency_vs_tokens(frame, run.path / "latency_vs_tokens.png")),
         ("Speed-up", plot_speedups(frame, baseline, run.path / "speedup.png")),
         ("Peak memory", plot_memory(frame, run.path / "memory_vs_tokens.png")),
-        ("Roofline", plot_roofline(frame, run.meta.get("ceilings", {}), run.path / "roofline.png")),
-    ]
+    ] + [("Roofline", path) for path in rooflines(frame, run.meta, run.path)]
     environment = run.meta["environment"]
     env_rows = [[key, markdown.cell(environment.get(key))] for key in (
         "start_time", "command_line", "git_commit", "torch_version", "device", "cpu_model", "cpu_instruction_sets", "gpu_name",
         "cuda_version", "cudnn_version", "threads", "tf32_matmul",
     ) if environment.get(key) is not None]
-    ceilings = run.meta.get("ceilings", {})
-    ceiling_rows = [
-        [device, dtype, markdown.cell((values.get("matmul_gflops_native") or {}).get(dtype), ".1f"), markdown.cell(value, ".1f")]
-        for device, values in ceilings.items()
-        for dtype, value in sorted((values.get("matmul_gflops") or {}).items())
-    ] + [[device, "copy bandwidth (GB/s)", "", markdown.cell(values.get("copy_gbytes_per_s"), ".1f")] for device, values in ceilings.items()]
-    notes = ceiling_notes(ceilings)
+    ceiling_headers, ceiling_rows = ceiling_table(run.meta)
+    notes = ceiling_notes(run.meta)
     problems = frame[frame.status != "ok"]
     problem_lines = [f"- `{r.impl}` {r.mode} {r.device} {_shape_label(r)}: **{r.status}**: {r.error}" for r in problems.itertuples()]
     sections = [
         f"# cmgm-bench report\n\n{len(frame)} cases, {int((frame.status == 'ok').sum())} ok. Speed-ups are relative to `{baseline}`.",
         "## Environment\n\n" + markdown.table(["", "value"], env_rows),
         "## Measured ceilings\n\n"
-        + markdown.table(["device", "matmul dtype", "native GFLOP/s", "effective GFLOP/s (% peak)"], ceiling_rows, ["l", "l", "r", "r"])
+        + markdown.table(ceiling_headers, ceiling_rows, ["l"] * (len(ceiling_headers) - 2) + ["r", "r"])
         + ("\n\n" + "\n".join(notes) if notes else ""),
         "## Results\n\n" + _tables(frame, baseline),
         "## Cases that are not ok\n\n" + ("\n".join(problem_lines) if problem_lines else "None."),
