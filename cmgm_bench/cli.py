@@ -12,7 +12,6 @@ from typing import Annotated, Optional
 
 import pandas as pd
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cmgm_bench import api, registry
 from cmgm_bench.cli_common import ClickUsageError, FormatOption, fail_with_usage_errors
@@ -32,6 +31,7 @@ from cmgm_bench.results.merge import merge_runs
 from cmgm_bench.results.store import COLUMNS, load_run
 from cmgm_bench.views import compare_output, terminal
 from cmgm_bench.views.formats import OutputFormat, emit
+from cmgm_bench.views.progress import SweepProgress
 from cmgm_bench.views.report import write_report
 
 app = typer.Typer(
@@ -153,18 +153,11 @@ def run_command(
 
 
 def execute_with_progress(plan: Plan):
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=terminal.console(stderr=True), transient=False) as progress:
-        task = progress.add_task("calibrating", total=len(plan.cases), completed=len(plan.cases) - len(plan.todo))
-
-        def started(case, index):
-            progress.update(task, description=f"{case.impl} {case.mode} {case.shape_label}")
-
-        def done(case, measurement):
-            progress.advance(task)
-
+    """Run ``plan`` under a progress line (cases done, running, failed, where the last one ran)."""
+    done_before = len(plan.cases) - len(plan.todo)
+    with SweepProgress(len(plan.cases), done_before, terminal.console(stderr=True)) as progress:
         try:
-            return api.execute(plan, argv(), on_case_start=started, on_case_done=done)
+            return api.execute(plan, argv(), on_case_start=progress.started, on_case_done=progress.done)
         except KeyboardInterrupt:
             progress.stop()
             typer.echo(f"interrupted: finished cases are in {plan.out_dir}", err=True)

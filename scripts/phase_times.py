@@ -1,7 +1,7 @@
 """Where a sweep's time went: the per-phase wall times of a run's journal, summed per implementation.
 
 Each journal record (``cases.jsonl``) carries ``notes.wall_s`` and
-``notes.phase_s`` (float64 reference, build and first call, accuracy, warm-up,
+``notes.phase_s`` (setup, float64 reference, build and first call, accuracy, warm-up,
 SDPA-backend probe, sampling, memory call, cleanup). Records written before
 those notes existed count as zero. How many cases the sweep holds comes from
 the run's stored settings, as ``run --resume`` reads them.

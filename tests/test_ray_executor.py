@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -68,6 +69,7 @@ def test_a_worker_killed_during_a_case_is_retried_once_then_an_error(tmp_path):
     frame = pd.read_csv(out / "results.csv").set_index("impl")
     assert frame.status["eager"] == "ok"
     assert frame.status["killer"] == "error" and "lost the Ray worker" in frame.error["killer"]
+    assert "failed 1 · last: " in result.stderr and f" on {platform.node()}" in result.stderr  # the progress line
     pids = attempts.read_text().split()
     assert len(pids) == 2 and pids[0] != pids[1]  # the first try and one retry, each in a fresh worker
 

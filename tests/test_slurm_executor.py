@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 import sys
 
 import pandas as pd
@@ -61,6 +62,7 @@ def test_a_job_that_dies_is_submitted_once_more_then_an_error(tmp_path):
     frame = pd.read_csv(out / "results.csv").set_index("impl")
     assert frame.status["eager"] == "ok"
     assert frame.status["killer"] == "error" and "the Slurm job failed twice" in frame.error["killer"]
+    assert "failed 1 · last: " in result.stderr and f" on {platform.node()}" in result.stderr  # the progress line
     pids = attempts.read_text().split()
     assert len(pids) == 2 and pids[0] != pids[1]  # the first job and one more, each a fresh process
 

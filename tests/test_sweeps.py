@@ -75,7 +75,7 @@ def test_each_record_says_where_its_time_went(tmp_path):
     assert run(["--impl-file", path, "--impl", "slow_build", "--res", "4", "--out", str(out), *FAST]).exit_code == 0
     (measured,) = load_run(out).measurements
     phases, wall = measured.notes["phase_s"], measured.notes["wall_s"]
-    assert {"reference", "build_and_first_call", "warm_up", "sdpa_backend", "sampling", "cleanup"} <= set(phases)
+    assert {"setup", "reference", "build_and_first_call", "warm_up", "sdpa_backend", "sampling", "cleanup"} <= set(phases)
     assert phases["build_and_first_call"] >= 0.3 > phases["warm_up"]
     assert sum(phases.values()) <= wall < sum(phases.values()) + 0.5
     # scripts/phase_times.py (which gpu_check.sh prints) sums them per implementation

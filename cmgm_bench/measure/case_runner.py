@@ -3,7 +3,7 @@
 The runner knows implementations only through the registry; every failure
 becomes a measurement with a status (``unsupported``, ``oom``, ``error``,
 ``timeout``, ``inaccurate``) instead of stopping the sweep. The phases of a
-case (float64 reference, build and first call, memory call, SDPA-backend
+case (setup, float64 reference, build and first call, memory call, SDPA-backend
 probe, warm-up, sampling, cleanup) are timed into ``notes["phase_s"]``.
 """
 
@@ -154,15 +154,16 @@ class CaseRunner:
 
     def _measure(self, case: Case, impl, draft: _Draft, scope: str) -> Measurement:
         device, mode, config, fields, notes = case.device, case.mode, self.config, draft.fields, draft.notes
-        x_cpu, y_cpu = make_inputs(case.batch, case.dim, case.height, case.width, config.seed)
-        reference = reference_module(case.dim, case.heads, config.seed, case.height, case.width)
+        with draft.phase("setup"):  # the inputs, the module, and the first case's import of Dynamo (~1 s)
+            x_cpu, y_cpu = make_inputs(case.batch, case.dim, case.height, case.width, config.seed)
+            reference = reference_module(case.dim, case.heads, config.seed, case.height, case.width)
+            cache_before = inductor_cache_counts()
         covered = slice(0, 1) if scope == "first sample" else slice(None)
         with draft.phase("reference"):
             ref = None if scope == "none" else self.reference(
                 case, set_module_mode(copy.deepcopy(reference), mode), x_cpu[covered], y_cpu[covered]
             )
 
-        cache_before = inductor_cache_counts()
         with draft.phase("build_and_first_call"):
             prepared = prepare_case(case, impl, config.seed)
             step, x, y = prepared.step, prepared.x, prepared.y
