@@ -119,7 +119,7 @@ def race_revisions(base_checkout: Path, repo: Path, impls: list[str], **race_opt
 
 
 def run_gate(base_ref: str, work: Path, *, repo: Path | None = None, impls: list[str] | None = None, instructions: bool = True,
-             instr_res: str = "8,11", instr_threshold: float = 0.01, mode: str = "fwd", threads: int = 1, **race_options) -> GateResult:
+             instr_res: str = "8,11,28", instr_threshold: float = 0.01, mode: str = "fwd", threads: int = 1, **race_options) -> GateResult:
     """Both checks of ``base_ref`` against the working tree; ``work`` holds the worktree and the counted runs."""
     repo = repository_root(repo or Path.cwd())
     base_commit = _git(repo, "rev-parse", "--verify", f"{base_ref}^{{commit}}")

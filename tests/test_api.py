@@ -68,7 +68,7 @@ def test_a_measurement_round_trips_through_its_record_and_derives_latency():
 
 def test_a_results_file_of_a_newer_schema_is_refused(tmp_path):
     shutil.copytree(ROOT / "results" / "baselines" / "ci", tmp_path / "run")
-    assert load_run(tmp_path / "run").measurements  # written before schema_version existed: version 1
+    assert load_run(tmp_path / "run").measurements  # schema version 1: read
     data = json.loads((tmp_path / "run" / "results.json").read_text())
     data["schema_version"] = 99
     (tmp_path / "run" / "results.json").write_text(json.dumps(data))
