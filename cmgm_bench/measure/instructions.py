@@ -130,18 +130,22 @@ def _start(valgrind: str, folder: Path, cases: list[Case], seed: int, impl_files
         f"--callgrind-out-file={folder}/callgrind.out", sys.executable, "-m", "cmgm_bench.measure.instructions", str(spec), str(result),
     ]
     env = {**os.environ, **PORTABLE_ISA, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # stderr to a file, not a pipe: a pipe nobody reads while the other process is awaited could fill and stall it
+    with open(folder / "stderr.txt", "w") as stderr:
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
     return proc, folder, result
 
 
 def _finish(proc: subprocess.Popen, folder: Path, result: Path, timeout_s: float) -> list[int | None]:
     try:
-        _, stderr = proc.communicate(timeout=timeout_s)
+        proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         proc.kill()
         raise RuntimeError(f"callgrind run timed out after {timeout_s:g} s") from None
     if proc.returncode != 0 or not result.exists():
-        tail = (stderr or "").strip().splitlines()[-1:] or ["no output"]
+        stderr = (folder / "stderr.txt").read_text(errors="replace")
+        own = [line for line in stderr.strip().splitlines() if not line.startswith("==")]  # not valgrind's summary
+        tail = own[-1:] or ["no output"]
         raise RuntimeError(f"callgrind run failed ({proc.returncode}): {tail[0]}")
     dumps = json.loads(result.read_text())
     return [None if dump is None else _totals(folder / f"callgrind.out.{dump}") // CALLS_PER_CASE for dump in dumps]
