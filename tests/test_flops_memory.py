@@ -184,9 +184,10 @@ def test_cases_of_two_machine_models_are_accounted_against_their_own_ceilings(tm
         return {"matmul_gflops": {"float32": gflops}, "matmul_gflops_native": {"float32": gflops}, "emulated": [], "copy_gbytes_per_s": 20.0}
 
     meta = {"environment": {"cpu_model": "CPU A"}, "baseline": "eager"}
-    ceilings_module.adopt(meta, "cpu", "CPU A", measured(100.0))
-    ceilings_module.adopt(meta, "cpu", "CPU B", measured(400.0))
-    ceilings_module.adopt(meta, "cpu", "CPU B", measured(7.0))  # a second worker of a known model: the first is kept
+    assert ceilings_module.adopt(meta, "cpu", "CPU A", measured(100.0))
+    assert ceilings_module.adopt(meta, "cpu", "CPU B", measured(400.0))
+    assert not ceilings_module.adopt(meta, "cpu", "CPU B", measured(7.0))  # a second worker of a known model: the first is kept
+    assert not ceilings_module.adopt(meta, "cpu", "CPU A", measured(7.0))
     assert ceilings_module.of_machine(meta, "cpu", "CPU A")["matmul_gflops"]["float32"] == 100.0
     assert ceilings_module.of_machine(meta, "cpu", "CPU B")["matmul_gflops"]["float32"] == 400.0
     assert ceilings_module.of_machine(meta, "cpu", "CPU C") == {}

@@ -207,9 +207,7 @@ def adopt_worker_ceilings(writer: RunWriter, measurement: Measurement) -> Measur
     measured = notes.pop("ceilings", None)
     if measured is None:
         return measurement
-    known = len(ceilings.all_of(writer.meta))
-    ceilings.adopt(writer.meta, measurement.case.device, measurement.machine, measured)
-    if len(ceilings.all_of(writer.meta)) != known:
+    if ceilings.adopt(writer.meta, measurement.case.device, measurement.machine, measured):
         writer.write_meta()
     return measurement.with_(notes=notes)
 

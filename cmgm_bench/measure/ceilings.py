@@ -99,19 +99,31 @@ def measure(device: str, dtypes, machine: str | None = None) -> dict:
 
 def of_machine(meta: dict, device: str, machine: str | None) -> dict:
     """The ceilings of ``device`` on ``machine`` stored in a run's metadata (``{}`` where none are yet)."""
-    primary = meta.setdefault("ceilings", {}).get(device)
+    primary = meta.get("ceilings", {}).get(device)
     if primary is not None and (machine is None or primary.get("machine") in (None, machine)):  # None: an older run
         return primary
     return meta.get("machine_ceilings", {}).get(machine, {}).get(device, {})
 
 
-def adopt(meta: dict, device: str, machine: str, measured: dict) -> None:
-    """Store the ceilings a worker measured on ``machine``, unless that machine model's are stored already."""
-    if device not in meta.setdefault("ceilings", {}):
-        meta["ceilings"][device] = {**measured, "machine": machine}
-    elif meta["ceilings"][device].get("machine") != machine:
-        others = meta.setdefault("machine_ceilings", {}).setdefault(machine, {})
-        others.setdefault(device, {**measured, "machine": machine})
+def adopt(meta: dict, device: str, machine: str, measured: dict) -> bool:
+    """Store the ceilings a worker measured on ``machine``, unless that machine model's are stored already;
+    whether they were stored."""
+    primary = meta.setdefault("ceilings", {})
+    if device not in primary:
+        primary[device] = {**measured, "machine": machine}
+        return True
+    if primary[device].get("machine") == machine:
+        return False
+    others = meta.setdefault("machine_ceilings", {}).setdefault(machine, {})
+    if device in others:
+        return False
+    others[device] = {**measured, "machine": machine}
+    return True
+
+
+def several_machines(meta: dict) -> bool:
+    """Whether a run's cases of one device ran on several machine models, each with its own ceilings."""
+    return bool(meta.get("machine_ceilings"))
 
 
 def all_of(meta: dict) -> list[tuple[str | None, str, dict]]:

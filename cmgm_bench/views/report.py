@@ -138,7 +138,7 @@ def plot_roofline(frame: pd.DataFrame, device: dict, path: Path, machine: str | 
 def rooflines(frame: pd.DataFrame, meta: dict, folder: Path) -> list[Path | None]:
     """One roofline per machine model and device that has ceilings: the cases that ran there against them."""
     stored = ceilings.all_of(meta)
-    mixed = bool(meta.get("machine_ceilings"))  # cases of one device ran on several machine models
+    mixed = ceilings.several_machines(meta)
     plots = []
     for index, (machine, device, values) in enumerate(stored):
         cases = frame[frame.device == device]
@@ -153,7 +153,7 @@ def ceiling_notes(meta: dict) -> list[str]:
     """One line per emulated dtype and per ceiling a case raised (naming the machine model in a mixed run)."""
     lines = []
     stored = ceilings.all_of(meta)
-    mixed = bool(meta.get("machine_ceilings"))  # cases of one device ran on several machine models
+    mixed = ceilings.several_machines(meta)
     for machine, where, values in stored:
         device = f"{where} ({machine})" if mixed else where
         native, effective = values.get("matmul_gflops_native") or {}, values.get("matmul_gflops") or {}
@@ -174,7 +174,7 @@ def ceiling_table(meta: dict) -> tuple[list[str], list[list[str]]]:
     """Headers and rows of the measured ceilings, one row per dtype and one for bandwidth per device
     (and per machine model, in a column of its own, when the run's cases ran on several)."""
     stored = ceilings.all_of(meta)
-    mixed = bool(meta.get("machine_ceilings"))  # cases of one device ran on several machine models
+    mixed = ceilings.several_machines(meta)
     rows = []
     for machine, device, values in stored:
         native = values.get("matmul_gflops_native") or {}
