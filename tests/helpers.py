@@ -1,12 +1,16 @@
-"""Shared test helpers: a configuration for measuring single cases quickly, a plug-in that kills its process,
+"""Shared test helpers: a configuration for measuring single cases quickly, a plug-in that kills its process
+and the sweep that runs it through a remote executor,
 the checks of ceilings that remote executors' workers measure."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import platform
 import textwrap
 from pathlib import Path
+
+import pandas as pd
 
 from cmgm_bench.stats import StopRule
 from cmgm_bench.config.run_config import RunConfig
@@ -34,6 +38,33 @@ def killer_impl_file(directory: Path, attempts: Path) -> Path:
             os.kill(os.getpid(), signal.SIGKILL)
         """))
     return path
+
+
+def killer_sweep(tmp_path: Path, executor_options: list[str]) -> tuple:
+    """Run ``killer`` (which kills its process) and ``eager`` through a remote executor; the CLI result,
+    the results by implementation, and the process ids of the killer's attempts."""
+    from typer.testing import CliRunner
+
+    from cmgm_bench.cli import app
+    from tests.conftest import FAST
+
+    attempts = tmp_path / "attempts.txt"
+    killer = killer_impl_file(tmp_path, attempts)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["run", "--impl-file", str(killer), "--impl", "killer,eager", "--res", "4", "--threads", "1",
+                                      *FAST, "--no-report", *executor_options, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(out / "results.csv").set_index("impl")
+    return result, frame, attempts.read_text().split()
+
+
+def assert_retried_once_then_an_error(result, frame, pids: list[str], error: str) -> None:
+    """The killer case failed twice, each time in a fresh process, and is an ``error`` saying ``error``;
+    eager finished; the progress line counted the failure and named the host of the last case."""
+    assert frame.status["eager"] == "ok"
+    assert frame.status["killer"] == "error" and error in frame.error["killer"]
+    assert "failed 1 · last: " in result.stderr and f" on {platform.node()}" in result.stderr
+    assert len(pids) == 2 and pids[0] != pids[1]
 
 
 def not_in_the_driver(*args, **kwargs):

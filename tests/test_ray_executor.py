@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from cmgm_bench.execution.sweep import check_one_machine_model
 from cmgm_bench.measure.measurement import Measurement, Status
 from cmgm_bench.results.store import RunWriter, load_run
 from tests.conftest import FAST, require_tool
-from tests.helpers import assert_ceilings_from_the_workers, killer_impl_file, not_in_the_driver
+from tests.helpers import assert_ceilings_from_the_workers, assert_retried_once_then_an_error, killer_sweep, not_in_the_driver
 
 try:
     import ray
@@ -60,18 +59,8 @@ def test_a_sweep_through_ray_gives_the_local_executors_cases_and_columns(tmp_pat
 
 
 def test_a_worker_killed_during_a_case_is_retried_once_then_an_error(tmp_path):
-    attempts = tmp_path / "attempts.txt"
-    killer = killer_impl_file(tmp_path, attempts)
-    out = tmp_path / "run"
-    result = runner.invoke(app, ["run", "--impl-file", str(killer), "--impl", "killer,eager", "--res", "4", "--threads", "1",
-                                 *FAST, "--no-report", "--executor", "ray", "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    frame = pd.read_csv(out / "results.csv").set_index("impl")
-    assert frame.status["eager"] == "ok"
-    assert frame.status["killer"] == "error" and "lost the Ray worker" in frame.error["killer"]
-    assert "failed 1 · last: " in result.stderr and f" on {platform.node()}" in result.stderr  # the progress line
-    pids = attempts.read_text().split()
-    assert len(pids) == 2 and pids[0] != pids[1]  # the first try and one retry, each in a fresh worker
+    result, frame, pids = killer_sweep(tmp_path, ["--executor", "ray"])
+    assert_retried_once_then_an_error(result, frame, pids, "lost the Ray worker")  # the first try and one more, each a fresh process
 
 
 def test_the_driver_killed_mid_sweep_resumes_only_the_missing_cases(tmp_path):

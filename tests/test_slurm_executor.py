@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import platform
 import sys
 
 import pandas as pd
@@ -13,7 +12,7 @@ from cmgm_bench.cli import app
 from cmgm_bench.measure import ceilings
 from cmgm_bench.results.store import load_run
 from tests.conftest import FAST, require_tool
-from tests.helpers import assert_ceilings_from_the_workers, killer_impl_file, not_in_the_driver
+from tests.helpers import assert_ceilings_from_the_workers, assert_retried_once_then_an_error, killer_sweep, not_in_the_driver
 
 try:
     import submitit
@@ -53,18 +52,8 @@ def test_a_sweep_as_jobs_gives_the_local_executors_cases_and_columns(tmp_path, m
 
 @pytest.mark.usefixtures("_needs_submitit")
 def test_a_job_that_dies_is_submitted_once_more_then_an_error(tmp_path):
-    attempts = tmp_path / "attempts.txt"
-    killer = killer_impl_file(tmp_path, attempts)
-    out = tmp_path / "run"
-    result = runner.invoke(app, ["run", "--impl-file", str(killer), "--impl", "killer,eager", "--res", "4", "--threads", "1",
-                                 *FAST, "--no-report", *LOCAL_SLURM, "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    frame = pd.read_csv(out / "results.csv").set_index("impl")
-    assert frame.status["eager"] == "ok"
-    assert frame.status["killer"] == "error" and "the Slurm job failed twice" in frame.error["killer"]
-    assert "failed 1 · last: " in result.stderr and f" on {platform.node()}" in result.stderr  # the progress line
-    pids = attempts.read_text().split()
-    assert len(pids) == 2 and pids[0] != pids[1]  # the first job and one more, each a fresh process
+    result, frame, pids = killer_sweep(tmp_path, LOCAL_SLURM)
+    assert_retried_once_then_an_error(result, frame, pids, "the Slurm job failed twice")  # the first try and one more, each a fresh process
 
 
 def test_no_submitit_is_a_one_line_error_with_the_install_hint(tmp_path, monkeypatch):
