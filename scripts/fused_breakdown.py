@@ -17,7 +17,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from cmgm_bench.measure import memory
+from cmgm_bench.measure import allocator
 from cmgm_bench.workload.reference import make_inputs, reference_module
 from impls import kernels as kernel_builds
 from impls.fused import FusedCMGM
@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--target", default=kernel_builds.best_target(), help="kernel build target (x86-64-v3: the AVX2 path)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    memory.pin_allocator_for_timing()  # as `cmgm-bench run` times
+    allocator.pin_for_timing()  # as `cmgm-bench run` times
 
     C, h, n = args.dim, args.heads, args.res * args.res
     d = C // h

@@ -147,12 +147,12 @@ def test_paired_race_of_identical_code_is_same():
 
 def test_paired_race_times_under_the_same_allocator_settings_as_run(monkeypatch):
     """run pins glibc's mmap threshold before timing; ab must too, or the two disagree."""
-    from cmgm_bench.measure import memory
+    from cmgm_bench.measure import allocator
     from cmgm_bench.execution import paired
     from cmgm_bench.config.cases import Case
 
     pinned = []
-    monkeypatch.setattr(memory, "pin_allocator_for_timing", lambda: pinned.append(True))
+    monkeypatch.setattr(allocator, "pin_for_timing", lambda: pinned.append(True))
     case = Case("eager", "cpu", "float32", "fwd", 1, 5, 5, 2, 16)
     paired.race(case, case, max_time_s=0.0, min_pairs=2)
     assert pinned

@@ -1,6 +1,10 @@
 """FLOPs three ways agree exactly; peak memory behaves like the B·h·N² maps it is made of."""
 
 import json
+import resource
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +14,7 @@ from cmgm_bench import registry
 
 from cmgm_bench.workload import flops
 
-from cmgm_bench.measure import memory
+from cmgm_bench.measure import allocator, memory
 from cmgm_bench.config.cases import Case
 from cmgm_bench.cli import app
 from tests.conftest import FAST
@@ -62,7 +66,7 @@ def test_flops_command_bad_input():
 def peak_mb(batch, height, width, mode="fwd"):
     case = Case("eager", "cpu", "float32", mode, batch, height, width, 8, 64)
     prepared = prepare_case(case, registry.get("eager"), seed=0)
-    memory.pin_allocator_for_timing()
+    allocator.pin_for_timing()
     with autograd_context(mode):
         prepared.step()
         return min(memory.peak_bytes(prepared.step, "cpu") for _ in range(5)) / 2**20
@@ -100,6 +104,61 @@ def test_peak_of_a_case_repeats_across_runs_within_one_percent(tmp_path):
     for impl, values in peaks.items():
         assert min(values) > 40, (impl, values)  # the maps are counted: 8 x 784 x 784 floats are 18.8 MiB each
         assert max(values) / min(values) < 1.01, (impl, values)
+
+
+def minor_faults_per_call(call, calls=3, warm_up=3):
+    for _ in range(warm_up):
+        call()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(calls):
+        call()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / calls
+
+
+@needs_proc_and_glibc
+def test_timed_calls_reuse_freed_memory_instead_of_faulting_it_in_again():
+    """Six 20 MiB blocks a call (eager's maps at 28x28): under the mmap threshold, 120 MiB freed at the end. With
+    glibc's trim threshold the heap's top went back to the kernel and every call faulted ~30,000 pages in again."""
+    pages_per_call = 6 * 20 * 2**20 // 4096
+
+    def call():
+        blocks = [torch.full((5 * 2**20,), float(index + 1)) for index in range(6)]
+        return sum(float(block[-1]) for block in blocks)
+
+    allocator.pin_for_timing()
+    assert call() == 21.0
+    assert minor_faults_per_call(call) < pages_per_call / 10
+
+
+LARGE_BLOCKS_IN_A_FRESH_PROCESS = """
+import json, resource, torch
+from cmgm_bench.measure import allocator
+allocator.pin_for_timing()
+
+def call():  # one 64 MiB block: above the mmap threshold, so mapped and faulted in on every call
+    return float(torch.ones(16 * 2**20)[-1])
+
+for _ in range(3):
+    call()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+total = sum(call() for _ in range(5))
+print(json.dumps({"faults_per_call": (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5,
+                  "total": total, "policy": allocator.policy()}))
+"""
+
+
+@needs_proc_and_glibc
+def test_blocks_above_the_mmap_threshold_fault_in_huge_pages_and_the_policy_says_so():
+    """eager at 48x48 faulted ~330,000 4 KiB pages per call; on huge pages a 64 MiB block is 32 faults, not 16,384."""
+    out = subprocess.run([sys.executable, "-c", LARGE_BLOCKS_IN_A_FRESH_PROCESS], capture_output=True, text=True, check=True)
+    measured = json.loads(out.stdout.strip().splitlines()[-1])
+    assert measured["total"] == 5.0
+    thp_mode = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if thp_mode.exists() and "[never]" not in thp_mode.read_text():
+        assert measured["policy"].endswith("huge pages for blocks >= 2 MiB: on"), measured
+        assert measured["faults_per_call"] < 16 * 2**20 * 4 / 4096 / 10, measured
+    else:
+        assert "huge pages for blocks >= 2 MiB: off (" in measured["policy"], measured
 
 
 @needs_proc_and_glibc

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 
 from cmgm_bench import registry
-from cmgm_bench.measure import memory
+from cmgm_bench.measure import allocator
 from cmgm_bench.config.cases import Case
 from cmgm_bench.workload.modes import autograd_context
 from cmgm_bench.measure.prepare import prepare_case
@@ -57,16 +57,16 @@ def race(
     (ONNX Runtime's, OpenMP's) otherwise time each other's spinning as much as
     their own work when they use more than one thread (docs/performance.md, section 9).
 
-    glibc's allocator is pinned as ``run`` pins it: unpinned, its mmap threshold
-    follows the frees, and eager's 20 MB maps at 28x28 were faulted in afresh
-    on every call (eager ``feature`` 36 ms instead of 16 ms on the CPU machine),
-    so the two commands disagreed about the same implementation.
+    The allocator is set up as ``run`` sets it up (:mod:`cmgm_bench.measure.allocator`):
+    left alone, glibc faulted eager's 20 MB maps at 28x28 in afresh on every call
+    (eager ``feature`` 36 ms instead of 16 ms on the CPU machine), so the two
+    commands disagreed about the same implementation.
 
     ``until_decided``: look at the verdict at 40, 80, 160, ... quads, each look at the
     confidence :func:`stats.sequential_confidence` leaves it, and stop at the first
     look that decides (slower, faster or same); ``max_time_s`` is then the limit.
     """
-    memory.pin_allocator_for_timing()
+    allocator.pin_for_timing()
     base = prepare_case(base_case, registry.get(base_case.impl), seed)
     cand = prepare_case(cand_case, registry.get(cand_case.impl), seed)
     clock = clock_for(base_case.device)

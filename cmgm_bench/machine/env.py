@@ -15,9 +15,10 @@ import cmgm_bench
 from cmgm_bench.machine import cpu_features
 
 from cmgm_bench.machine import process_setup
+from cmgm_bench.measure import allocator
 
 # Keys that must agree for two runs to be compared (``compare`` refuses otherwise).
-COMPARABLE_KEYS = ("cpu_model", "gpu_name", "torch_version", "threads")
+COMPARABLE_KEYS = ("cpu_model", "gpu_name", "torch_version", "threads", "cpu_allocator")
 # Keys that must agree for ``run --resume`` to add cases to a run: one run, one machine and software.
 MACHINE_KEYS = ("cpu_model", "cpu_family_model", "cpu_instruction_sets", "gpu_name", "torch_version", "cuda_version")
 
@@ -74,6 +75,7 @@ def collect(device: str = "cpu", argv: list[str] | None = None) -> dict:
         "threads": torch.get_num_threads(),
         "interop_threads": torch.get_num_interop_threads(),
         "mkldnn_enabled": torch.backends.mkldnn.is_available(),
+        "cpu_allocator": allocator.policy(),
         **cuda_info(device),
     }
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from cmgm_bench.measure import memory
+from cmgm_bench.measure import allocator
 from cmgm_bench.config.run_config import check_threads
 
 
@@ -53,5 +53,5 @@ def prepare_process(threads: int | None, tf32: bool = False, cudnn_benchmark: bo
     """Threads, CUDA arithmetic and glibc's allocator as every timing command sets them; returns the threads."""
     count = configure_threads(threads)
     configure_cuda(tf32, cudnn_benchmark)
-    memory.pin_allocator_for_timing()
+    allocator.pin_for_timing()
     return count

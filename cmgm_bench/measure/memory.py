@@ -20,8 +20,6 @@
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import gc
 import threading
 from pathlib import Path
@@ -29,39 +27,14 @@ from typing import Callable
 
 import torch
 
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
-_STEADY_MMAP_THRESHOLD = 32 * 2**20  # glibc's own ceiling for its dynamic threshold
+from cmgm_bench.measure import allocator
+
 _MEASURE_MMAP_THRESHOLD = 64 * 2**10
-
-
-def _libc():
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-    except OSError:
-        return None
-    return libc if libc is not None and hasattr(libc, "mallopt") else None
-
-
-_LIBC = _libc()
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 
 
 def cpu_method_available() -> bool:
-    return _LIBC is not None and _CLEAR_REFS.exists()
-
-
-def pin_allocator_for_timing() -> None:
-    """Fix glibc's mmap threshold at its steady-state value for the whole run.
-
-    glibc raises the threshold on its own as large blocks are freed, so the
-    first cases of a run would otherwise be timed with a different allocator
-    behaviour than the later ones.
-    """
-    if _LIBC is not None:
-        _LIBC.mallopt(_M_MMAP_THRESHOLD, _STEADY_MMAP_THRESHOLD)
-        _LIBC.mallopt(_M_TRIM_THRESHOLD, 2 * _STEADY_MMAP_THRESHOLD)
+    return allocator.LIBC is not None and _CLEAR_REFS.exists()
 
 
 def _status_kib(field: str) -> int:
@@ -99,17 +72,16 @@ def cpu_peak_bytes(call: Callable[[], object]) -> int | None:
 
 def _rss_peak_bytes(call: Callable[[], object]) -> int:
     gc.collect()
-    _LIBC.mallopt(_M_MMAP_THRESHOLD, _MEASURE_MMAP_THRESHOLD)
-    _LIBC.mallopt(_M_TRIM_THRESHOLD, 0)
+    allocator.set_thresholds(_MEASURE_MMAP_THRESHOLD, 0)
     try:
-        _LIBC.malloc_trim(0)
+        allocator.LIBC.malloc_trim(0)
         before = _status_kib("VmRSS")
         _CLEAR_REFS.write_text("5")
         result = call()
         peak = _status_kib("VmHWM")
         del result
     finally:
-        pin_allocator_for_timing()
+        allocator.pin_for_timing()
     return max(peak - before, 0) * 1024
 
 

@@ -1,0 +1,98 @@
+"""The CPU allocator every timing process uses: glibc's thresholds pinned, freed memory kept, huge pages.
+
+A CMGM call at PGNet's shape allocates and frees several 8 x N x N float32 maps
+(20 MiB each at 28x28, 170 MiB at 48x48). With glibc's defaults each call got
+much of that memory afresh from the kernel and faulted it in, 4 KiB at a time:
+eager fwd took ~10,000-25,000 page faults per call at 28x28 and ~330,000 at
+48x48, half of its time at 48x48, and how many depended on the process's heap
+history, so the same case moved by 14-22 % from process to process on the
+2-vCPU EPYC (docs/performance.md, section 17). Timing processes therefore:
+
+* pin glibc's mmap threshold at 32 MiB, its steady-state ceiling (left alone,
+  glibc raises it as large blocks are freed, so a run's first cases would be
+  timed with a different allocator than its later ones);
+* never trim the heap: freed memory stays in the process, as a caching allocator
+  (ONNX Runtime's arena, PyTorch's CUDA allocator, jemalloc) keeps it;
+* ask PyTorch to put its CPU blocks of 2 MiB or more on transparent huge pages
+  (``THP_MEM_ALLOC_ENABLE=1``, read once, at PyTorch's first large allocation,
+  so it is set when this module is imported; a user's own value is kept): the
+  blocks above the mmap threshold are still mapped per call, but fault in 2 MiB
+  at a time.
+
+:func:`policy` says what is in effect, for results.json's environment.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import os
+from pathlib import Path
+
+import torch
+
+THP_ENV = "THP_MEM_ALLOC_ENABLE"
+os.environ.setdefault(THP_ENV, "1")
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+STEADY_MMAP_THRESHOLD = 32 * 2**20  # glibc's own ceiling for its dynamic threshold
+_NEVER_TRIM = -1  # mallopt's value for "never give the heap's free top back to the kernel"
+_THP_MODE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+
+
+def _libc():
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    return libc if libc is not None and hasattr(libc, "mallopt") else None
+
+
+LIBC = _libc()
+
+
+def set_thresholds(mmap_threshold: int, trim_threshold: int) -> None:
+    """glibc's mmap and trim thresholds (``mallopt``); no-op off glibc."""
+    if LIBC is not None:
+        LIBC.mallopt(_M_MMAP_THRESHOLD, mmap_threshold)
+        LIBC.mallopt(_M_TRIM_THRESHOLD, trim_threshold)
+
+
+def pin_for_timing() -> None:
+    """The thresholds every timed call runs under: mmap above 32 MiB, the heap never trimmed."""
+    set_thresholds(STEADY_MMAP_THRESHOLD, _NEVER_TRIM)
+
+
+def _anon_huge_kib() -> int:
+    for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
+        if line.startswith("AnonHugePages:"):
+            return int(line.split()[1])
+    return 0
+
+
+@functools.cache
+def huge_pages() -> str:
+    """Whether PyTorch's large CPU blocks land on transparent huge pages in this process, and if not, why."""
+    if os.environ.get(THP_ENV) != "1":
+        return f"off ({THP_ENV}={os.environ.get(THP_ENV)})"
+    try:
+        mode = _THP_MODE.read_text().split("[")[1].split("]")[0]
+        before = _anon_huge_kib()
+    except (OSError, IndexError):
+        return "off (no transparent huge pages on this system)"
+    if mode == "never":
+        return f"off ({_THP_MODE} is never)"
+    probe = torch.ones(4 * 2**20)  # 16 MiB: holds whole 2 MiB pages however it is aligned
+    gained = _anon_huge_kib() - before
+    del probe
+    return "on" if gained >= 2048 else "off (PyTorch allocated before it was asked to use them)"
+
+
+def policy() -> str | None:
+    """What :func:`pin_for_timing` and the huge-page request make of the allocator; None off glibc."""
+    if LIBC is None:
+        return None
+    return f"glibc: mmap threshold 32 MiB, heap never trimmed; huge pages for blocks >= 2 MiB: {huge_pages()}"
