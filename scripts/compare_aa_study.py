@@ -6,7 +6,8 @@ the compared cases), over the replicates with a 95 % interval per case, and with
 replicate of each run alone, as a single-replicate run, both widened by the run-to-run spread (the
 default) and not widened (``--run-spread 1``: the within-run interval, ``compare``'s old rule). Then
 one pair whose candidate does 6/5 of the base's work (a plug-in that calls the model 6 times a step
-instead of 5), which should be ``slower``.
+instead of 5), which should be ``slower``. Also counts the A/A cases ``compare`` flags as memory
+regressions, and times two runs of the sweep with one replicate (the cost of ``--repeats``).
 
     python scripts/compare_aa_study.py --pairs 10 --repeats 3 --res 28 --max-time 1
 """
@@ -62,13 +63,16 @@ def main() -> None:
     sweep = ["--impl", args.impl, "--res", args.res, "--mode", "fwd,feature", "--threads", "1", "--max-time", args.max_time]
     verdicts = {"replicates (compare)": Counter(), "replicates, 95 % per case": Counter(),
                 "one replicate, widened": Counter(), "one replicate, not widened": Counter()}
-    seconds = []
+    seconds, memory_flags, memory_ratios = [], 0, []
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
         for pair in range(args.pairs):
             (base, t1), (cand, t2) = (run(root / f"{pair}-{side}", [*sweep, "--repeats", str(args.repeats)]) for side in "ab")
             seconds += [t1, t2]
-            verdicts["replicates (compare)"].update(c.verdict for c in compare_runs(base, cand).cases)
+            judged = compare_runs(base, cand).cases
+            verdicts["replicates (compare)"].update(c.verdict for c in judged)
+            memory_flags += sum(c.memory_regressed for c in judged)
+            memory_ratios += [c.memory_ratio for c in judged if c.memory_ratio is not None]
             family = compare.FAMILY_ERROR
             compare.FAMILY_ERROR = 0.05 * len(base.measurements)  # 1 - FAMILY_ERROR / cases = 95 % per case
             verdicts["replicates, 95 % per case"].update(c.verdict for c in compare_runs(base, cand).cases)
@@ -87,6 +91,7 @@ def main() -> None:
         base, _ = run(root / "work-base", [*slow_sweep, "--impl-file", str(files[0])])
         cand, _ = run(root / "work-cand", [*slow_sweep, "--impl-file", str(files[1])])
         slowdown = compare_runs(base, cand).cases[0]
+        single_seconds = [run(root / f"single-{index}", sweep)[1] for index in range(2)]
     cases = len(args.impl.split(",")) * 2
     print(f"{args.pairs} A/A pairs of runs, {cases} cases each, --repeats {args.repeats}; a run took "
           f"{min(seconds):.0f}-{max(seconds):.0f} s (median {sorted(seconds)[len(seconds) // 2]:.0f} s)")
@@ -95,6 +100,9 @@ def main() -> None:
     for name, counts in verdicts.items():
         print(f"| {name} | {counts['faster']} | {counts['slower']} | {counts['same']} | {counts['inconclusive']} | "
               f"{counts['inconclusive (one replicate)']} |")
+    print(f"memory: {memory_flags} of {len(memory_ratios)} A/A cases flagged as regressions; peak ratios "
+          f"{min(memory_ratios):.3f}-{max(memory_ratios):.3f}")
+    print(f"one replicate: a run took {min(single_seconds):.0f}-{max(single_seconds):.0f} s")
     print(f"6/5 of the work, --repeats {args.repeats}: ratio {slowdown.ratio:.3f} [{slowdown.low:.3f}, {slowdown.high:.3f}], "
           f"verdict {slowdown.verdict}")
 
