@@ -12,7 +12,6 @@ from cmgm_bench.workload.reference import make_inputs, reference_module
 from cmgm_bench.measure.case_runner import CaseRunner
 from cmgm_bench.results.store import to_row
 from tests.helpers import measure_config
-from cmgm_bench.stats import StopRule
 from cmgm_bench.machine import cpu_features
 from impls import kernels
 from impls.fused import FusedCMGM

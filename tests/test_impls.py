@@ -14,7 +14,6 @@ from cmgm_bench.cli import app
 from cmgm_bench.measure.case_runner import CaseRunner
 from cmgm_bench.results.store import to_row
 from tests.helpers import measure_config
-from cmgm_bench.stats import StopRule
 from tests.conftest import FAST, require_tool, write_file
 
 ROOT = Path(__file__).resolve().parent.parent
