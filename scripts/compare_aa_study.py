@@ -9,7 +9,7 @@ one pair whose candidate does 6/5 of the base's work (a plug-in that calls the m
 instead of 5), which should be ``slower``. Also counts the A/A cases ``compare`` flags as memory
 regressions, and times two runs of the sweep with one replicate (the cost of ``--repeats``).
 
-    python scripts/compare_aa_study.py --pairs 10 --repeats 3 --res 28 --max-time 1
+    python scripts/compare_aa_study.py --pairs 10 --repeats 3 --res 28 --max-time 1 [--isolate]
 """
 
 from __future__ import annotations
@@ -59,8 +59,10 @@ def main() -> None:
     parser.add_argument("--res", default="28")
     parser.add_argument("--impl", default="eager,sdpa")
     parser.add_argument("--max-time", default="1")
+    parser.add_argument("--isolate", action="store_true", help="every replicate of every case in a fresh process (run --isolate)")
     args = parser.parse_args()
-    sweep = ["--impl", args.impl, "--res", args.res, "--mode", "fwd,feature", "--threads", "1", "--max-time", args.max_time]
+    sweep = ["--impl", args.impl, "--res", args.res, "--mode", "fwd,feature", "--threads", "1", "--max-time", args.max_time,
+             *(["--isolate"] if args.isolate else [])]
     verdicts = {"replicates (compare)": Counter(), "replicates, 95 % per case": Counter(),
                 "one replicate, widened": Counter(), "one replicate, not widened": Counter()}
     seconds, memory_flags, memory_ratios = [], 0, []
@@ -87,7 +89,7 @@ def main() -> None:
             path.write_text(WORK.format(calls=calls))
             files.append(path)
         slow_sweep = ["--impl", "work", "--res", args.res, "--mode", "feature", "--threads", "1", "--max-time", args.max_time,
-                      "--repeats", str(args.repeats)]
+                      "--repeats", str(args.repeats), *(["--isolate"] if args.isolate else [])]
         base, _ = run(root / "work-base", [*slow_sweep, "--impl-file", str(files[0])])
         cand, _ = run(root / "work-cand", [*slow_sweep, "--impl-file", str(files[1])])
         slowdown = compare_runs(base, cand).cases[0]

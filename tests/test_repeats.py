@@ -96,6 +96,22 @@ def test_compare_judges_replicated_runs_over_their_replicates(repeated, tmp_path
     assert {c.verdict for c in compare_runs(load_run(repeated), load_run(repeated)).cases} <= {"same", "inconclusive"}
 
 
+def test_compare_says_when_replicates_shared_a_process(repeated, tmp_path):
+    """In-process replicates miss what differs between processes (docs/performance.md section 17): compare says so
+    and points to --isolate; with every replicate in a child process of its own it has nothing to warn about."""
+    shown = runner.invoke(app, ["compare", str(repeated), str(repeated)])
+    assert shown.exit_code == 0, shown.output
+    assert compare_runs(load_run(repeated), load_run(repeated)).shared_process_cases == 2
+    assert "2 of them with replicates that shared one process" in shown.output and "--isolate" in shown.output
+    isolated = tmp_path / "isolated"
+    result = runner.invoke(app, ["run", "--impl", "eager", "--res", "4", "--threads", "1", "--no-report", *FAST,
+                                 "--repeats", "2", "--isolate", "--out", str(isolated)])
+    assert result.exit_code == 0, result.output
+    judged = compare_runs(load_run(isolated), load_run(isolated))
+    assert judged.replicated_cases == 1 and judged.shared_process_cases == 0
+    assert "shared one process" not in runner.invoke(app, ["compare", str(isolated), str(isolated)]).output
+
+
 def test_a_single_replicate_is_widened_by_the_run_to_run_spread(tmp_path):
     out = tmp_path / "one"
     assert runner.invoke(app, ["run", *SWEEP, "--out", str(out)]).exit_code == 0

@@ -78,6 +78,8 @@ class Comparison:
     environment_differences: dict = field(default_factory=dict)
     run_spread: float | None = None  # latency: the factor single-replicate intervals were widened by
     replicated_cases: int = 0  # latency: cases judged over replicates of both runs
+    # ... of them, those whose replicates shared one process on either side (a run without --isolate)
+    shared_process_cases: int = 0
 
     @property
     def regressed(self) -> bool:
@@ -185,9 +187,11 @@ def compare_runs(
         )
     only_base = [k for k in base_cases if k not in cand_cases]
     only_cand = [k for k in cand_cases if k not in base_cases]
-    replicated = sum(base_cases[k].replicates >= 2 and cand_cases[k].replicates >= 2 for k in shared)
+    replicated = [k for k in shared if base_cases[k].replicates >= 2 and cand_cases[k].replicates >= 2]
+    shared_process = [k for k in replicated if not (base_cases[k].notes.get("isolated") and cand_cases[k].notes.get("isolated"))]
     return Comparison(metric, threshold, cases, only_base, only_cand, differences,
-                      run_spread=run_spread if metric == "latency" else None, replicated_cases=replicated)
+                      run_spread=run_spread if metric == "latency" else None, replicated_cases=len(replicated),
+                      shared_process_cases=len(shared_process))
 
 
 def case_label(key: tuple) -> str:

@@ -16,6 +16,12 @@ def separate_runs_caveat(comparison: Comparison) -> str:
     parts = []
     if comparison.replicated_cases:
         parts.append(f"{comparison.replicated_cases} case(s) judged over the replicates of both runs (run --repeats)")
+    if comparison.shared_process_cases:
+        parts.append(
+            f"{comparison.shared_process_cases} of them with replicates that shared one process: what differs between "
+            "processes is not in their interval (1 confident wrong verdict in 80 identical cases, none in 40 with "
+            "separate processes, docs/performance.md section 17); for a gate, run both with --repeats 3 --isolate"
+        )
     if single:
         parts.append(
             f"{single} case(s) with one replicate: their intervals are widened by the run-to-run spread "
