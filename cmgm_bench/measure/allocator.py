@@ -24,6 +24,7 @@ history, so the same case moved by 14-22 % from process to process on the
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
@@ -40,6 +41,7 @@ _M_MMAP_THRESHOLD = -3
 STEADY_MMAP_THRESHOLD = 32 * 2**20  # glibc's own ceiling for its dynamic threshold
 _NEVER_TRIM = -1  # mallopt's value for "never give the heap's free top back to the kernel"
 _THP_MODE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+_PR_SET_THP_DISABLE = 41
 
 
 def _libc():
@@ -64,6 +66,18 @@ def set_thresholds(mmap_threshold: int, trim_threshold: int) -> None:
 def pin_for_timing() -> None:
     """The thresholds every timed call runs under: mmap above 32 MiB, the heap never trimmed."""
     set_thresholds(STEADY_MMAP_THRESHOLD, _NEVER_TRIM)
+
+
+@contextlib.contextmanager
+def small_pages():
+    """No transparent huge pages for the process meanwhile (``prctl(PR_SET_THP_DISABLE)``): peak memory is
+    counted in resident pages, and a block on huge pages would count in whole 2 MiB steps, by its alignment."""
+    disabled = LIBC is not None and LIBC.prctl(_PR_SET_THP_DISABLE, 1, 0, 0, 0) == 0
+    try:
+        yield
+    finally:
+        if disabled:
+            LIBC.prctl(_PR_SET_THP_DISABLE, 0, 0, 0, 0)
 
 
 def _anon_huge_kib() -> int:

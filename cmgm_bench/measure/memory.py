@@ -13,7 +13,9 @@
   unmapped, and counted or not by chance; measured so, one case's peak moved by
   whole 8 x N x N maps from call to call (docs/performance.md, section 15). This sees
   every allocation that touches memory, oneDNN's scratchpads and workspaces
-  included, not only PyTorch's. Limits: it counts pages (4 KiB granularity),
+  included, not only PyTorch's. Transparent huge pages, which the timing calls use
+  (:mod:`cmgm_bench.measure.allocator`), are off for the process during the measured call,
+  or a block would count in 2 MiB steps by its alignment. Limits: it counts pages (4 KiB granularity),
   includes any memory another thread of the process touches during the call,
   and is unavailable off Linux/glibc (the column is then empty).
 """
@@ -74,12 +76,13 @@ def _rss_peak_bytes(call: Callable[[], object]) -> int:
     gc.collect()
     allocator.set_thresholds(_MEASURE_MMAP_THRESHOLD, 0)
     try:
-        allocator.LIBC.malloc_trim(0)
-        before = _status_kib("VmRSS")
-        _CLEAR_REFS.write_text("5")
-        result = call()
-        peak = _status_kib("VmHWM")
-        del result
+        with allocator.small_pages():
+            allocator.LIBC.malloc_trim(0)
+            before = _status_kib("VmRSS")
+            _CLEAR_REFS.write_text("5")
+            result = call()
+            peak = _status_kib("VmHWM")
+            del result
     finally:
         allocator.pin_for_timing()
     return max(peak - before, 0) * 1024
