@@ -61,8 +61,8 @@ def main() -> None:
     parser.add_argument("--max-time", default="1")
     parser.add_argument("--isolate", action="store_true", help="every replicate of every case in a fresh process (run --isolate)")
     args = parser.parse_args()
-    sweep = ["--impl", args.impl, "--res", args.res, "--mode", "fwd,feature", "--threads", "1", "--max-time", args.max_time,
-             *(["--isolate"] if args.isolate else [])]
+    isolate = ["--isolate"] if args.isolate else []
+    sweep = ["--impl", args.impl, "--res", args.res, "--mode", "fwd,feature", "--threads", "1", "--max-time", args.max_time, *isolate]
     verdicts = {"replicates (compare)": Counter(), "replicates, 95 % per case": Counter(),
                 "one replicate, widened": Counter(), "one replicate, not widened": Counter()}
     seconds, memory_flags, memory_ratios = [], 0, []
@@ -89,7 +89,7 @@ def main() -> None:
             path.write_text(WORK.format(calls=calls))
             files.append(path)
         slow_sweep = ["--impl", "work", "--res", args.res, "--mode", "feature", "--threads", "1", "--max-time", args.max_time,
-                      "--repeats", str(args.repeats), *(["--isolate"] if args.isolate else [])]
+                      "--repeats", str(args.repeats), *isolate]
         base, _ = run(root / "work-base", [*slow_sweep, "--impl-file", str(files[0])])
         cand, _ = run(root / "work-cand", [*slow_sweep, "--impl-file", str(files[1])])
         slowdown = compare_runs(base, cand).cases[0]
