@@ -32,12 +32,12 @@ def _private_export_cache(tmp_path_factory):
 @pytest.fixture(scope="session", autouse=True)
 def _frozen_import_heap():
     """What the imports built (torch, the runtimes: ~300k objects) lives for the whole session, as in a run
-    (``execution.sweep.frozen_heap``): frozen, each case's garbage collection scans only newer objects
+    (``measure.heap.frozen``): frozen, each case's garbage collection scans only newer objects
     (0.13 s -> ~0.01 s a case, a few hundred cases in the suite)."""
-    from cmgm_bench.execution.sweep import frozen_heap
+    from cmgm_bench.measure import heap
 
     gc.collect()
-    with frozen_heap():
+    with heap.frozen():
         yield
 
 

@@ -76,6 +76,7 @@ def collect(device: str = "cpu", argv: list[str] | None = None) -> dict:
         "interop_threads": torch.get_num_interop_threads(),
         "mkldnn_enabled": torch.backends.mkldnn.is_available(),
         "cpu_allocator": allocator.policy(),
+        "inductor_isa_check": process_setup.inductor_isa_check(),
         **cuda_info(device),
     }
 

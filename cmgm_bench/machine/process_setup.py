@@ -12,9 +12,21 @@ the legacy and new APIs"), and ``torch.export`` and the ONNX exporter read it,
 so the deployment runtimes could not export in a process set up that way. The
 flags set both views consistently (``fp32_precision`` reads ``ieee``/``tf32``
 after them), and both are recorded.
+
+Inductor's C++ backend checks each vector instruction set the CPU reports by
+compiling and loading a probe that includes ATen's vector headers: ~2 s per set,
+~6 s before the first ``torch.compile`` of a fresh machine (they are cached per
+machine afterwards). :func:`trust_cpu_flags_for_inductor` sets
+``TORCHINDUCTOR_VEC_ISA_OK=1`` unless the user set it: Inductor then takes the
+sets the CPU reports (its own CPUID check), and still compiles the small probes
+for the optional extensions (AVX512-BF16, VNNI, AMX), so a compiler without them
+still loses them. The same instruction set is chosen either way.
 """
 
 from __future__ import annotations
+
+import os
+import sys
 
 import torch
 
@@ -49,9 +61,35 @@ def cuda_arithmetic() -> dict:
     return state
 
 
+VEC_ISA_ENV = "TORCHINDUCTOR_VEC_ISA_OK"
+
+
+def trust_cpu_flags_for_inductor() -> None:
+    """Skip Inductor's per-instruction-set compile probe, unless the user chose (``$TORCHINDUCTOR_VEC_ISA_OK``)."""
+    if VEC_ISA_ENV in os.environ:
+        return
+    os.environ[VEC_ISA_ENV] = "1"  # read when Inductor's config is imported, here and in its compile workers
+    config = sys.modules.get("torch._inductor.config")
+    if config is not None and config.cpp.vec_isa_ok is None:
+        config.cpp.vec_isa_ok = True
+
+
+def inductor_isa_check() -> str:
+    """How Inductor decides which vector instruction sets it may use in a timing process (one that ran
+    :func:`prepare_process`, or would: unset means trusted), as recorded in the environment."""
+    value = os.environ.get(VEC_ISA_ENV, "1")
+    if value == "1":
+        return "CPU flags trusted (TORCHINDUCTOR_VEC_ISA_OK=1)"
+    if value == "0":
+        return "vectorisation off (TORCHINDUCTOR_VEC_ISA_OK=0)"
+    return f"compile probe per instruction set (TORCHINDUCTOR_VEC_ISA_OK={value})"
+
+
 def prepare_process(threads: int | None, tf32: bool = False, cudnn_benchmark: bool = False) -> int:
-    """Threads, CUDA arithmetic and glibc's allocator as every timing command sets them; returns the threads."""
+    """Threads, CUDA arithmetic, glibc's allocator and Inductor's instruction-set check as every timing
+    command sets them; returns the threads."""
     count = configure_threads(threads)
+    trust_cpu_flags_for_inductor()
     configure_cuda(tf32, cudnn_benchmark)
     allocator.pin_for_timing()
     return count

@@ -21,7 +21,7 @@ from cmgm_bench import registry
 from cmgm_bench.config.cases import Case
 from cmgm_bench.config.run_config import RunConfig
 from cmgm_bench.measure import ceilings as ceilings_module
-from cmgm_bench.measure import accuracy, memory
+from cmgm_bench.measure import accuracy, heap, memory
 from cmgm_bench.measure.compile_watch import RecompiledDuringTiming, compile_count, inductor_cache_counts
 from cmgm_bench.measure.deadline import CaseTimeout, deadline
 from cmgm_bench.measure.failures import is_out_of_memory, one_line
@@ -113,6 +113,7 @@ class CaseRunner:
             with draft.phase("cleanup"):
                 torch._dynamo.reset()
                 memory.release_memory(case.device)
+                heap.freeze_if_imported()
             draft.notes["wall_s"] = time.perf_counter() - started
         return result
 

@@ -229,7 +229,7 @@ def _write(run: Run) -> Path:
     environment = run.meta["environment"]
     env_rows = [[key, markdown.cell(environment.get(key))] for key in (
         "start_time", "command_line", "git_commit", "torch_version", "device", "cpu_model", "cpu_instruction_sets", "gpu_name",
-        "cuda_version", "cudnn_version", "threads", "cpu_allocator", "tf32_matmul",
+        "cuda_version", "cudnn_version", "threads", "cpu_allocator", "inductor_isa_check", "tf32_matmul",
     ) if environment.get(key) is not None]
     ceiling_headers, ceiling_rows = ceiling_table(run.meta)
     notes = ceiling_notes(run.meta)

@@ -1,0 +1,84 @@
+"""Process-wide state a timing process sets up: Inductor's instruction-set check, and the frozen heap."""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import subprocess
+import sys
+import uuid
+import weakref
+
+import pytest
+
+from cmgm_bench.machine import process_setup
+from cmgm_bench.measure import heap
+
+PICKED_ISA = """
+import json, os, sys
+from cmgm_bench.machine.process_setup import prepare_process
+prepare_process(1)
+from torch._inductor import config, cpu_vec_isa
+print(json.dumps({"env": os.environ.get("TORCHINDUCTOR_VEC_ISA_OK"), "vec_isa_ok": config.cpp.vec_isa_ok,
+                  "picked": str(cpu_vec_isa.pick_vec_isa())}))
+"""
+
+
+def picked_isa(**env_changes) -> dict:
+    env = {key: value for key, value in os.environ.items() if key != process_setup.VEC_ISA_ENV}
+    env.update(env_changes)
+    out = subprocess.run([sys.executable, "-c", PICKED_ISA], capture_output=True, text=True, env=env, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(os.uname().machine not in ("x86_64", "AMD64"), reason="Inductor's vector probes are x86 here")
+def test_trusting_the_cpu_flags_picks_the_instruction_set_the_compile_probe_picks():
+    trusted = picked_isa()
+    probed = picked_isa(TORCHINDUCTOR_VEC_ISA_OK="")  # set but neither 0 nor 1: Inductor probes, and we keep it
+    assert trusted["env"] == "1" and trusted["vec_isa_ok"] is True
+    assert probed["env"] == "" and probed["vec_isa_ok"] is None
+    assert trusted["picked"] == probed["picked"] != ""
+
+
+def test_a_users_choice_of_the_instruction_set_check_is_kept_and_recorded(monkeypatch):
+    monkeypatch.setenv(process_setup.VEC_ISA_ENV, "0")
+    process_setup.trust_cpu_flags_for_inductor()
+    assert os.environ[process_setup.VEC_ISA_ENV] == "0"
+    assert process_setup.inductor_isa_check() == "vectorisation off (TORCHINDUCTOR_VEC_ISA_OK=0)"
+    monkeypatch.delenv(process_setup.VEC_ISA_ENV)
+    assert process_setup.inductor_isa_check() == "CPU flags trusted (TORCHINDUCTOR_VEC_ISA_OK=1)"
+
+
+class Node:
+    next: object = None
+
+
+def test_survivors_are_frozen_after_an_import_and_garbage_is_still_collected(tmp_path, monkeypatch):
+    name = f"cmgm_heap_probe_{uuid.uuid4().hex}"
+    (tmp_path / f"{name}.py").write_text("TABLE = [[index] for index in range(1000)]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with heap.frozen():
+        assert not heap.freeze_if_imported()  # nothing imported since the block started
+        frozen_before = gc.get_freeze_count()
+        __import__(name)
+        assert heap.freeze_if_imported()
+        assert gc.get_freeze_count() >= frozen_before + 1000  # the module's table lives on, frozen
+        assert not heap.freeze_if_imported()
+
+        cycle = Node()
+        cycle.next = cycle
+        alive = weakref.ref(cycle)
+        del cycle
+        gc.collect()
+        assert alive() is None  # a cycle made after the freeze is still garbage collected
+    sys.modules.pop(name)
+
+
+def test_only_the_outermost_frozen_block_unfreezes():
+    gc.collect()
+    with heap.frozen():
+        outer = gc.get_freeze_count()
+        with heap.frozen():
+            pass
+        assert gc.get_freeze_count() >= outer > 0
