@@ -9,20 +9,17 @@
 // pixels sized to the target's register file, and written once. A + A^T is symmetric: the tile at (J, I)
 // is the transpose of the one at (I, J), so tiles are done in mirrored pairs
 // and A is read from memory once.
-#include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
-#include <ATen/Parallel.h>
-
 #include <algorithm>
 #include <utility>
 #include <vector>
 
-#include "simd.h"
+#include "kernels.h"
+#include "parallel.h"
 
 namespace {
 
 using cmgm::load;
+using cmgm::to_float;
 using cmgm::vf;
 using cmgm::W;
 
@@ -37,7 +34,7 @@ void load_edge_tile(const scalar_t* a, float* s, int64_t n, int64_t i0, int64_t 
     for (int64_t q = 0; q < P; ++q) {
       const int64_t j = j0 + q - 1;
       const bool inside = i >= 0 && i < n && j >= 0 && j < n;
-      s[r * P + q] = inside ? static_cast<float>(a[i * n + j]) + static_cast<float>(a[j * n + i]) : 0.f;
+      s[r * P + q] = inside ? to_float(a[i * n + j]) + to_float(a[j * n + i]) : 0.f;
     }
   }
 }
@@ -67,10 +64,10 @@ void load_tile(const scalar_t* a, float* s, int64_t n, int64_t i0, int64_t j0) {
   for (int64_t r = 0; r < P; ++r) {
     const scalar_t* direct = a + (i0 + r - 1) * n + j0 - 1;
     for (int64_t q = 0; q < T; q += W) cmgm::store(s + r * P + q, load(direct + q));
-    for (int64_t q = T; q < P; ++q) s[r * P + q] = static_cast<float>(direct[q]);
+    for (int64_t q = T; q < P; ++q) s[r * P + q] = to_float(direct[q]);
   }
   transpose_core<true>(a + j0 * n + i0, n, s);
-  auto add_mirrored = [&](int64_t r, int64_t q) { s[r * P + q] += static_cast<float>(a[(j0 + q - 1) * n + i0 + r - 1]); };
+  auto add_mirrored = [&](int64_t r, int64_t q) { s[r * P + q] += to_float(a[(j0 + q - 1) * n + i0 + r - 1]); };
   for (int64_t q = 0; q < P; ++q) add_mirrored(0, q), add_mirrored(P - 1, q);
   for (int64_t r = 1; r < P - 1; ++r) add_mirrored(r, 0), add_mirrored(r, P - 1);
 }
@@ -173,14 +170,14 @@ void convolve_tile(const float* tile, const float* Wt, const float* bias, float*
 // Tiles are taken in mirrored pairs (I, J), (J, I): A is read once for both,
 // and the second tile of A + A^T is the first one transposed in cache.
 template <int H, typename scalar_t>
-void fused_map_kernel(const scalar_t* A, const float* Wt, const float* bias, float* out, int64_t batch, int64_t n) {
+void fused_map_kernel(const scalar_t* A, const float* Wt, const float* bias, float* out, int64_t batch, int64_t n, int threads) {
   const int64_t tiles = (n + T - 1) / T;
   std::vector<std::pair<int64_t, int64_t>> pairs;  // (I, J) with I <= J
   for (int64_t I = 0; I < tiles; ++I)
     for (int64_t J = I; J < tiles; ++J) pairs.emplace_back(I * T, J * T);
   const int64_t per_batch = static_cast<int64_t>(pairs.size());
   auto plane = [&](int64_t t) { return A + (t / per_batch) * H * n * n; };
-  at::parallel_for(0, batch * per_batch, 1, [&](int64_t begin, int64_t end) {
+  cmgm::parallel_for(batch * per_batch, 1, threads, [&](int64_t begin, int64_t end) {
     std::vector<float> tile(H * P * P), mirrored(H * P * P);
     RowPrefetcher<scalar_t> prefetcher;
     for (int64_t t = begin; t < end; ++t) {
@@ -202,34 +199,40 @@ void fused_map_kernel(const scalar_t* A, const float* Wt, const float* bias, flo
   });
 }
 
+// The weight (o, c, di, dj) laid out (c, di, dj, o): the h weights of one tap are contiguous.
+std::vector<float> taps_major(const float* weight, int64_t heads) {
+  std::vector<float> taps(heads * heads * 9);
+  for (int64_t o = 0; o < heads; ++o)
+    for (int64_t tap = 0; tap < heads * 9; ++tap) taps[tap * heads + o] = weight[o * heads * 9 + tap];
+  return taps;
+}
+
 template <typename scalar_t>
-void dispatch_heads(const scalar_t* A, const float* Wt, const float* bias, float* out, int64_t batch, int64_t heads, int64_t n) {
+void dispatch_heads(const scalar_t* A, const float* Wt, const float* bias, float* out, int64_t batch, int64_t heads, int64_t n,
+                    int threads) {
   switch (heads) {
-    case 1: return fused_map_kernel<1>(A, Wt, bias, out, batch, n);
-    case 2: return fused_map_kernel<2>(A, Wt, bias, out, batch, n);
-    case 4: return fused_map_kernel<4>(A, Wt, bias, out, batch, n);
-    case 8: return fused_map_kernel<8>(A, Wt, bias, out, batch, n);
-    case 16: return fused_map_kernel<16>(A, Wt, bias, out, batch, n);
-    default: TORCH_CHECK(false, "fused_map supports 1, 2, 4, 8 or 16 heads, not ", heads);
+    case 1: return fused_map_kernel<1>(A, Wt, bias, out, batch, n, threads);
+    case 2: return fused_map_kernel<2>(A, Wt, bias, out, batch, n, threads);
+    case 4: return fused_map_kernel<4>(A, Wt, bias, out, batch, n, threads);
+    case 8: return fused_map_kernel<8>(A, Wt, bias, out, batch, n, threads);
+    case 16: return fused_map_kernel<16>(A, Wt, bias, out, batch, n, threads);
   }
 }
 
 }  // namespace
 
-at::Tensor fused_map(at::Tensor attn, at::Tensor weight, at::Tensor bias) {
-  TORCH_CHECK(attn.dim() == 4 && attn.size(2) == attn.size(3), "attn must be (B, h, N, N)");
-  TORCH_CHECK(attn.device().is_cpu() && attn.is_contiguous(), "attn must be a contiguous CPU tensor");
-  const int64_t batch = attn.size(0), heads = attn.size(1), n = attn.size(2);
-  auto w = weight.to(at::kFloat).permute({1, 2, 3, 0}).contiguous();  // (c, di, dj, o)
-  auto b = bias.to(at::kFloat).contiguous();
-  TORCH_CHECK(w.numel() == heads * heads * 9 && b.numel() == heads, "weight must be (h, h, 3, 3), bias (h)");
-  auto out = at::empty({batch, heads, n, n}, attn.options().dtype(at::kFloat));
-  cmgm::prefer_huge_pages(out.data_ptr(), out.nbytes());
-  if (attn.scalar_type() == at::kFloat) {
-    dispatch_heads<float>(attn.data_ptr<float>(), w.data_ptr<float>(), b.data_ptr<float>(), out.data_ptr<float>(), batch, heads, n);
-  } else {
-    TORCH_CHECK(attn.scalar_type() == at::kBFloat16, "attn must be float32 or bfloat16");
-    dispatch_heads<c10::BFloat16>(attn.data_ptr<c10::BFloat16>(), w.data_ptr<float>(), b.data_ptr<float>(), out.data_ptr<float>(), batch, heads, n);
-  }
-  return out;
+namespace cmgm {
+
+bool fused_map_supports(int64_t heads) { return heads == 1 || heads == 2 || heads == 4 || heads == 8 || heads == 16; }
+
+void fused_map(const float* attn, const float* weight, const float* bias, float* out, int64_t batch, int64_t heads, int64_t n,
+               int threads) {
+  dispatch_heads(attn, taps_major(weight, heads).data(), bias, out, batch, heads, n, threads);
 }
+
+void fused_map(const bf16* attn, const float* weight, const float* bias, float* out, int64_t batch, int64_t heads, int64_t n,
+               int threads) {
+  dispatch_heads(attn, taps_major(weight, heads).data(), bias, out, batch, heads, n, threads);
+}
+
+}  // namespace cmgm

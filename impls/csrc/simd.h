@@ -8,7 +8,6 @@
 // splitting 64-byte vectors over pairs of them and spilling.
 #pragma once
 
-#include <c10/util/BFloat16.h>
 #if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
@@ -56,8 +55,21 @@ inline vf splat(float x) { return vf{} + x; }
 
 inline vf load(const float* p) { vf v; std::memcpy(&v, p, sizeof v); return v; }
 
+// bfloat16 storage: the upper half of a float32's bits (the layout of c10::BFloat16).
+struct bf16 {
+  uint16_t bits;
+};
+
+inline float to_float(float x) { return x; }
+inline float to_float(bf16 x) {
+  const uint32_t wide = uint32_t{x.bits} << 16;
+  float f;
+  std::memcpy(&f, &wide, sizeof f);
+  return f;
+}
+
 // bfloat16 is the upper half of a float32: widen and shift.
-inline vf load(const c10::BFloat16* p) {
+inline vf load(const bf16* p) {
   vh h;
   std::memcpy(&h, p, sizeof h);
   vu wide = __builtin_convertvector(h, vu) << 16;
@@ -68,13 +80,20 @@ inline vf load(const c10::BFloat16* p) {
 
 inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
 
-// Round to nearest even, as c10::BFloat16's constructor does.
-inline void store(c10::BFloat16* p, vf v) {
+// Round to nearest even, as c10::BFloat16's constructor does (finite values).
+inline void store(bf16* p, vf v) {
   vu bits;
   std::memcpy(&bits, &v, sizeof bits);
   bits = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
   vh h = __builtin_convertvector(bits, vh);
   std::memcpy(p, &h, sizeof h);
+}
+
+inline void store_one(float* p, float x) { *p = x; }
+inline void store_one(bf16* p, float x) {
+  uint32_t bits;
+  std::memcpy(&bits, &x, sizeof bits);
+  p->bits = static_cast<uint16_t>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
 }
 
 inline vf maxv(vf a, vf b) { return a > b ? a : b; }

@@ -8,17 +8,13 @@
 // and to a multiple of 8 along d, so that every inner loop is whole vectors. Four query rows share each sweep over K and V: for
 // N = 784 and d = 8 the two are 50 KB, more than L1, and reading them from L2
 // once per row was the kernel's bottleneck.
-#include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
-#include <ATen/Parallel.h>
-
 #include <algorithm>
 #include <limits>
-#include <tuple>
+#include <memory>
 #include <vector>
 
-#include "simd.h"
+#include "kernels.h"
+#include "parallel.h"
 
 namespace {
 
@@ -94,26 +90,17 @@ void attend_rows(const float* const (&q)[ROWS], const float* kT, const float* vT
       if (j + W <= L.n) {
         store(attn_rows[r] + j, a);
       } else {
-        for (int64_t k = 0; j + k < L.n; ++k) attn_rows[r][j + k] = static_cast<attn_t>(a[k]);
+        for (int64_t k = 0; j + k < L.n; ++k) cmgm::store_one(attn_rows[r] + j + k, a[k]);
       }
     }
   }
 }
 
-// (B, h, N, d) -> (B, h, d_pad, n_pad), zero padded.
-at::Tensor transposed_padded(const at::Tensor& x, const Layout& L) {
-  auto padded = at::zeros({x.size(0), x.size(1), L.d_pad, L.n_pad}, x.options().dtype(at::kFloat));
-  padded.narrow(2, 0, L.d).narrow(3, 0, L.n).copy_(x.transpose(2, 3));
-  return padded;
-}
-
 template <typename attn_t>
-void attend_all(const at::Tensor& q, const at::Tensor& kT, const at::Tensor& vT, const Layout& L, attn_t* attn, float* out) {
-  const int64_t batch = q.size(0), heads = q.size(1), groups = (L.n + ROWS - 1) / ROWS;
-  const float* Q = q.data_ptr<float>();
-  const float* K = kT.data_ptr<float>();
-  const float* V = vT.data_ptr<float>();
-  at::parallel_for(0, batch * heads * groups, 16, [&](int64_t begin, int64_t end) {
+void attend_all(const float* Q, const float* K, const float* V, const Layout& L, int64_t batch, int64_t heads, attn_t* attn,
+                float* out, int threads) {
+  const int64_t groups = (L.n + ROWS - 1) / ROWS;
+  cmgm::parallel_for(batch * heads * groups, 16, threads, [&](int64_t begin, int64_t end) {
     std::vector<float> scratch(ROWS * L.n_pad);
     for (int64_t g = begin; g < end; ++g) {
       const int64_t bh = g / groups, b = bh / heads, h = bh % heads;
@@ -131,33 +118,56 @@ void attend_all(const at::Tensor& q, const at::Tensor& kT, const at::Tensor& vT,
   });
 }
 
+// The operands in the kernel's layout, widened to float32 and zero padded: q as (B, h, N, d_pad),
+// k and v transposed to (B, h, d_pad, n_pad).
+template <typename scalar_t>
+void pad_operands(const cmgm::AttentionInputs& in, const Layout& L, float* q, float* kT, float* vT, int threads) {
+  const auto* Q = static_cast<const scalar_t*>(in.q);
+  const auto* K = static_cast<const scalar_t*>(in.k);
+  const auto* V = static_cast<const scalar_t*>(in.v);
+  const auto& s = in.strides;
+  cmgm::parallel_for(in.batch * in.heads, 1, threads, [&](int64_t begin, int64_t end) {
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const int64_t b = bh / in.heads, h = bh % in.heads;
+      float* q_head = q + bh * L.n * L.d_pad;
+      for (int64_t i = 0; i < L.n; ++i)
+        for (int64_t c = 0; c < L.d_pad; ++c)
+          q_head[i * L.d_pad + c] = c < L.d ? cmgm::to_float(Q[b * s[0][0] + h * s[0][1] + i * s[0][2] + c * s[0][3]]) : 0.f;
+      float* k_head = kT + bh * L.d_pad * L.n_pad;
+      float* v_head = vT + bh * L.d_pad * L.n_pad;
+      for (int64_t c = 0; c < L.d_pad; ++c)
+        for (int64_t j = 0; j < L.n_pad; ++j) {
+          const bool inside = c < L.d && j < L.n;
+          k_head[c * L.n_pad + j] = inside ? cmgm::to_float(K[b * s[1][0] + h * s[1][1] + j * s[1][2] + c * s[1][3]]) : 0.f;
+          v_head[c * L.n_pad + j] = inside ? cmgm::to_float(V[b * s[2][0] + h * s[2][1] + j * s[2][2] + c * s[2][3]]) : 0.f;
+        }
+    }
+  });
+}
+
+template <typename attn_t>
+void attention(const cmgm::AttentionInputs& in, attn_t* attn, float* out, int threads) {
+  const Layout L{in.n, (in.n + W - 1) / W * W, in.d, (in.d + D_ALIGN - 1) / D_ALIGN * D_ALIGN};
+  const int64_t operand = in.batch * in.heads * L.d_pad * L.n_pad;  // kT, vT; q is smaller (n <= n_pad)
+  std::unique_ptr<float[]> q(new float[operand]), kT(new float[operand]), vT(new float[operand]);  // every entry written
+  if (in.bfloat16) {
+    pad_operands<cmgm::bf16>(in, L, q.get(), kT.get(), vT.get(), threads);
+  } else {
+    pad_operands<float>(in, L, q.get(), kT.get(), vT.get(), threads);
+  }
+  attend_all(q.get(), kT.get(), vT.get(), L, in.batch, in.heads, attn, out, threads);
+}
+
 }  // namespace
 
-// q, k, v: (B, h, N, d), any strides and floating dtype (copied to float32
-// while padding); q already scaled. Returns (A V as (B, N, h * d) float32,
-// A as (B, h, N, N) in attn_dtype, or an undefined tensor when want_attn is false).
-std::tuple<at::Tensor, at::Tensor> softmax_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                                     bool want_attn, at::ScalarType attn_dtype) {
-  TORCH_CHECK(q.dim() == 4 && k.sizes() == q.sizes() && v.sizes() == q.sizes(), "q, k and v must be (B, h, N, d) of one shape");
-  TORCH_CHECK(q.device().is_cpu() && k.device().is_cpu() && v.device().is_cpu(), "q, k and v must be CPU tensors");
-  TORCH_CHECK(attn_dtype == at::kFloat || attn_dtype == at::kBFloat16, "the attention matrix is float32 or bfloat16");
-  const int64_t batch = q.size(0), heads = q.size(1), n = q.size(2), d = q.size(3);
-  const Layout L{n, (n + W - 1) / W * W, d, (d + D_ALIGN - 1) / D_ALIGN * D_ALIGN};
-  auto q_padded = at::zeros({batch, heads, n, L.d_pad}, q.options().dtype(at::kFloat));
-  q_padded.narrow(3, 0, d).copy_(q);
-  const auto kT = transposed_padded(k, L), vT = transposed_padded(v, L);
-  auto out = at::empty({batch, n, heads * d}, q.options().dtype(at::kFloat));
-  at::Tensor attn;
-  if (!want_attn) {
-    attend_all<float>(q_padded, kT, vT, L, nullptr, out.data_ptr<float>());
-  } else if (attn_dtype == at::kFloat) {
-    attn = at::empty({batch, heads, n, n}, q.options().dtype(at::kFloat));
-    cmgm::prefer_huge_pages(attn.data_ptr(), attn.nbytes());
-    attend_all(q_padded, kT, vT, L, attn.data_ptr<float>(), out.data_ptr<float>());
-  } else {
-    attn = at::empty({batch, heads, n, n}, q.options().dtype(at::kBFloat16));
-    cmgm::prefer_huge_pages(attn.data_ptr(), attn.nbytes());
-    attend_all(q_padded, kT, vT, L, attn.data_ptr<c10::BFloat16>(), out.data_ptr<float>());
-  }
-  return {out, attn};
+namespace cmgm {
+
+void softmax_attention(const AttentionInputs& inputs, float* attn, float* out, int threads) {
+  attention(inputs, attn, out, threads);
 }
+
+void softmax_attention(const AttentionInputs& inputs, bf16* attn, float* out, int threads) {
+  attention(inputs, attn, out, threads);
+}
+
+}  // namespace cmgm

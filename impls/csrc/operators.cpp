@@ -1,0 +1,98 @@
+// The fused kernels as torch operators, through LibTorch's stable ABI
+// (torch/csrc/stable): checks and output allocation here, the work in the
+// kernels of kernels.h over raw buffers with torch's thread count. The stable
+// headers parse in under a second where torch/library.h took ~4 s, and nothing
+// here goes through ATen's C++ API. The operators live in a namespace named
+// after the extension (one per target), so two targets load side by side.
+#include <torch/csrc/stable/library.h>
+#include <torch/csrc/stable/ops.h>
+#include <torch/csrc/stable/tensor.h>
+#include <torch/headeronly/util/Exception.h>
+
+#include <tuple>
+#include <vector>
+
+#include "kernels.h"
+
+namespace {
+
+using torch::headeronly::ScalarType;
+using torch::stable::Tensor;
+
+bool float_or_bfloat16(const Tensor& t) {
+  return t.scalar_type() == ScalarType::Float || t.scalar_type() == ScalarType::BFloat16;
+}
+
+Tensor fused_map(Tensor attn, Tensor weight, Tensor bias) {
+  STD_TORCH_CHECK(attn.dim() == 4 && attn.size(2) == attn.size(3), "attn must be (B, h, N, N)");
+  STD_TORCH_CHECK(attn.is_cpu() && attn.is_contiguous(), "attn must be a contiguous CPU tensor");
+  STD_TORCH_CHECK(float_or_bfloat16(attn), "attn must be float32 or bfloat16");
+  const int64_t batch = attn.size(0), heads = attn.size(1), n = attn.size(2);
+  STD_TORCH_CHECK(cmgm::fused_map_supports(heads), "fused_map supports 1, 2, 4, 8 or 16 heads, not ", heads);
+  STD_TORCH_CHECK(weight.scalar_type() == ScalarType::Float && bias.scalar_type() == ScalarType::Float &&
+                      weight.is_contiguous() && bias.is_contiguous() && weight.is_cpu() && bias.is_cpu(),
+                  "weight and bias must be contiguous float32 CPU tensors");
+  STD_TORCH_CHECK(weight.numel() == heads * heads * 9 && bias.numel() == heads, "weight must be (h, h, 3, 3), bias (h)");
+  Tensor out = torch::stable::new_empty(attn, {batch, heads, n, n}, ScalarType::Float);
+  auto* out_data = static_cast<float*>(out.mutable_data_ptr());
+  cmgm::prefer_huge_pages(out_data, out.numel() * sizeof(float));
+  const auto* w = static_cast<const float*>(weight.const_data_ptr());
+  const auto* b = static_cast<const float*>(bias.const_data_ptr());
+  const int threads = static_cast<int>(torch::stable::get_num_threads());
+  if (attn.scalar_type() == ScalarType::Float) {
+    cmgm::fused_map(static_cast<const float*>(attn.const_data_ptr()), w, b, out_data, batch, heads, n, threads);
+  } else {
+    cmgm::fused_map(static_cast<const cmgm::bf16*>(attn.const_data_ptr()), w, b, out_data, batch, heads, n, threads);
+  }
+  return out;
+}
+
+// q, k, v: (B, h, N, d), any strides, float32 or bfloat16 (all one dtype, widened to float32
+// inside); q already scaled. Returns (A V as (B, N, h * d) float32, A as (B, h, N, N) in
+// attn_dtype, or an undefined tensor (None) when want_attn is false).
+std::tuple<Tensor, Tensor> softmax_attention(Tensor q, Tensor k, Tensor v, bool want_attn, ScalarType attn_dtype) {
+  STD_TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "q, k and v must be (B, h, N, d)");
+  for (int64_t dim = 0; dim < 4; ++dim)
+    STD_TORCH_CHECK(k.size(dim) == q.size(dim) && v.size(dim) == q.size(dim), "q, k and v must be (B, h, N, d) of one shape");
+  STD_TORCH_CHECK(q.is_cpu() && k.is_cpu() && v.is_cpu(), "q, k and v must be CPU tensors");
+  STD_TORCH_CHECK(float_or_bfloat16(q) && k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
+                  "q, k and v must all be float32 or all bfloat16");
+  STD_TORCH_CHECK(attn_dtype == ScalarType::Float || attn_dtype == ScalarType::BFloat16,
+                  "the attention matrix is float32 or bfloat16");
+  cmgm::AttentionInputs inputs{q.const_data_ptr(), k.const_data_ptr(), v.const_data_ptr(), q.scalar_type() == ScalarType::BFloat16,
+                               {}, q.size(0), q.size(1), q.size(2), q.size(3)};
+  const Tensor* operands[3] = {&q, &k, &v};
+  for (int operand = 0; operand < 3; ++operand)
+    for (int64_t dim = 0; dim < 4; ++dim) inputs.strides[operand][dim] = operands[operand]->stride(dim);
+  const int64_t batch = inputs.batch, heads = inputs.heads, n = inputs.n, d = inputs.d;
+  Tensor out = torch::stable::new_empty(q, {batch, n, heads * d}, ScalarType::Float);
+  auto* out_data = static_cast<float*>(out.mutable_data_ptr());
+  const int threads = static_cast<int>(torch::stable::get_num_threads());
+  if (!want_attn) {
+    cmgm::softmax_attention(inputs, static_cast<float*>(nullptr), out_data, threads);
+    return {out, Tensor()};
+  }
+  Tensor attn = torch::stable::new_empty(q, {batch, heads, n, n}, attn_dtype);
+  cmgm::prefer_huge_pages(attn.mutable_data_ptr(), attn.numel() * attn.element_size());
+  if (attn_dtype == ScalarType::Float) {
+    cmgm::softmax_attention(inputs, static_cast<float*>(attn.mutable_data_ptr()), out_data, threads);
+  } else {
+    cmgm::softmax_attention(inputs, static_cast<cmgm::bf16*>(attn.mutable_data_ptr()), out_data, threads);
+  }
+  return {out, attn};
+}
+
+}  // namespace
+
+#define CMGM_DEFINE(ns, m) STABLE_TORCH_LIBRARY(ns, m)
+#define CMGM_IMPLEMENT(ns, m) STABLE_TORCH_LIBRARY_IMPL(ns, CPU, m)
+
+CMGM_DEFINE(CMGM_NAMESPACE, m) {
+  m.def("fused_map(Tensor attn, Tensor weight, Tensor bias) -> Tensor");
+  m.def("softmax_attention(Tensor q, Tensor k, Tensor v, bool want_attn, ScalarType attn_dtype) -> (Tensor, Tensor)");
+}
+
+CMGM_IMPLEMENT(CMGM_NAMESPACE, m) {
+  m.impl("fused_map", TORCH_BOX(&fused_map));
+  m.impl("softmax_attention", TORCH_BOX(&softmax_attention));
+}
