@@ -1,0 +1,88 @@
+"""The fused kernels' operators of this checkout against those of another revision, interleaved in one process.
+
+Builds the other revision's ``impls/csrc`` sources (taken with ``git show``) under an
+operator namespace of its own, checks both give bit-identical results, and times them
+in alternating blocks: the median over rounds of the per-call time ratio (this / other).
+
+    python scripts/kernel_revision_race.py --rev 8e234b3 --target x86-64-v4
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils import cpp_extension
+
+from impls import kernels
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def build_revision(rev: str, target: str):
+    """The operators of ``rev``'s kernels for ``target``, in the namespace ``cmgm_rev_<rev>``."""
+    folder = Path(tempfile.mkdtemp(prefix=f"csrc_{rev}_"))
+    listing = subprocess.run(["git", "-C", str(REPO), "ls-tree", "--name-only", f"{rev}:impls/csrc"],
+                             capture_output=True, text=True, check=True).stdout.split()
+    for name in listing:
+        source = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:impls/csrc/{name}"], capture_output=True, check=True).stdout
+        (folder / name).write_bytes(source)
+    namespace = f"cmgm_rev_{rev}_{target.replace('-', '_')}"
+    cpp_extension.load(
+        name=namespace, sources=[str(folder / name) for name in listing if name.endswith(".cpp")],
+        extra_cflags=["-O3", "-fopenmp", f"-DCMGM_NAMESPACE={namespace}", *kernels.TARGETS[target].cflags],
+        extra_ldflags=["-fopenmp"], is_python_module=False, verbose=False,
+    )
+    return getattr(torch.ops, namespace)
+
+
+def race(call_this, call_other, rounds: int, reps: int) -> tuple[float, float, float]:
+    """Median per-call seconds of each side and the median ratio this/other over alternating rounds."""
+    this_s, other_s, ratios = [], [], []
+    for _ in range(rounds):
+        times = []
+        for call in (call_other, call_this):
+            started = time.perf_counter()
+            for _ in range(reps):
+                call()
+            times.append((time.perf_counter() - started) / reps)
+        other_s.append(times[0]), this_s.append(times[1]), ratios.append(times[1] / times[0])
+    return statistics.median(this_s), statistics.median(other_s), statistics.median(ratios)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rev", required=True, help="the other revision (a commit of this repository)")
+    parser.add_argument("--target", default=kernels.best_target(), choices=list(kernels.TARGETS))
+    parser.add_argument("--res", default="11,28", help="grid sides, comma-separated")
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=31)
+    args = parser.parse_args()
+    this, _ = kernels.load(args.target)
+    other = build_revision(args.rev, args.target)
+    print(f"target {args.target}; times are per call, ratio = this checkout / {args.rev}")
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        for side in (int(s) for s in args.res.split(",")):
+            n, h, d = side * side, args.heads, 8
+            q, k, v = torch.randn(1, n, 3, h, d).permute(2, 0, 3, 1, 4)  # strided, as the projections give them
+            attn = torch.softmax(torch.randn(1, h, n, n), dim=-1)
+            weight, bias = torch.randn(h, h, 3, 3), torch.randn(h)
+            operators = {
+                "attention": lambda ops: ops.softmax_attention(q, k, v, True, torch.float32),
+                "map": lambda ops: ops.fused_map(attn, weight, bias),
+            }
+            for name, call in operators.items():
+                torch.testing.assert_close(call(this), call(other), rtol=0, atol=0)
+                mine, theirs, ratio = race(lambda: call(this), lambda: call(other), args.rounds, max(1, 20_000 // n))
+                print(f"threads {threads}  {side}x{side}  {name:9s}  {args.rev} {1e3 * theirs:8.3f} ms   "
+                      f"this {1e3 * mine:8.3f} ms   ratio {ratio:.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
