@@ -126,9 +126,23 @@ def _build(name: str):
     return getattr(torch.ops, namespace)
 
 
+STABLE_ABI_SINCE = (2, 10)  # torch::stable::get_num_threads and new_empty(..., dtype), which operators.cpp uses
+
+
+def torch_problem(version: str | None = None) -> str | None:
+    """Why this torch cannot build the kernels (they register through LibTorch's stable ABI of torch >= 2.10), or ``None``."""
+    import torch
+
+    version = version or torch.__version__
+    major_minor = tuple(int(part) for part in re.findall(r"\d+", version)[:2])
+    if major_minor < STABLE_ABI_SINCE:
+        return f"the fused kernels need torch >= {'.'.join(map(str, STABLE_ABI_SINCE))} (LibTorch's stable ABI), this is {version}"
+    return None
+
+
 def problem(name: str) -> str | None:
-    """Why the kernels cannot be built for ``name`` here (no compiler, a CPU without the target), or ``None``."""
-    return compiler_problem() or target_problem(name)
+    """Why the kernels cannot be built for ``name`` here (no compiler, an older torch, a CPU without the target), or ``None``."""
+    return compiler_problem() or torch_problem() or target_problem(name)
 
 
 def load(name: str):

@@ -52,6 +52,18 @@ def test_a_target_the_cpu_lacks_is_refused_before_any_build(monkeypatch):
     assert kernels.compiler_tag(kernels.compiler()) in kernels.extension_name("x86-64-v3")
 
 
+def test_a_torch_without_the_stable_abi_is_refused_before_any_build(monkeypatch):
+    import torch as real_torch
+
+    monkeypatch.setattr(real_torch, "__version__", "2.9.1+cpu")
+    built = []
+    monkeypatch.setattr(kernels, "_build", lambda name: built.append(name))
+    with pytest.raises(RuntimeError, match=r"need torch >= 2.10 \(LibTorch's stable ABI\), this is 2.9.1\+cpu"):
+        kernels.load(kernels.best_target())
+    assert built == []
+    assert kernels.torch_problem("2.10.0") is None
+
+
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("name", ["fused", "fused-bf16"])
 def test_accuracy_on_random_shapes(monkeypatch, name, target):
