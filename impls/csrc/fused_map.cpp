@@ -166,131 +166,10 @@ void convolve_tile(const float* tile, const float* Wt, const float* bias, float*
   }
 }
 
-// ---- Winograd F(2x2, 3x3): the same tile, 2 x 2 outputs from a 4 x 4 input patch ----
-// Y = A^T [(G g G^T) . (B^T d B)] A: 16 multiplications per patch and channel pair
-// instead of 36. The patches of W horizontally adjacent output pairs share a
-// vector: lane t holds the patch whose columns start at 2t, read with an
-// even/odd split of two vectors of the tile row. The transforms are exact in
-// binary (0, +-1, +-1/2), and the result as accurate as the direct sum
-// (docs/performance.md, section 9).
-
-#if defined(__AVX512F__)
-constexpr cmgm::vi EVEN = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30};
-constexpr cmgm::vi ODD = {1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31};
-constexpr cmgm::vi ZIP_LOW = {0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23};
-constexpr cmgm::vi ZIP_HIGH = {8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
-#else
-constexpr cmgm::vi EVEN = {0, 2, 4, 6, 8, 10, 12, 14};
-constexpr cmgm::vi ODD = {1, 3, 5, 7, 9, 11, 13, 15};
-constexpr cmgm::vi ZIP_LOW = {0, 8, 1, 9, 2, 10, 3, 11};
-constexpr cmgm::vi ZIP_HIGH = {4, 12, 5, 13, 6, 14, 7, 15};
-#endif
-
-// even[t] = p[2t], odd[t] = p[2t + 1] for t < W.
-inline void deinterleave(const float* p, vf& even, vf& odd) {
-  const vf low = load(p), high = load(p + W);
-  even = __builtin_shuffle(low, high, EVEN);
-  odd = __builtin_shuffle(low, high, ODD);
-}
-
-// The first `count` lanes of v (all of them when count >= W).
-inline void store_first(float* dst, vf v, int64_t count) {
-  if (count >= W) return cmgm::store(dst, v);
-  for (int64_t k = 0; k < count; ++k) dst[k] = v[k];
-}
-
-// The filter in the Winograd domain, U[k][c][o] = (G g[o][c] G^T)[k] for k = 4 i + j, computed in double.
-std::vector<float> winograd_filter(const float* weight, int64_t heads) {
-  std::vector<float> U(16 * heads * heads);
-  for (int64_t o = 0; o < heads; ++o)
-    for (int64_t c = 0; c < heads; ++c) {
-      const float* g = weight + (o * heads + c) * 9;
-      double Gg[4][3];
-      for (int q = 0; q < 3; ++q) {
-        const double g0 = g[q], g1 = g[3 + q], g2 = g[6 + q];
-        Gg[0][q] = g0, Gg[1][q] = (g0 + g1 + g2) / 2, Gg[2][q] = (g0 - g1 + g2) / 2, Gg[3][q] = g2;
-      }
-      for (int i = 0; i < 4; ++i) {
-        const double u[4] = {Gg[i][0], (Gg[i][0] + Gg[i][1] + Gg[i][2]) / 2, (Gg[i][0] - Gg[i][1] + Gg[i][2]) / 2, Gg[i][2]};
-        for (int j = 0; j < 4; ++j) U[((4 * i + j) * heads + c) * heads + o] = static_cast<float>(u[j]);
-      }
-    }
-  return U;
-}
-
-// V = B^T d B for the W patches of channel plane `plane` whose top-left corners are (row, jv + 2t).
-inline void transform_patches(const float* plane, int64_t row, int64_t jv, vf (&V)[16]) {
-  vf d[4][4], t[4][4];
-  for (int r = 0; r < 4; ++r) {
-    const float* line = plane + (row + r) * P + jv;
-    deinterleave(line, d[r][0], d[r][1]);
-    deinterleave(line + 2, d[r][2], d[r][3]);
-  }
-  for (int q = 0; q < 4; ++q)
-    t[0][q] = d[0][q] - d[2][q], t[1][q] = d[1][q] + d[2][q], t[2][q] = d[2][q] - d[1][q], t[3][q] = d[1][q] - d[3][q];
-  for (int i = 0; i < 4; ++i) {
-    V[4 * i + 0] = t[i][0] - t[i][2];
-    V[4 * i + 1] = t[i][1] + t[i][2];
-    V[4 * i + 2] = t[i][2] - t[i][1];
-    V[4 * i + 3] = t[i][1] - t[i][3];
-  }
-}
-
-// Output rows (ii, ii + 1) of channel o from its 16 products M (Y = A^T M A), + bias, ReLU,
-// the two lanes of each patch interleaved into a row.
-inline void store_patches(const vf (&M)[16], float beta, float* dst, int64_t n, int64_t rows_left, int64_t cols_left) {
-  vf s[2][4];
-  for (int q = 0; q < 4; ++q) s[0][q] = M[q] + M[4 + q] + M[8 + q], s[1][q] = M[4 + q] - M[8 + q] - M[12 + q];
-  for (int r = 0; r < 2 && r < rows_left; ++r) {
-    const vf left = cmgm::relu(s[r][0] + s[r][1] + s[r][2] + beta);
-    const vf right = cmgm::relu(s[r][1] - s[r][2] - s[r][3] + beta);
-    store_first(dst + r * n, __builtin_shuffle(left, right, ZIP_LOW), cols_left);
-    if (cols_left > W) store_first(dst + r * n + W, __builtin_shuffle(left, right, ZIP_HIGH), cols_left - W);
-  }
-}
-
-// All H output channels of one tile; `U` from winograd_filter. PAIRS row pairs at a time
-// share each broadcast of U (two for up to 8 channels on AVX-512: V of both stays in L1).
-template <int H, typename scalar_t>
-void winograd_tile(const float* tile, const float* U, const float* bias, float* out, int64_t n, int64_t b, int64_t i0, int64_t j0,
-                   RowPrefetcher<scalar_t>& prefetcher, size_t per_row) {
-  constexpr int PAIRS = W == 16 && H <= 8 ? 2 : 1;  // 16 ymm registers hold one pair's 8 accumulators only
-  constexpr int OB = H < 8 ? H : 8;  // output channels accumulated together: PAIRS x OB registers
-  const int64_t rows = std::min(T, n - i0), cols = std::min(T, n - j0);
-  vf V[PAIRS][H][16], M[PAIRS][OB][16];
-  for (int64_t ii = 0; ii < rows; ii += 2 * PAIRS) {
-    for (int64_t jv = 0; jv < cols; jv += 2 * W) {
-      for (int g = 0; g < PAIRS; ++g)
-        for (int c = 0; c < H; ++c) transform_patches(tile + c * P * P, std::min<int64_t>(ii + 2 * g, T - 2), jv, V[g][c]);
-      for (int o0 = 0; o0 < H; o0 += OB) {
-        for (int k = 0; k < 16; ++k) {  // M = U . V, summed over the input channels
-          vf acc[PAIRS][OB] = {};
-          for (int c = 0; c < H; ++c) {
-            const float* u = U + (k * H + c) * H + o0;
-            for (int g = 0; g < PAIRS; ++g) {
-              const vf v = V[g][c][k];
-              for (int o = 0; o < OB; ++o) acc[g][o] += u[o] * v;
-            }
-          }
-          for (int g = 0; g < PAIRS; ++g)
-            for (int o = 0; o < OB; ++o) M[g][o][k] = acc[g][o];
-        }
-        for (int g = 0; g < PAIRS; ++g) {
-          const int64_t row = ii + 2 * g;
-          if (row >= rows) break;
-          for (int o = 0; o < OB; ++o)
-            store_patches(M[g][o], bias[o0 + o], out + ((b * H + o0 + o) * n + i0 + row) * n + j0 + jv, n, rows - row, cols - jv);
-        }
-      }
-    }
-    prefetcher.step(2 * PAIRS * per_row);
-  }
-}
-
 // The weight is laid out (c, di, dj, o): the h weights of one tap are contiguous.
 // Tiles are taken in mirrored pairs (I, J), (J, I): A is read once for both,
 // and the second tile of A + A^T is the first one transposed in cache.
-template <int H, bool Winograd, typename scalar_t>
+template <int H, typename scalar_t>
 void fused_map_kernel(const scalar_t* A, const float* Wt, const float* bias, float* out, int64_t batch, int64_t n, int threads) {
   const int64_t tiles = (n + T - 1) / T;
   std::vector<std::pair<int64_t, int64_t>> pairs;  // (I, J) with I <= J
@@ -312,17 +191,10 @@ void fused_map_kernel(const scalar_t* A, const float* Wt, const float* bias, flo
       }
       const int64_t output_rows = (i0 == j0 ? 1 : 2) * std::min(T, n - i0);
       const size_t per_row = (prefetcher.size() + output_rows - 1) / output_rows;
-      auto convolve = [&](const float* padded, int64_t r0, int64_t c0) {
-        if constexpr (Winograd) {
-          winograd_tile<H>(padded, Wt, bias, out, n, b, r0, c0, prefetcher, per_row);
-        } else {
-          convolve_tile<H>(padded, Wt, bias, out, n, b, r0, c0, prefetcher, per_row);
-        }
-      };
-      convolve(tile.data(), i0, j0);
+      convolve_tile<H>(tile.data(), Wt, bias, out, n, b, i0, j0, prefetcher, per_row);
       if (i0 == j0) continue;
       for (int64_t c = 0; c < H; ++c) transpose_tile(tile.data() + c * P * P, mirrored.data() + c * P * P);
-      convolve(mirrored.data(), j0, i0);
+      convolve_tile<H>(mirrored.data(), Wt, bias, out, n, b, j0, i0, prefetcher, per_row);
     }
   });
 }
@@ -335,23 +207,16 @@ std::vector<float> taps_major(const float* weight, int64_t heads) {
   return taps;
 }
 
-template <bool Winograd, typename scalar_t>
+template <typename scalar_t>
 void dispatch_heads(const scalar_t* A, const float* Wt, const float* bias, float* out, int64_t batch, int64_t heads, int64_t n,
                     int threads) {
   switch (heads) {
-    case 1: return fused_map_kernel<1, Winograd>(A, Wt, bias, out, batch, n, threads);
-    case 2: return fused_map_kernel<2, Winograd>(A, Wt, bias, out, batch, n, threads);
-    case 4: return fused_map_kernel<4, Winograd>(A, Wt, bias, out, batch, n, threads);
-    case 8: return fused_map_kernel<8, Winograd>(A, Wt, bias, out, batch, n, threads);
-    case 16: return fused_map_kernel<16, Winograd>(A, Wt, bias, out, batch, n, threads);
+    case 1: return fused_map_kernel<1>(A, Wt, bias, out, batch, n, threads);
+    case 2: return fused_map_kernel<2>(A, Wt, bias, out, batch, n, threads);
+    case 4: return fused_map_kernel<4>(A, Wt, bias, out, batch, n, threads);
+    case 8: return fused_map_kernel<8>(A, Wt, bias, out, batch, n, threads);
+    case 16: return fused_map_kernel<16>(A, Wt, bias, out, batch, n, threads);
   }
-}
-
-template <typename scalar_t>
-void fused_map_with(const scalar_t* attn, const float* weight, const float* bias, float* out, int64_t batch, int64_t heads,
-                    int64_t n, bool winograd, int threads) {
-  if (winograd) return dispatch_heads<true>(attn, winograd_filter(weight, heads).data(), bias, out, batch, heads, n, threads);
-  dispatch_heads<false>(attn, taps_major(weight, heads).data(), bias, out, batch, heads, n, threads);
 }
 
 }  // namespace
@@ -361,13 +226,13 @@ namespace cmgm {
 bool fused_map_supports(int64_t heads) { return heads == 1 || heads == 2 || heads == 4 || heads == 8 || heads == 16; }
 
 void fused_map(const float* attn, const float* weight, const float* bias, float* out, int64_t batch, int64_t heads, int64_t n,
-               bool winograd, int threads) {
-  fused_map_with(attn, weight, bias, out, batch, heads, n, winograd, threads);
+               int threads) {
+  dispatch_heads(attn, taps_major(weight, heads).data(), bias, out, batch, heads, n, threads);
 }
 
 void fused_map(const bf16* attn, const float* weight, const float* bias, float* out, int64_t batch, int64_t heads, int64_t n,
-               bool winograd, int threads) {
-  fused_map_with(attn, weight, bias, out, batch, heads, n, winograd, threads);
+               int threads) {
+  dispatch_heads(attn, taps_major(weight, heads).data(), bias, out, batch, heads, n, threads);
 }
 
 }  // namespace cmgm

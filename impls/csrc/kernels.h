@@ -11,13 +11,10 @@
 namespace cmgm {
 
 // out (B, h, N, N) float32 = ReLU(conv3x3(A + A^T, weight) + bias) for A (B, h, N, N), contiguous;
-// weight (h, h, 3, 3) and bias (h), float32 and contiguous, with the BatchNorm folded in. The
-// convolution is direct, or Winograd F(2x2, 3x3) when `winograd`.
+// weight (h, h, 3, 3) and bias (h), float32 and contiguous, with the BatchNorm folded in.
 bool fused_map_supports(int64_t heads);
-void fused_map(const float* attn, const float* weight, const float* bias, float* out, int64_t batch, int64_t heads, int64_t n,
-               bool winograd, int threads);
-void fused_map(const bf16* attn, const float* weight, const float* bias, float* out, int64_t batch, int64_t heads, int64_t n,
-               bool winograd, int threads);
+void fused_map(const float* attn, const float* weight, const float* bias, float* out, int64_t batch, int64_t heads, int64_t n, int threads);
+void fused_map(const bf16* attn, const float* weight, const float* bias, float* out, int64_t batch, int64_t heads, int64_t n, int threads);
 
 // q, k, v: (B, h, N, d), float32 or bfloat16, with any element strides; q already scaled.
 struct AttentionInputs {

@@ -23,7 +23,7 @@ bool float_or_bfloat16(const Tensor& t) {
   return t.scalar_type() == ScalarType::Float || t.scalar_type() == ScalarType::BFloat16;
 }
 
-Tensor map_with(const Tensor& attn, const Tensor& weight, const Tensor& bias, bool winograd) {
+Tensor fused_map(Tensor attn, Tensor weight, Tensor bias) {
   STD_TORCH_CHECK(attn.dim() == 4 && attn.size(2) == attn.size(3), "attn must be (B, h, N, N)");
   STD_TORCH_CHECK(attn.is_cpu() && attn.is_contiguous(), "attn must be a contiguous CPU tensor");
   STD_TORCH_CHECK(float_or_bfloat16(attn), "attn must be float32 or bfloat16");
@@ -40,16 +40,12 @@ Tensor map_with(const Tensor& attn, const Tensor& weight, const Tensor& bias, bo
   const auto* b = static_cast<const float*>(bias.const_data_ptr());
   const int threads = static_cast<int>(torch::stable::get_num_threads());
   if (attn.scalar_type() == ScalarType::Float) {
-    cmgm::fused_map(static_cast<const float*>(attn.const_data_ptr()), w, b, out_data, batch, heads, n, winograd, threads);
+    cmgm::fused_map(static_cast<const float*>(attn.const_data_ptr()), w, b, out_data, batch, heads, n, threads);
   } else {
-    cmgm::fused_map(static_cast<const cmgm::bf16*>(attn.const_data_ptr()), w, b, out_data, batch, heads, n, winograd, threads);
+    cmgm::fused_map(static_cast<const cmgm::bf16*>(attn.const_data_ptr()), w, b, out_data, batch, heads, n, threads);
   }
   return out;
 }
-
-Tensor fused_map(Tensor attn, Tensor weight, Tensor bias) { return map_with(attn, weight, bias, false); }
-
-Tensor fused_map_winograd(Tensor attn, Tensor weight, Tensor bias) { return map_with(attn, weight, bias, true); }
 
 // q, k, v: (B, h, N, d), any strides, float32 or bfloat16 (all one dtype, widened to float32
 // inside); q already scaled. Returns (A V as (B, N, h * d) float32, A as (B, h, N, N) in
@@ -93,12 +89,10 @@ std::tuple<Tensor, Tensor> softmax_attention(Tensor q, Tensor k, Tensor v, bool 
 
 CMGM_DEFINE(CMGM_NAMESPACE, m) {
   m.def("fused_map(Tensor attn, Tensor weight, Tensor bias) -> Tensor");
-  m.def("fused_map_winograd(Tensor attn, Tensor weight, Tensor bias) -> Tensor");
   m.def("softmax_attention(Tensor q, Tensor k, Tensor v, bool want_attn, ScalarType attn_dtype) -> (Tensor, Tensor)");
 }
 
 CMGM_IMPLEMENT(CMGM_NAMESPACE, m) {
   m.impl("fused_map", TORCH_BOX(&fused_map));
-  m.impl("fused_map_winograd", TORCH_BOX(&fused_map_winograd));
   m.impl("softmax_attention", TORCH_BOX(&softmax_attention));
 }
