@@ -57,7 +57,12 @@ class Node:
 def test_survivors_are_frozen_after_an_import_and_garbage_is_still_collected(tmp_path, monkeypatch):
     name = f"cmgm_heap_probe_{uuid.uuid4().hex}"
     (tmp_path / f"{name}.py").write_text("TABLE = [[index] for index in range(1000)]\n")
+    (tmp_path / f"{name}_outside.py").write_text("VALUE = 1.5\n")
     monkeypatch.syspath_prepend(str(tmp_path))
+    with monkeypatch.context() as outside:  # as in a Ray worker: no frozen block (the test session holds one)
+        outside.setattr(heap, "_depth", 0)
+        __import__(name + "_outside")
+        assert not heap.freeze_if_imported()  # nothing would unfreeze it
     with heap.frozen():
         assert not heap.freeze_if_imported()  # nothing imported since the block started
         frozen_before = gc.get_freeze_count()
@@ -72,7 +77,7 @@ def test_survivors_are_frozen_after_an_import_and_garbage_is_still_collected(tmp
         del cycle
         gc.collect()
         assert alive() is None  # a cycle made after the freeze is still garbage collected
-    sys.modules.pop(name)
+    sys.modules.pop(name), sys.modules.pop(name + "_outside")
 
 
 def test_only_the_outermost_frozen_block_unfreezes():
