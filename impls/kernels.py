@@ -132,10 +132,10 @@ STABLE_ABI_SINCE = (2, 10)  # torch::stable::get_num_threads and new_empty(..., 
 def torch_problem(version: str | None = None) -> str | None:
     """Why this torch cannot build the kernels (they register through LibTorch's stable ABI of torch >= 2.10), or ``None``."""
     import torch
+    from torch.torch_version import TorchVersion
 
     version = version or torch.__version__
-    major_minor = tuple(int(part) for part in re.findall(r"\d+", version)[:2])
-    if major_minor < STABLE_ABI_SINCE:
+    if TorchVersion(version) < STABLE_ABI_SINCE:
         return f"the fused kernels need torch >= {'.'.join(map(str, STABLE_ABI_SINCE))} (LibTorch's stable ABI), this is {version}"
     return None
 

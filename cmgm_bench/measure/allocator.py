@@ -109,4 +109,4 @@ def policy() -> str | None:
     """What :func:`pin_for_timing` and the huge-page request make of the allocator; None off glibc."""
     if LIBC is None:
         return None
-    return f"glibc: mmap threshold 32 MiB, heap never trimmed; huge pages for blocks >= 2 MiB: {huge_pages()}"
+    return f"glibc: mmap threshold {STEADY_MMAP_THRESHOLD >> 20} MiB, heap never trimmed; huge pages for blocks >= 2 MiB: {huge_pages()}"

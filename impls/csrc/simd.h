@@ -80,12 +80,17 @@ inline vf load(const bf16* p) {
 
 inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
 
-// Round to nearest even, as c10::BFloat16's constructor does (finite values).
+// The bfloat16 bits of float32 bits (one value or a vector of them), rounded to nearest
+// even as c10::BFloat16's constructor rounds (finite values).
+template <typename Bits>
+inline Bits bfloat16_bits(Bits bits) {
+  return (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+}
+
 inline void store(bf16* p, vf v) {
   vu bits;
   std::memcpy(&bits, &v, sizeof bits);
-  bits = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
-  vh h = __builtin_convertvector(bits, vh);
+  vh h = __builtin_convertvector(bfloat16_bits(bits), vh);
   std::memcpy(p, &h, sizeof h);
 }
 
@@ -93,7 +98,7 @@ inline void store_one(float* p, float x) { *p = x; }
 inline void store_one(bf16* p, float x) {
   uint32_t bits;
   std::memcpy(&bits, &x, sizeof bits);
-  p->bits = static_cast<uint16_t>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+  p->bits = static_cast<uint16_t>(bfloat16_bits(bits));
 }
 
 inline vf maxv(vf a, vf b) { return a > b ? a : b; }
