@@ -1,5 +1,5 @@
-"""Shared test helpers: a configuration for measuring single cases quickly, a plug-in that kills its process
-and the sweep that runs it through a remote executor,
+"""Shared test helpers: a configuration for measuring single cases quickly, accuracy judged against float64 as
+the sweep judges it, a plug-in that kills its process and the sweep that runs it through a remote executor,
 the checks of ceilings that remote executors' workers measure."""
 
 from __future__ import annotations
@@ -11,9 +11,11 @@ import textwrap
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from cmgm_bench.stats import StopRule
 from cmgm_bench.config.run_config import RunConfig
+from cmgm_bench.measure.accuracy import reference_outputs, relative_error, tolerance_for
 
 ONE_SAMPLE = StopRule(min_samples=1, max_time_s=0.0, floor_samples=1)
 
@@ -21,6 +23,23 @@ ONE_SAMPLE = StopRule(min_samples=1, max_time_s=0.0, floor_samples=1)
 def measure_config(stop_rule: StopRule = ONE_SAMPLE, **changes) -> RunConfig:
     """A :class:`RunConfig` for a :class:`CaseRunner` in a test: ``stop_rule`` and the measuring fields given."""
     return dataclasses.replace(RunConfig.build(impl="eager"), stop_rule=stop_rule, **changes)
+
+
+def assert_near_float64(value: torch.Tensor, reference: torch.Tensor, dtype: str = "float32") -> float:
+    """``value`` is within the tool's tolerance for ``dtype`` of ``reference`` (computed in float64): relative L2
+    error, as the sweep judges every case. Two float32 computations are never compared element by element: their
+    rounding differs by CPU (an AVX2 and an AVX-512 library path sum in other orders). Returns the error."""
+    assert reference.dtype == torch.float64, "the reference must be computed in float64"
+    error = relative_error(value, reference)
+    assert error <= tolerance_for(dtype), f"relative error {error:.3g} above the {dtype} tolerance {tolerance_for(dtype):.3g}"
+    return error
+
+
+def assert_module_outputs_near_float64(out: torch.Tensor, attn_map: torch.Tensor, module, x, y) -> None:
+    """Both outputs of an inference call are within the float32 tolerance of ``module``'s float64 outputs."""
+    reference = reference_outputs(module, x, y, train=False)
+    assert_near_float64(out, reference.out)
+    assert_near_float64(attn_map, reference.attn_map)
 
 
 def killer_impl_file(directory: Path, attempts: Path) -> Path:

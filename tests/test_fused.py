@@ -10,8 +10,9 @@ from cmgm_bench import registry
 from cmgm_bench.config.cases import Case
 from cmgm_bench.workload.reference import make_inputs, reference_module
 from cmgm_bench.measure.case_runner import CaseRunner
+from cmgm_bench.measure.accuracy import reference_outputs, relative_error, tolerance_for
 from cmgm_bench.results.store import to_row
-from tests.helpers import measure_config
+from tests.helpers import assert_module_outputs_near_float64, assert_near_float64, measure_config
 from cmgm_bench.machine import cpu_features
 from impls import kernels
 from impls.fused import FusedCMGM
@@ -95,10 +96,17 @@ def test_folding_uses_the_module_it_is_built_from():
         module.conv2[4].running_var *= 2
     with torch.inference_mode():
         after_out, after_map = FusedCMGM(module, torch.float32)(x, y, want_map=True)
-        want_out, want_map = module(x, y)
-    assert not torch.allclose(before_out, after_out) and not torch.allclose(before_map, after_map)
-    torch.testing.assert_close(after_out, want_out, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(after_map, want_map, rtol=1e-4, atol=1e-5)
+    assert_module_outputs_near_float64(after_out, after_map, module, x, y)
+    # the outputs built before the change are off the changed module's float64 outputs by more than the tolerance
+    reference = reference_outputs(module, x, y, train=False)
+    assert relative_error(before_out, reference.out) > tolerance_for("float32")
+    assert relative_error(before_map, reference.attn_map) > tolerance_for("float32")
+
+
+def symmetric_map_float64(attn, weight, bias):
+    """The map stage in float64: ``relu(conv3x3(attn + attn^T))``."""
+    wide = attn.double()
+    return torch.relu(torch.nn.functional.conv2d(wide + wide.transpose(-1, -2), weight.double(), bias.double(), padding=1))
 
 
 def test_map_kernel_matches_conv_for_every_supported_head_count(target_kernels):
@@ -106,8 +114,7 @@ def test_map_kernel_matches_conv_for_every_supported_head_count(target_kernels):
         for n in (5, 33, 70, 130):  # 130: interior tiles off the diagonal, paired with their mirrors
             attn = torch.softmax(torch.randn(2, heads, n, n), dim=-1)
             weight, bias = torch.randn(heads, heads, 3, 3), torch.randn(heads)
-            want = torch.relu(torch.nn.functional.conv2d(attn + attn.transpose(-1, -2), weight, bias, padding=1))
-            torch.testing.assert_close(target_kernels.fused_map(attn, weight, bias), want, rtol=1e-5, atol=1e-5)
+            assert_near_float64(target_kernels.fused_map(attn, weight, bias), symmetric_map_float64(attn, weight, bias))
 
 
 def test_unsupported_head_count_is_a_clear_error(target_kernels):
@@ -120,17 +127,18 @@ def test_attention_kernel_matches_softmax_attention(target_kernels, n, d):
     """Row counts that are not a multiple of the 4-row groups or 16-float vectors, head dims padded to 8."""
     torch.manual_seed(n * d)
     q, k, v = (torch.randn(2, n, 3, d).transpose(1, 2) for _ in range(3))  # strided, as the projections give them
-    want_attn = torch.softmax(q @ k.transpose(-1, -2), dim=-1)
-    want_out = (want_attn @ v).transpose(1, 2).reshape(2, n, 3 * d)
+    q64, k64, v64 = (t.double() for t in (q, k, v))
+    want_attn = torch.softmax(q64 @ k64.transpose(-1, -2), dim=-1)
+    want_out = (want_attn @ v64).transpose(1, 2).reshape(2, n, 3 * d)
     out, attn = target_kernels.softmax_attention(q, k, v, True, torch.float32)
-    torch.testing.assert_close(attn, want_attn, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(out, want_out, rtol=1e-5, atol=1e-5)
+    assert_near_float64(attn, want_attn)
+    assert_near_float64(out, want_out)
     out_only, none = target_kernels.softmax_attention(q, k, v, False, torch.float32)
     assert none is None
-    torch.testing.assert_close(out_only, want_out, rtol=1e-5, atol=1e-5)
+    assert_near_float64(out_only, want_out)
     _, attn_bf16 = target_kernels.softmax_attention(q, k, v, True, torch.bfloat16)
     assert attn_bf16.dtype == torch.bfloat16
-    torch.testing.assert_close(attn_bf16.float(), want_attn, rtol=1e-2, atol=1e-3)
+    assert_near_float64(attn_bf16, want_attn, "bfloat16")
     # bfloat16 inputs are widened exactly: the same as passing their float32 values
     narrow = [t.bfloat16() for t in (q, k, v)]
     torch.testing.assert_close(
@@ -143,9 +151,8 @@ def test_attention_kernel_matches_softmax_attention(target_kernels, n, d):
 def test_map_kernel_reads_bfloat16_attention(target_kernels):
     attn = torch.softmax(torch.randn(1, 4, 130, 130), dim=-1).bfloat16()
     weight, bias = torch.randn(4, 4, 3, 3), torch.randn(4)
-    wide = attn.float()
-    want = torch.relu(torch.nn.functional.conv2d(wide + wide.transpose(-1, -2), weight, bias, padding=1))
-    torch.testing.assert_close(target_kernels.fused_map(attn, weight, bias), want, rtol=1e-5, atol=1e-5)
+    # the bfloat16 values widened exactly: float32 accuracy against the float64 map of those values
+    assert_near_float64(target_kernels.fused_map(attn, weight, bias), symmetric_map_float64(attn, weight, bias))
 
 
 def test_without_a_compiler_fwd_is_unsupported_with_the_reason_and_feature_runs(monkeypatch):
@@ -180,9 +187,7 @@ def test_either_path_of_each_stage_gives_the_reference(target_kernels, path):
     fused.use_kernels(target_kernels, {"attention": path, "map": path})
     with torch.inference_mode():
         out, attn_map = fused(x, y, want_map=True)
-        want_out, want_map = module(x, y)
-    torch.testing.assert_close(out, want_out, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(attn_map, want_map, rtol=1e-4, atol=1e-5)
+    assert_module_outputs_near_float64(out, attn_map, module, x, y)
 
 
 def test_fused_bf16_needs_native_bfloat16(monkeypatch):

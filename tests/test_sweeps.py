@@ -76,8 +76,10 @@ def test_each_record_says_where_its_time_went(tmp_path):
     (measured,) = load_run(out).measurements
     phases, wall = measured.notes["phase_s"], measured.notes["wall_s"]
     assert {"setup", "reference", "build_and_first_call", "warm_up", "sdpa_backend", "sampling", "cleanup"} <= set(phases)
-    assert phases["build_and_first_call"] >= 0.3 > phases["warm_up"]
-    assert sum(phases.values()) <= wall < sum(phases.values()) + 0.5
+    assert phases["build_and_first_call"] >= 0.3  # the build's sleep is counted where it happened
+    # the phases are disjoint parts of the case: together no more than its wall time, and most of it (a ratio:
+    # a busy machine slows the code between phases as much as the phases)
+    assert 0.75 * wall <= sum(phases.values()) <= wall
     # scripts/phase_times.py (which gpu_check.sh prints) sums them per implementation
     script = Path(__file__).resolve().parent.parent / "scripts" / "phase_times.py"
     shown = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True, check=True).stdout
@@ -105,10 +107,8 @@ def test_timeout_per_case(tmp_path, isolate):
     path = impl_file(tmp_path, "sleepy", SLEEPY)
     out = tmp_path / "run"
     args = ["--impl-file", path, "--impl", "sleepy", "--res", "4,5", "--timeout", "3", "--out", str(out), *FAST]
-    started = time.monotonic()
     result = run(args + (["--isolate"] if isolate else []))
     assert result.exit_code == 0, result.output
-    assert time.monotonic() - started < 25
     frame = pd.read_csv(out / "results.csv").set_index("height")
     assert frame.status.to_dict() == {4: "ok", 5: "timeout"}
     assert "timed out after 3 s" in frame.error[5]
@@ -185,14 +185,42 @@ def test_kill_9_loses_nothing_and_resume_completes(tmp_path):
     assert (merged_before.latency_ms.values == before.latency_ms.values).all()  # finished rows untouched
 
 
-def test_ctrl_c_keeps_finished_cases_and_exits_130(tmp_path):
+INTERRUPTER = """
+import os, signal
+from cmgm_bench.registry import register
+
+@register("interrupter", description="sends SIGINT to its own process in its first call at 5x5", modes=("fwd",))
+def build(module, case):
+    calls = []
+    def forward(x, y):
+        if case.height == 5 and not calls:
+            calls.append(1)
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+            except BaseException:
+                if {swallow}:
+                    pass  # as a finalizer or a library that catches BaseException drops it
+                else:
+                    raise
+        return module(x, y)
+    return forward
+"""
+
+
+@pytest.mark.parametrize("swallowed", [False, True])
+def test_ctrl_c_keeps_finished_cases_and_exits_130(tmp_path, swallowed):
+    """SIGINT at a known point of a known case (no race with the sweep's progress): the finished cases are kept,
+    no later case runs, the exit code is 130; also when the ``KeyboardInterrupt`` was dropped where it landed."""
+    path = impl_file(tmp_path, "interrupter", INTERRUPTER.format(swallow=swallowed))
     out = tmp_path / "run"
-    proc = cli_process([*SWEEP, "--out", str(out)])
-    wait_for_cases(out, 2, proc)
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=60) == 130
+    proc = cli_process(["--impl-file", path, "--impl", "interrupter", "--res", "4,5,6,7", *FAST, "--no-report", "--out", str(out)])
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130, stderr
+    assert "interrupted: finished cases are in" in stderr
     frame = pd.read_csv(out / "results.csv")
-    assert len(frame) >= 2 and len(load_run(out).measurements) == len(frame)
+    # swallowed, the case at 5x5 finished before the sweep stopped; raised, it ended there
+    assert list(frame.height) == ([4, 5] if swallowed else [4])
+    assert (frame.status == "ok").all() and len(load_run(out).measurements) == len(frame)
 
 
 def test_shards_merge_to_the_unsharded_sweep(tmp_path):

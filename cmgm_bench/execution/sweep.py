@@ -21,6 +21,7 @@ from cmgm_bench.config import settings as settings_module
 from cmgm_bench.config.cases import Case
 from cmgm_bench.config.run_config import RunConfig
 from cmgm_bench.errors import UsageError
+from cmgm_bench.execution import interrupts
 from cmgm_bench.execution.isolate import run_isolated
 from cmgm_bench.machine import env
 from cmgm_bench.measure import ceilings
@@ -130,8 +131,8 @@ def run_plan(
     writer = RunWriter(plan.out_dir, meta, plan.done)
     runners = {device: CaseRunner(config, meta["ceilings"].get(device, {})) for device in devices}
     try:
-        with heap.frozen():  # each case's garbage collection scans only the case's own objects
-            run_cases(plan, writer, runners, on_case_start, on_case_done)
+        with heap.frozen(), interrupts.watched() as interrupted:  # each case's collection scans only its own objects
+            run_cases(plan, writer, runners, on_case_start, on_case_done, interrupted)
         if config.count_instructions:
             add_instruction_counts(writer, plan)
     finally:  # also on Ctrl-C: the summaries of what finished
@@ -154,9 +155,12 @@ def local_measurements(plan: Plan, runners: dict, on_case_start) -> Iterator[tup
         yield case, measurement.with_(notes={**measurement.notes, "host": env.host_description(case.device)})
 
 
-def run_cases(plan: Plan, writer: RunWriter, runners: dict, on_case_start, on_case_done) -> None:
+def run_cases(plan: Plan, writer: RunWriter, runners: dict, on_case_start, on_case_done,
+              interrupted: interrupts.Interrupts | None = None) -> None:
     """Run each case not done yet with the configured executor; account its share of the ceiling and
-    append it to the journal as soon as it is back."""
+    append it to the journal as soon as it is back. After each case, stop if Ctrl-C arrived, even where the
+    ``KeyboardInterrupt`` it raised was dropped (:mod:`cmgm_bench.execution.interrupts`)."""
+    interrupted = interrupted or interrupts.Interrupts()
     dtypes = {device: run_dtypes(plan, device) for device in runners}
     if plan.config.executor == "ray":
         from cmgm_bench.execution.ray_executor import RayExecutor
@@ -185,6 +189,7 @@ def run_cases(plan: Plan, writer: RunWriter, runners: dict, on_case_start, on_ca
         writer.append(measurement)
         if on_case_done:
             on_case_done(case, measurement)
+        interrupted.check()
 
 
 def adopt_worker_ceilings(writer: RunWriter, measurement: Measurement) -> Measurement:
