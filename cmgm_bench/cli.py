@@ -24,6 +24,7 @@ from cmgm_bench.errors import UsageError
 from cmgm_bench.execution.sweep import Plan, argv, make_plan, plan_resume
 from cmgm_bench.machine import env as env_module
 from cmgm_bench.machine.process_setup import prepare_process
+from cmgm_bench.measure import contention
 from cmgm_bench.measure.counters import count_all
 from cmgm_bench.measure.prepare import prepare_case
 from cmgm_bench.measure.profiling import profile_case
@@ -108,6 +109,9 @@ def run_command(
     preset: Annotated[Optional[str], typer.Option(help="Preset sweep: " + PRESET_HELP)] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Finish an interrupted run directory: run only its missing cases.")] = None,
     strict: Annotated[bool, typer.Option(help="Exit 1 if any case is inaccurate.")] = DEFAULTS["strict"],
+    fail_on_contention: Annotated[bool, typer.Option(help=(
+        f"Exit 1 if any case was timed while other work took more than {contention.CONTENDED_SHARE:.0%} of its cores "
+        "(the 'contention' column): for CI, where such a run is to be repeated, not trusted."))] = DEFAULTS["fail_on_contention"],
     report: Annotated[bool, typer.Option(help="Write report.md and plots into the run directory at the end.")] = DEFAULTS["report"],
     count_instructions: Annotated[bool, typer.Option(help="Also count instructions per case with callgrind (needs valgrind; slow).")] = DEFAULTS["count_instructions"],
     executor: Annotated[str, typer.Option(help=(
@@ -148,7 +152,13 @@ def run_command(
         out_console.print(f"  {line}", markup=False)
     written = ["results.csv", "results.json"] + (["report.md"] if plan.config.report else [])
     out_console.print(f"wrote {', '.join(str(result.path / name) for name in written)}")
+    contended = [m for m in result.measurements if m.contended]
+    if contended:
+        out_console.print(f"{len(contended)} case(s) contended: timed while other work took more than "
+                          f"{contention.CONTENDED_SHARE:.0%} of their cores; no verdict rests on them", markup=False)
     if plan.config.strict and (frame["status"] == "inaccurate").any():
+        raise typer.Exit(1)
+    if plan.config.fail_on_contention and contended:
         raise typer.Exit(1)
 
 
@@ -254,15 +264,15 @@ def ab_command(
         until_decided=until_decided, impl_files=impl_file or (),
     )
     sides = (f"{base_impl} ms", f"{cand_impl} ms") if base_impl != cand_impl else (f"{base_impl} ms (base)", f"{cand_impl} ms (cand)")
-    headers = ["shape", *sides, "median pair ratio", "95% CI", "verdict", "pairs", "seconds"]
+    headers = ["shape", *sides, "median pair ratio", "95% CI", "verdict", "pairs", "seconds", "contention"]
     rows = [
         [r.base.shape_label, f"{r.base_ms:.3f}", f"{r.cand_ms:.3f}", f"{r.ratio:.4f}", f"[{r.low:.4f}, {r.high:.4f}]", r.verdict,
-         str(r.pairs), f"{r.seconds:.2f}"]
+         str(r.pairs), f"{r.seconds:.2f}", terminal.fmt(r.contention, ".0%")]
         for r in results
     ]
     title = f"ab: {cand_impl} / {base_impl} ({mode}, threshold {threshold:.1%})"
     emit(pd.DataFrame(rows, columns=headers), output_format, lambda: terminal.simple_table(headers, rows, title=title),
-         ["l", "r", "r", "r", "r", "l", "r", "r"])
+         ["l", "r", "r", "r", "r", "l", "r", "r", "r"])
     if fail_on_regression and any(r.verdict == "slower" for r in results):
         raise typer.Exit(1)
 

@@ -8,8 +8,9 @@ simultaneous over the compared cases (:data:`FAMILY_ERROR`);
 otherwise it is the bootstrap of the samples widened by the run-to-run spread
 (``run_spread``: ``--run-spread``, else the largest spread between replicate
 medians that either run measured, else :data:`DEFAULT_RUN_SPREAD`), and a
-difference only that widening hides is ``inconclusive (one replicate)``. Instruction counts are deterministic, so
-they are judged on the threshold alone. Accuracy (a case became inaccurate,
+difference only that widening hides is ``inconclusive (one replicate)``. A case timed while other work took
+more than a set share of its cores (:mod:`cmgm_bench.measure.contention`) on either side is
+``inconclusive (contended)``. Instruction counts are deterministic, so they are judged on the threshold alone. Accuracy (a case became inaccurate,
 or stopped running) and memory (peak grew past ``mem_threshold``) are judged
 too. Two runs on different machines or software are refused unless allowed.
 """
@@ -24,6 +25,7 @@ import pandas as pd
 
 from cmgm_bench.config.cases import KEY_COLUMNS, Case
 from cmgm_bench.errors import UsageError
+from cmgm_bench.measure.contention import CONTENDED
 from cmgm_bench.measure.measurement import Measurement, Status
 from cmgm_bench.results.merge import environment_differences
 from cmgm_bench.stats import bootstrap_ratio_of_medians, geometric_mean, replicate_ratio_interval, verdict
@@ -119,12 +121,17 @@ def _latency(base: Measurement, cand: Measurement, threshold: float, seed: int, 
         return None, None, None, None, None, "inconclusive"
     if base.replicates >= 2 and cand.replicates >= 2:
         ratio, low, high = replicate_ratio_interval(base.replicate_samples, cand.replicate_samples, confidence=replicate_confidence)
-        return base.latency_ms, cand.latency_ms, ratio, low, high, verdict(ratio, low, high, threshold)
+        return base.latency_ms, cand.latency_ms, ratio, low, high, _unless_contended(base, cand, verdict(ratio, low, high, threshold))
     ratio, low, high = bootstrap_ratio_of_medians(base.samples_s, cand.samples_s, seed=seed)
     judged = verdict(ratio, low / run_spread, high * run_spread, threshold)
     if judged == "inconclusive" and verdict(ratio, low, high, threshold) in ("slower", "faster"):
         judged = ONE_REPLICATE
-    return base.latency_ms, cand.latency_ms, ratio, low / run_spread, high * run_spread, judged
+    return base.latency_ms, cand.latency_ms, ratio, low / run_spread, high * run_spread, _unless_contended(base, cand, judged)
+
+
+def _unless_contended(base: Measurement, cand: Measurement, judged: str) -> str:
+    """No latency verdict rests on a case that was timed beside other work (either side)."""
+    return CONTENDED if base.contended or cand.contended else judged
 
 
 def _instructions(base: Measurement, cand: Measurement, threshold: float):

@@ -62,6 +62,7 @@ class RunConfig:
     isolate: bool = False
     shard: str | None = None
     strict: bool = False
+    fail_on_contention: bool = False
     report: bool = True
     count_instructions: bool = False
     executor: str = "local"  # or "ray"
@@ -138,6 +139,7 @@ class RunConfig:
             isolate=raw["isolate"],
             shard=raw["shard"],
             strict=raw["strict"],
+            fail_on_contention=raw["fail_on_contention"],
             report=raw["report"],
             count_instructions=raw["count_instructions"],
             executor=raw["executor"],

@@ -5,7 +5,11 @@ so that drifts of the machine's speed hit both alike. The verdict rests on
 the median of per-quad ratios ``t_cand / t_base`` (the geometric mean of an
 A-first and a B-first pair, which cancels any advantage of position) with a
 sign-test interval over the medians of consecutive blocks of quads (the
-machine's noise is correlated in time; :func:`stats.blocked_median_interval`). Two separately built instances of identical
+machine's noise is correlated in time; :func:`stats.blocked_median_interval`).
+A race run while other work took more than a set share of the cores ends
+``inconclusive (contended)`` (:mod:`cmgm_bench.measure.contention`): a
+neighbour that slows one side's thread pool more than the other's decides
+nothing about the code. Two separately built instances of identical
 code still differ by up to ~0.5% here (memory placement), which long races
 resolve: read "same" as the verdict, not "the interval contains 1". Measured on 2 shared vCPUs, identical code gives ratios within ~1%
 while separate processes differ by 13-16% (docs/performance.md).
@@ -17,7 +21,7 @@ import time
 from dataclasses import dataclass
 
 from cmgm_bench import registry
-from cmgm_bench.measure import allocator
+from cmgm_bench.measure import allocator, contention
 from cmgm_bench.config.cases import Case
 from cmgm_bench.workload.modes import autograd_context
 from cmgm_bench.measure.prepare import prepare_case
@@ -37,6 +41,7 @@ class PairedResult:
     verdict: str
     pairs: int  # calls of each side timed (as --min-pairs counts them); the interval is over their quads
     seconds: float  # how long the interleaved timing took
+    contention: float | None = None  # other work on the cores while the race ran (measure.contention)
 
 
 def race(
@@ -75,6 +80,7 @@ def race(
     with autograd_context(base_case.mode):
         warm_up(base.step, clock)
         warm_up(cand.step, clock)
+        watch = contention.Watch()
         started = time.perf_counter()
         while len(base_times) < min_pairs or time.perf_counter() - started < max_time_s:
             first, second = (base, cand) if len(base_times) % 2 == 0 else (cand, base)
@@ -89,6 +95,7 @@ def race(
                     decided = interval
                     break
         seconds = time.perf_counter() - started
+        reading = watch.reading()
     ratios = paired_ratios(base_times, cand_times)
     # a race that may stop early reports the interval of the confidence its looks left it
     ratio, low, high = decided or blocked_median_interval(
@@ -97,9 +104,11 @@ def race(
     base_times.sort()
     cand_times.sort()
     middle = len(base_times) // 2
+    share = None if reading is None else reading.share
+    judged = contention.CONTENDED if contention.is_contended(share) else verdict(ratio, low, high, threshold)
     return PairedResult(
         base_case, cand_case, base_times[middle] * 1e3, cand_times[middle] * 1e3,
-        ratio, low, high, verdict(ratio, low, high, threshold), len(base_times), seconds,
+        ratio, low, high, judged, len(base_times), seconds, share,
     )
 
 

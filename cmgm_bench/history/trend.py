@@ -7,7 +7,8 @@ A verdict also needs the change against the window's median to exceed the
 metric's threshold, so a deterministic metric (instructions, ``s = 0``) is
 judged by the threshold alone. Only runs before the new one, on the same machine
 model and torch version, make the window; with fewer than ``MIN_HISTORY`` the
-verdict is ``too little history``.
+verdict is ``too little history``. A latency timed beside other work (the case's
+``contention``, :mod:`cmgm_bench.measure.contention`) is ``inconclusive (contended)``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pandas as pd
 from scipy.stats import t as student_t
 
 from cmgm_bench.history.runs import case_values, metric_spec, read_points, stored_run_id
+from cmgm_bench.measure.contention import CONTENDED, is_contended
 from cmgm_bench.measure.measurement import TIMED_STATUSES
 from cmgm_bench.results.store import Run
 
@@ -64,6 +66,8 @@ def check_run(engine, run: Run, metric: str = "latency", window: int = 10, thres
             continue
         values = same_torch["value"].to_numpy(dtype=float)
         verdict, limit = judge(values, value, threshold, confidence)
+        if metric == "latency" and is_contended(case["row"].get("contention")):
+            verdict = CONTENDED
         rows.append((case["case_key"], case["machine"], len(values), float(np.median(values)), value,
                      value / float(np.median(values)) - 1, limit, verdict, note))
     return pd.DataFrame(rows, columns=list(VERDICT_COLUMNS))

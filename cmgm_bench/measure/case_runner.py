@@ -4,7 +4,8 @@ The runner knows implementations only through the registry; every failure
 becomes a measurement with a status (``unsupported``, ``oom``, ``error``,
 ``timeout``, ``inaccurate``) instead of stopping the sweep. The phases of a
 case (setup, float64 reference, build and first call, memory call, SDPA-backend
-probe, warm-up, sampling, cleanup) are timed into ``notes["phase_s"]``.
+probe, warm-up, sampling, cleanup) are timed into ``notes["phase_s"]``; what else the CPUs did while the
+samples were taken is the case's ``contention`` (:mod:`cmgm_bench.measure.contention`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from cmgm_bench import registry
 from cmgm_bench.config.cases import Case
 from cmgm_bench.config.run_config import RunConfig
 from cmgm_bench.measure import ceilings as ceilings_module
-from cmgm_bench.measure import accuracy, heap, memory
+from cmgm_bench.measure import accuracy, contention, heap, memory
 from cmgm_bench.measure.compile_watch import RecompiledDuringTiming, compile_count, inductor_cache_counts
 from cmgm_bench.measure.deadline import CaseTimeout, deadline
 from cmgm_bench.measure.failures import is_out_of_memory, one_line
@@ -215,7 +216,12 @@ class CaseRunner:
             calls = 1 if flusher else calls_per_sample(step, clock)
             notes["calls_per_sample"] = calls
             with draft.phase("sampling"):
+                watch = contention.Watch()
                 samples = collect_samples(step, clock, config.stop_rule, before_each=flusher, calls=calls)
+                reading = watch.reading()
+            if reading is not None:
+                fields["contention"] = reading.share
+                notes["contention"] = reading.as_notes()
             del flusher
             if compile_count() != compiles:
                 raise RecompiledDuringTiming(

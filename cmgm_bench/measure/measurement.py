@@ -18,6 +18,7 @@ from typing import Any, Mapping
 
 from cmgm_bench.stats import Summary, summarize
 from cmgm_bench.config.cases import Case
+from cmgm_bench.measure.contention import is_contended
 
 
 class Status(str, enum.Enum):
@@ -87,6 +88,8 @@ class Measurement:
     est_mem_mb: float | None = None
     compile_s: float | None = None
     instructions: int | None = None
+    # others' work and steal as a share of the cores' time while the case was timed (measure.contention)
+    contention: float | None = None
     threads: int | None = None
     sdpa_backend: str | None = None
     memory_format: str | None = None
@@ -127,6 +130,12 @@ class Measurement:
         return machine_model(host) if host else None
 
     @property
+    def contended(self) -> bool:
+        """Other work took more than :data:`~cmgm_bench.measure.contention.CONTENDED_SHARE` of the cores while
+        the case was timed: its latency is no ground for a verdict."""
+        return is_contended(self.contention)
+
+    @property
     def worst_error(self) -> float:
         return math.nan if self.errors is None else self.errors.worst
 
@@ -147,7 +156,8 @@ class Measurement:
 
 def merge_replicates(parts: list[Measurement]) -> Measurement:
     """One measurement of a case from its replicates, in the order they ran: the samples of all of them
-    (``notes["replicate_sizes"]`` says which are whose), the worst status, the other fields of the first."""
+    (``notes["replicate_sizes"]`` says which are whose), the worst status, the contention of the most contended
+    replicate, the other fields of the first."""
     if len(parts) == 1:
         return parts[0]
     first = parts[0]
@@ -155,8 +165,12 @@ def merge_replicates(parts: list[Measurement]) -> Measurement:
     inaccurate = next((part for part in parts if part.status is Status.INACCURATE), None)
     worst = failed or inaccurate or first
     sizes = [size for part in parts for size in (part.notes.get("replicate_sizes") or [len(part.samples_s)])]
+    most_contended = max(parts, key=lambda part: -1.0 if part.contention is None else part.contention)
+    notes = {**first.notes, "replicate_sizes": sizes}
+    if "contention" in most_contended.notes:
+        notes["contention"] = most_contended.notes["contention"]
     return first.with_(
         status=worst.status, error=worst.error, traceback=worst.traceback,
         samples_s=tuple(sample for part in parts for sample in part.samples_s),
-        notes={**first.notes, "replicate_sizes": sizes},
+        contention=most_contended.contention, notes=notes,
     )

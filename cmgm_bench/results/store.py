@@ -41,6 +41,7 @@ COLUMNS = (
     "latency_iqr_ms",
     "latency_min_ms",
     "samples",
+    "contention",
     "compile_s",
     "flops",
     "gflops_per_s",

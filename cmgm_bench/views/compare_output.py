@@ -7,9 +7,12 @@ import json
 from rich.table import Table
 
 from cmgm_bench.views import markdown
-from cmgm_bench.analysis.compare import Comparison, case_label
+from cmgm_bench.analysis.compare import ONE_REPLICATE, Comparison, case_label
+from cmgm_bench.measure.contention import CONTENDED, CONTENDED_SHARE
 
-VERDICT_STYLE = {"faster": "green", "slower": "red", "same": "", "inconclusive": "yellow", "n/a": "dim"}
+VERDICT_STYLE = {"faster": "green", "slower": "red", "same": "", "inconclusive": "yellow", "n/a": "dim",
+                 ONE_REPLICATE: "yellow", CONTENDED: "yellow"}
+
 def separate_runs_caveat(comparison: Comparison) -> str:
     """What a latency verdict between two separate runs rests on, in one line."""
     single = len(comparison.cases) - comparison.replicated_cases
@@ -77,6 +80,10 @@ def summary_lines(comparison: Comparison) -> list[str]:
     lines += [f"only in base: {case_label(k)}" for k in comparison.only_base]
     lines += [f"only in candidate: {case_label(k)}" for k in comparison.only_cand]
     lines += [f"environment differs in {k}: {a!r} vs {b!r}" for k, (a, b) in comparison.environment_differences.items()]
+    contended = sum(case.verdict == CONTENDED for case in comparison.cases)
+    if contended:
+        lines.append(f"{contended} case(s) timed beside other work (contention above {CONTENDED_SHARE:.0%} in either run): "
+                     "no latency verdict; run them again on a quiet machine")
     regressions = sum(case.regressed for case in comparison.cases)
     lines.append(f"{regressions} regression(s) in {len(comparison.cases)} compared case(s)")
     if comparison.metric == "latency":

@@ -24,6 +24,7 @@ from cmgm_bench.measure import ceilings  # noqa: E402
 from cmgm_bench.measure.measurement import TIMED_STATUSES  # noqa: E402
 from cmgm_bench.results.store import Run, load_run  # noqa: E402
 from cmgm_bench.views import markdown  # noqa: E402
+from cmgm_bench.views.terminal import contention_cell  # noqa: E402
 from cmgm_bench.workload import flops  # noqa: E402
 
 
@@ -195,18 +196,19 @@ def _tables(frame: pd.DataFrame, baseline: str | None) -> str:
     by_machine = frame["machine"].nunique() > 1  # a run of several machine models (--allow-mixed-hosts)
     for keys, group in frame.groupby(["mode", "device"] + (["machine"] if by_machine else []), sort=False):
         mode, device = keys[0], keys[1]
-        headers = ["implementation", "shape", "status", "latency ms", "IQR ms", f"speed-up vs {baseline}", "% peak", "peak MiB", "out rel err", "attn rel err", "grad rel err"]
+        headers = ["implementation", "shape", "status", "latency ms", "IQR ms", "contention", f"speed-up vs {baseline}", "% peak",
+                   "peak MiB", "out rel err", "attn rel err", "grad rel err"]
         rows = [
             [
                 r.impl, _shape_label(r), r.status,
-                markdown.cell(r.latency_ms, ".3f"), markdown.cell(r.latency_iqr_ms, ".3f"),
+                markdown.cell(r.latency_ms, ".3f"), markdown.cell(r.latency_iqr_ms, ".3f"), contention_cell(r.contention),
                 markdown.cell(r.speedup, ".2f"), markdown.cell(r.pct_peak, ".1f"), markdown.cell(r.peak_mem_mb, ".1f"),
                 markdown.cell(r.out_rel_err, ".1e"), markdown.cell(r.attn_rel_err, ".1e"), markdown.cell(r.grad_rel_err, ".1e"),
             ]
             for r in group.sort_values(["tokens", "batch", "impl"]).itertuples()
         ]
         where = f"{device}, {keys[2]}" if by_machine else device
-        parts.append(f"### {mode} on {where}\n\n" + markdown.table(headers, rows, ["l", "l", "l"] + ["r"] * 8))
+        parts.append(f"### {mode} on {where}\n\n" + markdown.table(headers, rows, ["l", "l", "l"] + ["r"] * 9))
     return "\n\n".join(parts)
 
 

@@ -11,6 +11,7 @@ from rich.text import Text
 
 from cmgm_bench.analysis.speedups import speedups
 from cmgm_bench.config.cases import shape_label
+from cmgm_bench.measure.contention import is_contended
 
 STATUS_STYLE = {"ok": "green", "inaccurate": "red", "oom": "yellow", "unsupported": "dim", "error": "red", "timeout": "yellow"}
 
@@ -23,7 +24,8 @@ def fmt(value, spec: str = ".3g") -> str:
 
 def results_table(frame: pd.DataFrame, baseline: str | None = None, title: str = "results") -> Table:
     table = Table(title=title, header_style="bold")
-    for name in ("impl", "device", "mode", "shape", "status", "latency ms", "IQR ms", "n", "speed-up", "GFLOP/s", "% peak", "peak MB", "out err", "attn err"):
+    for name in ("impl", "device", "mode", "shape", "status", "latency ms", "IQR ms", "n", "contention", "speed-up", "GFLOP/s", "% peak",
+                 "peak MB", "out err", "attn err"):
         table.add_column(name, justify="left" if name in ("impl", "device", "mode", "shape", "status") else "right")
     speedup = speedups(frame, baseline)
     for index, row in frame.iterrows():
@@ -37,6 +39,7 @@ def results_table(frame: pd.DataFrame, baseline: str | None = None, title: str =
             fmt(row["latency_ms"], ".3f"),
             fmt(row["latency_iqr_ms"], ".3f"),
             fmt(row["samples"], ".0f"),
+            contention_cell(row.get("contention"), markup=True),
             fmt(speedup[index], ".2f") + ("x" if not math.isnan(speedup[index]) else ""),
             fmt(row["gflops_per_s"], ".1f"),
             fmt(row["pct_peak"], ".1f"),
@@ -45,6 +48,13 @@ def results_table(frame: pd.DataFrame, baseline: str | None = None, title: str =
             fmt(row["attn_rel_err"], ".1e"),
         )
     return table
+
+
+def contention_cell(share, markup: bool = False) -> str:
+    """The contention share, with the ``contended`` mark where no verdict may rest on the case's latency."""
+    if not is_contended(share):
+        return fmt(share, ".0%")
+    return f"[yellow]{share:.0%} contended[/]" if markup else f"{share:.0%} contended"
 
 
 def problems(frame: pd.DataFrame) -> list[str]:
