@@ -50,6 +50,15 @@ def require_tool(problem: str | None) -> None:
     pytest.skip(problem)
 
 
+@pytest.fixture(autouse=True)
+def _machine_share(request, tmp_path_factory):
+    """Tests marked ``quiet`` have the machine to themselves; the others share it (``helpers.machine_share``)."""
+    from tests.helpers import machine_share
+
+    with machine_share(tmp_path_factory, alone=request.node.get_closest_marker("quiet") is not None):
+        yield
+
+
 @pytest.fixture(scope="session")
 def _pristine_registry():
     """The registered implementations before any test loaded a file."""

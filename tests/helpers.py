@@ -4,7 +4,10 @@ the checks of ceilings that remote executors' workers measure."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
+import os
 import json
 import platform
 import textwrap
@@ -23,6 +26,29 @@ ONE_SAMPLE = StopRule(min_samples=1, max_time_s=0.0, floor_samples=1)
 def measure_config(stop_rule: StopRule = ONE_SAMPLE, **changes) -> RunConfig:
     """A :class:`RunConfig` for a :class:`CaseRunner` in a test: ``stop_rule`` and the measuring fields given."""
     return dataclasses.replace(RunConfig.build(impl="eager"), stop_rule=stop_rule, **changes)
+
+
+@contextlib.contextmanager
+def machine_share(tmp_path_factory, alone: bool):
+    """Hold the machine with the suite's other pytest-xdist workers (``alone=False``: every test), or for this
+    worker alone (``alone=True``: a test or fixture that needs quiet cores for a latency verdict; the other
+    workers' next tests wait, and a waiting ``alone`` goes before new shared holders). Without xdist, nothing."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        yield
+        return
+    root = tmp_path_factory.getbasetemp().parent  # shared by the workers of one session
+    with open(root / "machine.gate", "a") as gate, open(root / "machine.lock", "a") as lock:
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        finally:
+            if not alone:
+                fcntl.flock(gate, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            fcntl.flock(gate, fcntl.LOCK_UN)
 
 
 def assert_near_float64(value: torch.Tensor, reference: torch.Tensor, dtype: str = "float32") -> float:

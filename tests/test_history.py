@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from cmgm_bench.cli import app
+from cmgm_bench.measure.contention import CONTENDED
 from cmgm_bench.history import changepoints
 from cmgm_bench.history.trend import judge
 from cmgm_bench.results.store import RunWriter, load_run
@@ -43,15 +44,18 @@ def real_runs(tmp_path_factory):
     return paths
 
 
-def derived_run(source: Path, out: Path, index: int, scale: float, torch_version: str | None = None) -> Path:
-    """``source`` as if run ``index`` hours later at commit ``c<index>``, every sample times ``scale``."""
+def derived_run(source: Path, out: Path, index: int, scale: float, torch_version: str | None = None,
+                contention: float = 0.0) -> Path:
+    """``source`` as if run ``index`` hours later at commit ``c<index>``, every sample times ``scale``, on a machine
+    whose cores were ``contention`` busy with other work."""
     run = load_run(source)
     environment = dict(run.meta["environment"])
     environment.update(start_time=f"2031-01-01T{index:02d}:00:00+00:00", git_commit=f"c{index:039d}", git_branch="main")
     if torch_version:
         environment["torch_version"] = torch_version
     writer = RunWriter(out, {**run.meta, "environment": environment},
-                       [dataclasses.replace(m, samples_s=tuple(s * scale for s in m.samples_s)) for m in run.measurements])
+                       [dataclasses.replace(m, samples_s=tuple(s * scale for s in m.samples_s), contention=contention)
+                        for m in run.measurements])
     writer.finish()
     return out
 
@@ -184,6 +188,9 @@ def test_check_flags_a_slower_run_and_passes_an_equal_one(real_runs, judged_hist
     assert code == 0 and [r["verdict"] for r in rows] == ["same", "same"]
     faster = derived_run(real_runs[0], tmp_path / "faster", 22, 0.70)
     assert [r["verdict"] for r in verdicts(judged_history, faster)[1]] == ["faster", "faster"]
+    busy = derived_run(real_runs[0], tmp_path / "busy", 23, 1.30, contention=0.4)  # slower, but beside a neighbour
+    code, rows = verdicts(judged_history, busy, "--fail-on-regression")
+    assert code == 0 and [r["verdict"] for r in rows] == [CONTENDED, CONTENDED]
     markdown = history("check", str(slower), "--db", judged_history, "--format", "markdown")
     assert markdown.output.startswith("### cmgm-bench: latency against the last 10 runs") and "2 slower" in markdown.output
 

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from cmgm_bench.analysis.compare import ONE_REPLICATE, compare_runs
 from cmgm_bench.cli import app
+from cmgm_bench.measure.contention import CONTENDED
 from cmgm_bench.results.store import RunWriter, load_run, read_journal
 from cmgm_bench.stats import replicate_ratio_interval
 from tests.conftest import FAST
@@ -59,21 +60,23 @@ def test_resume_runs_only_the_missing_replicates(repeated, tmp_path):
 
 
 def scaled(run_dir, out, scale: float, per_replicate=None):
-    """``run_dir`` with every sample times ``scale`` (and replicate r's times ``per_replicate[r]``), as a new run."""
+    """``run_dir`` with every sample times ``scale`` (and replicate r's times ``per_replicate[r]``), as a new run
+    made on a quiet machine (the statistics are under test here, not the machine)."""
     run = load_run(run_dir)
     measurements = []
     for m in run.measurements:
         factors = per_replicate or [1.0] * m.replicates
         samples = [s * scale * factors[r] for r, group in enumerate(m.replicate_samples) for s in group]
-        measurements.append(dataclasses.replace(m, samples_s=tuple(samples)))
+        measurements.append(dataclasses.replace(m, samples_s=tuple(samples), contention=0.0))
     RunWriter(out, run.meta, measurements).finish()
     return load_run(out)
 
 
 def steady(run_dir, out):
-    """``run_dir`` with every replicate's samples replaced by the first replicate's: replicates that agree."""
+    """``run_dir`` with every replicate's samples replaced by the first replicate's: replicates that agree, on a
+    quiet machine."""
     run = load_run(run_dir)
-    measurements = [dataclasses.replace(m, samples_s=tuple(m.replicate_samples[0]) * m.replicates,
+    measurements = [dataclasses.replace(m, samples_s=tuple(m.replicate_samples[0]) * m.replicates, contention=0.0,
                                         notes={**m.notes, "replicate_sizes": [len(m.replicate_samples[0])] * m.replicates})
                     for m in run.measurements]
     RunWriter(out, run.meta, measurements).finish()
@@ -93,7 +96,7 @@ def test_compare_judges_replicated_runs_over_their_replicates(repeated, tmp_path
     assert {c.verdict for c in swing.cases} == {"inconclusive"}
     assert all(c.high > 1.5 for c in swing.cases)
     # the real run against itself, its replicates as they came: never a confident verdict
-    assert {c.verdict for c in compare_runs(load_run(repeated), load_run(repeated)).cases} <= {"same", "inconclusive"}
+    assert {c.verdict for c in compare_runs(load_run(repeated), load_run(repeated)).cases} <= {"same", "inconclusive", CONTENDED}
 
 
 def test_compare_says_when_replicates_shared_a_process(repeated, tmp_path):
@@ -113,8 +116,13 @@ def test_compare_says_when_replicates_shared_a_process(repeated, tmp_path):
 
 
 def test_a_single_replicate_is_widened_by_the_run_to_run_spread(tmp_path):
+    measured = tmp_path / "measured"
+    assert runner.invoke(app, ["run", *SWEEP, "--out", str(measured)]).exit_code == 0
+    # steady samples (the real ones swing with the machine), so that only the widening decides
+    steady_samples = tuple(1e-3 * (1 + 0.01 * (i % 5)) for i in range(40))
+    run = load_run(measured)
     out = tmp_path / "one"
-    assert runner.invoke(app, ["run", *SWEEP, "--out", str(out)]).exit_code == 0
+    RunWriter(out, run.meta, [dataclasses.replace(m, samples_s=steady_samples, contention=0.0) for m in run.measurements]).finish()
     base = load_run(out)
     slower = scaled(out, tmp_path / "slower", 1.3)
     widened = compare_runs(base, slower, threshold=0.05)
