@@ -114,6 +114,52 @@ def test_timeout_per_case(tmp_path, isolate):
     assert "timed out after 3 s" in frame.error[5]
 
 
+DEADLINE_AFTER_DYNAMO = """
+import contextlib, sys
+import torch
+from cmgm_bench.config.cases import Case
+from cmgm_bench.measure import case_runner
+from tests.helpers import measure_config
+
+real_deadline = case_runner.deadline
+
+@contextlib.contextmanager
+def checked_deadline(seconds):
+    dynamo = sys.modules.get("torch._dynamo")
+    assert dynamo is not None and hasattr(dynamo, "utils"), "the case's deadline started before Dynamo was imported"
+    with real_deadline(seconds):
+        yield
+
+case_runner.deadline = checked_deadline
+measured = case_runner.CaseRunner(measure_config()).run(Case("eager", "cpu", "float32", "fwd", 1, 4, 4, 2, 16))
+assert measured.status.value == "ok", measured.error
+print("ok")
+"""
+
+
+def test_the_case_deadline_starts_after_dynamo_is_imported():
+    """In a fresh process: a --timeout that fired inside the first case's import of Dynamo left it half-imported,
+    the clean-up's ``torch._dynamo.reset()`` raised, and the run ended with no rows. The import comes first now."""
+    done = subprocess.run([sys.executable, "-c", DEADLINE_AFTER_DYNAMO], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_a_failed_clean_up_is_noted_and_the_case_kept(monkeypatch):
+    import torch
+
+    from cmgm_bench.config.cases import Case
+    from cmgm_bench.measure.case_runner import CaseRunner
+    from tests.helpers import measure_config
+
+    def broken_reset():
+        raise AttributeError("module 'torch._dynamo' has no attribute 'utils'")
+
+    monkeypatch.setattr(torch._dynamo, "reset", broken_reset)
+    measured = CaseRunner(measure_config()).run(Case("eager", "cpu", "float32", "fwd", 1, 4, 4, 2, 16))
+    assert measured.status.value == "ok" and measured.notes["cleanup_error"].startswith("AttributeError: module")
+
+
 def test_a_crashing_child_under_isolate_is_recorded_and_the_sweep_goes_on(tmp_path):
     path = impl_file(
         tmp_path,

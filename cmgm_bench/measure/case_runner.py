@@ -98,6 +98,8 @@ class CaseRunner:
             if available is not None and needed > 0.9 * available:
                 return draft.ended(Status.OOM, f"oom (predicted): needs ~{needed / 2**30:.1f} GiB, {available / 2**30:.1f} GiB available")
         started = time.perf_counter()
+        with draft.phase("setup"):  # the first case's import of Dynamo (~1 s), never cut short by --timeout:
+            import torch._dynamo  # noqa: F401  a half-imported Dynamo would break every later case's clean-up
         try:
             with deadline(self.config.timeout_s):
                 result = self._measure(case, impl, draft, scope)
@@ -112,9 +114,12 @@ class CaseRunner:
             # TorchDynamo caches compiled code per Python function, across cases: without
             # a reset, a sweep hits its recompile limit and later cases silently run eager.
             with draft.phase("cleanup"):
-                torch._dynamo.reset()
-                memory.release_memory(case.device)
-                heap.freeze_if_imported()
+                try:
+                    torch._dynamo.reset()
+                    memory.release_memory(case.device)
+                    heap.freeze_if_imported()
+                except Exception as exc:  # the case is measured; a failed clean-up is said, never the sweep's end
+                    draft.notes["cleanup_error"] = one_line(exc)
             draft.notes["wall_s"] = time.perf_counter() - started
         return result
 
@@ -156,7 +161,7 @@ class CaseRunner:
 
     def _measure(self, case: Case, impl, draft: _Draft, scope: str) -> Measurement:
         device, mode, config, fields, notes = case.device, case.mode, self.config, draft.fields, draft.notes
-        with draft.phase("setup"):  # the inputs, the module, and the first case's import of Dynamo (~1 s)
+        with draft.phase("setup"):  # the inputs and the module
             x_cpu, y_cpu = make_inputs(case.batch, case.dim, case.height, case.width, config.seed)
             reference = reference_module(case.dim, case.heads, config.seed, case.height, case.width)
             cache_before = inductor_cache_counts()
