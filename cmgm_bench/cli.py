@@ -87,6 +87,12 @@ def run_command(
     res: ResOption = DEFAULTS["res"],
     heads: HeadsOption = DEFAULTS["heads"],
     dim: DimOption = DEFAULTS["dim"],
+    allocator: Annotated[str, typer.Option(help=(
+        "CPU allocators to time under, comma separated: pinned (default: glibc's mmap threshold pinned, the heap never "
+        "trimmed, huge pages for PyTorch's large blocks: steady, fewest page faults), system (glibc as a plain Python "
+        "process has it), jemalloc, tcmalloc (preloaded; apt-get install libjemalloc2 libtcmalloc-minimal4). Each one "
+        "but pinned runs its cases in a process of its own, without a peak-memory measurement."
+    ))] = DEFAULTS["allocator"],
     threads: ThreadsOption = DEFAULTS["threads"],
     seed: SeedOption = DEFAULTS["seed"],
     out: Annotated[Optional[Path], typer.Option(help="Run directory (default results/<UTC time>-<device>/).")] = None,

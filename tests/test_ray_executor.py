@@ -71,6 +71,7 @@ def test_the_driver_killed_mid_sweep_resumes_only_the_missing_cases(tmp_path):
     journal = out / "cases.jsonl"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and not (journal.exists() and len(journal.read_text().splitlines()) >= 2):
+        assert driver.poll() is None, f"the driver ended by itself with exit code {driver.returncode}"
         time.sleep(0.2)
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()

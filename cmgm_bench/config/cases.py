@@ -1,7 +1,8 @@
 """Benchmark cases, the sweep that expands into them, and parsing of size lists.
 
 A case is one row of the results: ``impl, device, dtype, mode, batch, height,
-width, heads, dim``. A :class:`Sweep` is data (the values of each axis) and
+width, heads, dim, allocator`` (the CPU allocator its process times under:
+:mod:`cmgm_bench.measure.allocator`; older files without it were ``pinned``). A :class:`Sweep` is data (the values of each axis) and
 :meth:`Sweep.cases` is its cross product, ordered so that cases sharing a
 shape run next to each other (the float64 reference is computed once per shape).
 """
@@ -9,12 +10,14 @@ shape run next to each other (the float64 reference is computed once per shape).
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 
 from cmgm_bench.errors import UsageError
 from cmgm_bench.registry import MODES, get
 
-KEY_COLUMNS = ("impl", "device", "dtype", "mode", "batch", "height", "width", "heads", "dim")
+KEY_COLUMNS = ("impl", "device", "dtype", "mode", "batch", "height", "width", "heads", "dim", "allocator")
+DEFAULT_ALLOCATOR = "pinned"
+ALLOCATORS = (DEFAULT_ALLOCATOR, "system", "jemalloc", "tcmalloc")  # measure.allocator says what each one is
 
 
 def shape_label(batch, dim, height, width, heads) -> str:
@@ -33,6 +36,7 @@ class Case:
     width: int
     heads: int
     dim: int
+    allocator: str = DEFAULT_ALLOCATOR
 
     @property
     def tokens(self) -> int:
@@ -48,8 +52,9 @@ class Case:
 
     @property
     def label(self) -> str:
-        """``impl device mode shape``: how messages and tables name a case."""
-        return f"{self.impl} {self.device} {self.mode} {self.shape_label}"
+        """``impl device mode shape`` (and ``[allocator]`` when not the default): how messages and tables name a case."""
+        suffix = "" if self.allocator == DEFAULT_ALLOCATOR else f" [{self.allocator}]"
+        return f"{self.impl} {self.device} {self.mode} {self.shape_label}{suffix}"
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -57,7 +62,8 @@ class Case:
     @classmethod
     def from_dict(cls, row: dict) -> "Case":
         types = {f.name: f.type for f in fields(cls)}
-        return cls(**{name: int(row[name]) if types[name] == "int" else str(row[name]) for name in KEY_COLUMNS})
+        values = {**{f.name: f.default for f in fields(cls) if f.default is not MISSING}, **row}
+        return cls(**{name: int(values[name]) if types[name] == "int" else str(values[name]) for name in KEY_COLUMNS})
 
 
 def split_list(text: str | list[str] | tuple[str, ...]) -> list[str]:
@@ -120,6 +126,7 @@ class Sweep:
     resolutions: tuple[tuple[int, int], ...]
     heads: tuple[int, ...]
     dims: tuple[int, ...]
+    allocators: tuple[str, ...] = (DEFAULT_ALLOCATOR,)
 
     def __post_init__(self):
         for dim in self.dims:
@@ -133,7 +140,8 @@ class Sweep:
     def cases(self) -> list[Case]:
         impls = [get(name) for name in self.impls]
         out = [
-            Case(impl.name, device, impl.dtype, mode, batch, height, width, heads, dim)
+            Case(impl.name, device, impl.dtype, mode, batch, height, width, heads, dim, allocator)
+            for allocator in self.allocators
             for dim in self.dims
             for heads in self.heads
             for batch in self.batches

@@ -21,7 +21,7 @@ import torch
 from cmgm_bench import registry
 from cmgm_bench.stats import StopRule
 from cmgm_bench.config import settings as settings_module
-from cmgm_bench.config.cases import Case, Sweep, dedupe, parse_choices, parse_positive_ints, parse_resolutions, split_list
+from cmgm_bench.config.cases import ALLOCATORS, DEFAULT_ALLOCATOR, Case, Sweep, dedupe, parse_choices, parse_positive_ints, parse_resolutions, split_list
 from cmgm_bench.config.shard import select
 from cmgm_bench.errors import UsageError
 
@@ -123,7 +123,10 @@ class RunConfig:
             resolutions=tuple(dedupe(parse_resolutions(raw["res"]))),
             heads=tuple(dedupe(parse_positive_ints(raw["heads"], "--heads"))),
             dims=tuple(dedupe(parse_positive_ints(raw["dim"], "--dim"))),
+            allocators=tuple(dedupe(parse_choices(raw["allocator"], "--allocator", ALLOCATORS))),
         )
+        if raw["executor"] != "local" and sweep.allocators != (DEFAULT_ALLOCATOR,):
+            raise UsageError(f"--allocator {','.join(sweep.allocators)}: only the pinned allocator runs with --executor {raw['executor']}")
         config = cls(
             sweep=sweep,
             impl_files=tuple(raw["impl_file"]),

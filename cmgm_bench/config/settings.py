@@ -22,6 +22,7 @@ DEFAULTS: dict = {
     "res": "11,28,48",
     "heads": "8",
     "dim": "64",
+    "allocator": "pinned",
     "threads": None,
     "seed": 0,
     "max_time": 2.0,
@@ -70,7 +71,7 @@ RESUMABLE_CHANGES = {
     "repeats",  # more replicates of the same cases: --resume RUN --repeats 3 adds rounds
 }
 
-_LIST_KEYS = {"impl", "mode", "batch", "res", "heads", "dim", "impl_file"}
+_LIST_KEYS = {"impl", "mode", "batch", "res", "heads", "dim", "allocator", "impl_file"}
 _TYPES = {
     "device": (str,),
     "threads": (int, type(None)),

@@ -3,7 +3,10 @@
 A child process gives a clean allocator for memory numbers, a hard
 ``--timeout`` (the child is killed), and survives crashes in native code: a
 child that dies by a signal becomes an ``error`` record naming the signal.
-Run as ``python -m cmgm_bench.execution.isolate SPEC.json RECORD.json``.
+Run as ``python -m cmgm_bench.execution.isolate SPEC.json RECORD.json``. A case
+timed under another CPU allocator than this process's (``run --allocator``) always
+runs here, in a child started with that allocator
+(:func:`cmgm_bench.measure.allocator.child_environment`).
 
 The child applies ``--timeout`` to the case itself, as an in-process run
 does; the parent kills a child that has not finished by then plus
@@ -21,6 +24,7 @@ import tempfile
 from pathlib import Path
 
 from cmgm_bench.config.cases import Case
+from cmgm_bench.measure import allocator
 from cmgm_bench.measure.case_runner import CaseRunner
 from cmgm_bench.measure.measurement import Measurement, Status
 from cmgm_bench.results.store import from_record, to_record
@@ -29,8 +33,11 @@ STARTUP_ALLOWANCE_S = 30.0
 
 
 def run_isolated(case: Case, runner: CaseRunner, threads: int) -> Measurement:
-    """Run ``case`` in a child process with ``runner``'s configuration and ceilings."""
+    """Run ``case`` in a child process with ``runner``'s configuration and ceilings, under the case's allocator."""
     config = runner.config
+    missing = allocator.missing(case.allocator)
+    if missing:
+        return runner.failed(case, Status.UNSUPPORTED, missing)
     spec = {"case": case.as_dict(), "settings": dict(config.settings), "ceilings": runner.ceilings, "threads": threads}
     with tempfile.TemporaryDirectory(prefix="cmgm-bench-") as tmp:
         spec_path, record_path = Path(tmp) / "spec.json", Path(tmp) / "record.json"
@@ -40,6 +47,7 @@ def run_isolated(case: Case, runner: CaseRunner, threads: int) -> Measurement:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            env=allocator.child_environment(case.allocator),
         )
         limit = None if config.timeout_s is None else config.timeout_s + STARTUP_ALLOWANCE_S
         notes = {"isolated": True}
@@ -64,9 +72,13 @@ def _child(spec_path: str, record_path: str) -> None:
     from cmgm_bench.machine.process_setup import prepare_process
 
     spec = json.loads(Path(spec_path).read_text())
+    case = Case(**spec["case"])
+    if case.allocator in allocator.PRELOADED and not allocator.loaded_library(case.allocator):
+        raise SystemExit(f"{case.allocator} was preloaded but is not in the process (LD_PRELOAD did not take)")
     config = RunConfig.from_settings(spec["settings"])  # loads the --impl-file plug-ins too
     prepare_process(spec["threads"], config.tf32, config.cudnn_benchmark)
-    measurement = CaseRunner(config, spec["ceilings"]).run(Case(**spec["case"]))
+    measurement = CaseRunner(config, spec["ceilings"]).run(case)
+    measurement = measurement.with_(notes={**measurement.notes, "allocator": allocator.policy()})
     Path(record_path).write_text(json.dumps(to_record(measurement)))
 
 

@@ -26,7 +26,7 @@ from cmgm_bench.execution.isolate import run_isolated
 from cmgm_bench.machine import env
 from cmgm_bench.measure import ceilings
 from cmgm_bench.machine.process_setup import prepare_process
-from cmgm_bench.measure import heap, instructions
+from cmgm_bench.measure import allocator, heap, instructions
 from cmgm_bench.measure.case_runner import CaseRunner
 from cmgm_bench.measure.measurement import Measurement, machine_model
 from cmgm_bench.results.store import RunWriter, load_run
@@ -151,7 +151,8 @@ def local_measurements(plan: Plan, runners: dict, on_case_start) -> Iterator[tup
         if on_case_start:
             on_case_start(case, index)
         runner = runners[case.device]
-        measurement = run_isolated(case, runner, torch.get_num_threads()) if plan.config.isolate else runner.run(case)
+        own_process = plan.config.isolate or case.allocator != allocator.current()
+        measurement = run_isolated(case, runner, torch.get_num_threads()) if own_process else runner.run(case)
         yield case, measurement.with_(notes={**measurement.notes, "host": env.host_description(case.device)})
 
 

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
-from cmgm_bench.config.cases import shape_label
+from cmgm_bench.config.cases import DEFAULT_ALLOCATOR, shape_label
 from cmgm_bench.errors import UsageError
 from cmgm_bench.history.database import cases_table, runs_table
 from cmgm_bench.results.store import Run, to_record
@@ -55,10 +55,13 @@ def machine_model(environment: dict, device: str = "cpu") -> str:
 
 
 def case_key(row: dict) -> str:
-    """``eager cpu float32 fwd B1 64x28x28 h8 t1``: a case and its thread count, as series are keyed."""
+    """``eager cpu float32 fwd B1 64x28x28 h8 t1``: a case and its thread count, as series are keyed; a CPU
+    allocator other than the default follows in brackets (``... t1 [jemalloc]``), so older series go on."""
     shape = shape_label(row["batch"], row["dim"], row["height"], row["width"], row["heads"])
     threads = row.get("threads")
-    return f"{row['impl']} {row['device']} {row['dtype']} {row['mode']} {shape} t{threads if threads is not None else '?'}"
+    allocator = row.get("allocator") or DEFAULT_ALLOCATOR
+    suffix = "" if allocator == DEFAULT_ALLOCATOR else f" [{allocator}]"
+    return f"{row['impl']} {row['device']} {row['dtype']} {row['mode']} {shape} t{threads if threads is not None else '?'}{suffix}"
 
 
 def run_identity(environment: dict) -> str:

@@ -20,6 +20,15 @@ history, so the same case moved by 14-22 % from process to process on the
   at a time.
 
 :func:`policy` says what is in effect, for results.json's environment.
+
+That is the ``pinned`` allocator, every case's default. A case may instead be timed
+as a plain process would run it (``run --allocator``; the case key's
+``allocator``): ``system`` (glibc as it comes, no huge-page request), ``jemalloc``
+or ``tcmalloc`` (preloaded from Debian's ``libjemalloc2`` or
+``libtcmalloc-minimal4``). Those run in a child process of their own
+(:mod:`cmgm_bench.execution.isolate`), told by :data:`ALLOCATOR_ENV`, where this
+module then changes nothing; their peak memory is not measured, because the
+method (:mod:`cmgm_bench.measure.memory`) works through glibc's thresholds.
 """
 
 from __future__ import annotations
@@ -33,8 +42,21 @@ from pathlib import Path
 
 import torch
 
+from cmgm_bench.config.cases import DEFAULT_ALLOCATOR as PINNED
+
+ALLOCATOR_ENV = "CMGM_BENCH_ALLOCATOR"  # set in a child process that times under another allocator than pinned
+# allocator -> (the shared library to preload, the Debian package that has it)
+PRELOADED = {"jemalloc": ("libjemalloc.so.2", "libjemalloc2"), "tcmalloc": ("libtcmalloc_minimal.so.4", "libtcmalloc-minimal4")}
+
+
+def current() -> str:
+    """The allocator this process times under."""
+    return os.environ.get(ALLOCATOR_ENV, PINNED)
+
+
 THP_ENV = "THP_MEM_ALLOC_ENABLE"
-os.environ.setdefault(THP_ENV, "1")
+if current() == PINNED:
+    os.environ.setdefault(THP_ENV, "1")
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -64,8 +86,46 @@ def set_thresholds(mmap_threshold: int, trim_threshold: int) -> None:
 
 
 def pin_for_timing() -> None:
-    """The thresholds every timed call runs under: mmap above 32 MiB, the heap never trimmed."""
-    set_thresholds(STEADY_MMAP_THRESHOLD, _NEVER_TRIM)
+    """The thresholds every timed call runs under: mmap above 32 MiB, the heap never trimmed (in a process that
+    times under another allocator, nothing: it stays as a plain process has it)."""
+    if current() == PINNED:
+        set_thresholds(STEADY_MMAP_THRESHOLD, _NEVER_TRIM)
+
+
+def library_path(name: str) -> Path | None:
+    """Where the shared library of a preloaded allocator is on this machine; ``None`` if it is not installed."""
+    library = PRELOADED[name][0]
+    folders = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib")  # Debian's, others'
+    return next((Path(folder) / library for folder in folders if (Path(folder) / library).exists()), None)
+
+
+def missing(name: str) -> str | None:
+    """Why a case cannot be timed under allocator ``name`` here, with the install hint; ``None`` if it can."""
+    if name in PRELOADED and library_path(name) is None:
+        library, package = PRELOADED[name]
+        return f"{name}: {library} is not installed (apt-get install {package})"
+    if name != PINNED and LIBC is None:
+        return f"{name}: needs Linux with glibc"
+    return None
+
+
+def child_environment(name: str) -> dict[str, str]:
+    """The environment of a child process that times under allocator ``name``."""
+    environment = {key: value for key, value in os.environ.items() if key != ALLOCATOR_ENV}
+    if name == PINNED:
+        return environment
+    environment.pop(THP_ENV, None)  # a plain process asks for no huge pages
+    environment.pop("LD_PRELOAD", None)
+    environment[ALLOCATOR_ENV] = name
+    if name in PRELOADED:
+        environment["LD_PRELOAD"] = str(library_path(name))
+    return environment
+
+
+def loaded_library(name: str) -> bool:
+    """Whether allocator ``name``'s library is mapped into this process (a preload that took)."""
+    library = PRELOADED[name][0]
+    return any(library in line for line in Path("/proc/self/maps").read_text().splitlines())
 
 
 @contextlib.contextmanager
@@ -109,4 +169,6 @@ def policy() -> str | None:
     """What :func:`pin_for_timing` and the huge-page request make of the allocator; None off glibc."""
     if LIBC is None:
         return None
+    if current() != PINNED:
+        return f"{current()}: as a plain process has it"
     return f"glibc: mmap threshold {STEADY_MMAP_THRESHOLD >> 20} MiB, heap never trimmed; huge pages for blocks >= 2 MiB: {huge_pages()}"

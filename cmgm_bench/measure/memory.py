@@ -36,7 +36,9 @@ _CLEAR_REFS = Path("/proc/self/clear_refs")
 
 
 def cpu_method_available() -> bool:
-    return allocator.LIBC is not None and _CLEAR_REFS.exists()
+    """Linux, glibc, and the pinned allocator (the method moves glibc's thresholds: elsewhere it would change
+    the allocator it is meant to leave as a plain process has it)."""
+    return allocator.LIBC is not None and _CLEAR_REFS.exists() and allocator.current() == allocator.PINNED
 
 
 def _status_kib(field: str) -> int:

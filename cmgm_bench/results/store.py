@@ -65,7 +65,8 @@ COLUMNS = (
     "source",
     "machine",
 )
-REQUIRED_COLUMNS = (*KEY_COLUMNS, "tokens", "status", "latency_ms")
+# The case key but for the allocator, which files written before it existed lack (they were timed under "pinned").
+REQUIRED_COLUMNS = (*(column for column in KEY_COLUMNS if column != "allocator"), "tokens", "status", "latency_ms")
 META_FILE = "run.json"
 _ERROR_FIELDS = tuple(f.name for f in dataclasses.fields(AccuracyErrors))
 _PLAIN_FIELDS = tuple(

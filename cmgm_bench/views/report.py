@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from cmgm_bench.analysis.speedups import speedups  # noqa: E402
-from cmgm_bench.config.cases import shape_label  # noqa: E402
+from cmgm_bench.config.cases import DEFAULT_ALLOCATOR, shape_label  # noqa: E402
 from cmgm_bench.errors import UsageError  # noqa: E402
 from cmgm_bench.measure import ceilings  # noqa: E402
 from cmgm_bench.measure.measurement import TIMED_STATUSES  # noqa: E402
@@ -200,7 +200,7 @@ def _tables(frame: pd.DataFrame, baseline: str | None) -> str:
                    "peak MiB", "out rel err", "attn rel err", "grad rel err"]
         rows = [
             [
-                r.impl, _shape_label(r), r.status,
+                r.impl + ("" if r.allocator == DEFAULT_ALLOCATOR else f" [{r.allocator}]"), _shape_label(r), r.status,
                 markdown.cell(r.latency_ms, ".3f"), markdown.cell(r.latency_iqr_ms, ".3f"), contention_cell(r.contention),
                 markdown.cell(r.speedup, ".2f"), markdown.cell(r.pct_peak, ".1f"), markdown.cell(r.peak_mem_mb, ".1f"),
                 markdown.cell(r.out_rel_err, ".1e"), markdown.cell(r.attn_rel_err, ".1e"), markdown.cell(r.grad_rel_err, ".1e"),
@@ -210,6 +210,29 @@ def _tables(frame: pd.DataFrame, baseline: str | None) -> str:
         where = f"{device}, {keys[2]}" if by_machine else device
         parts.append(f"### {mode} on {where}\n\n" + markdown.table(headers, rows, ["l", "l", "l"] + ["r"] * 9))
     return "\n\n".join(parts)
+
+
+def allocator_table(frame: pd.DataFrame) -> str | None:
+    """Latency of each implementation and shape under each CPU allocator, and its ratio to the default's; ``None``
+    unless the run measured more than one allocator."""
+    allocators = list(dict.fromkeys(frame["allocator"].dropna()))
+    if len(allocators) < 2:
+        return None
+    timed = frame[frame["status"].isin(TIMED_STATUSES)]
+    latency = timed.pivot_table(index=["impl", "device", "mode", "batch", "dim", "height", "width", "heads"],
+                                columns="allocator", values="latency_ms", aggfunc="first")
+    rows = []
+    for (impl, device, mode, batch, dim, height, width, heads), values in latency.iterrows():
+        pinned = values.get(DEFAULT_ALLOCATOR)
+        cells = []
+        for name in allocators:
+            value = values.get(name)
+            ratio = "" if name == DEFAULT_ALLOCATOR or pinned is None or pd.isna(pinned) or pd.isna(value) else f" (x{value / pinned:.2f})"
+            cells.append(markdown.cell(value, ".3f") + ratio)
+        rows.append([impl, f"{device} {mode}", shape_label(batch, dim, height, width, heads), *cells])
+    headers = ["implementation", "device, mode", "shape", *(f"{name} ms" + ("" if name == DEFAULT_ALLOCATOR else f" (/ {DEFAULT_ALLOCATOR})")
+                                                           for name in allocators)]
+    return markdown.table(headers, rows, ["l", "l", "l"] + ["r"] * len(allocators))
 
 
 def write_report(run_dir: Path) -> Path:
@@ -244,6 +267,7 @@ def _write(run: Run) -> Path:
         + markdown.table(ceiling_headers, ceiling_rows, ["l"] * (len(ceiling_headers) - 2) + ["r", "r"])
         + ("\n\n" + "\n".join(notes) if notes else ""),
         "## Results\n\n" + _tables(frame, baseline),
+        *([f"## Allocators\n\n{allocators}"] if (allocators := allocator_table(frame)) else []),
         "## Cases that are not ok\n\n" + ("\n".join(problem_lines) if problem_lines else "None."),
         "## Plots\n\n" + "\n\n".join(f"### {title}\n\n![{title}]({path.name})" for title, path in plots if path is not None),
     ]

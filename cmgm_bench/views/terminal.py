@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cmgm_bench.analysis.speedups import speedups
-from cmgm_bench.config.cases import shape_label
+from cmgm_bench.config.cases import DEFAULT_ALLOCATOR, shape_label
 from cmgm_bench.measure.contention import is_contended
 
 STATUS_STYLE = {"ok": "green", "inaccurate": "red", "oom": "yellow", "unsupported": "dim", "error": "red", "timeout": "yellow"}
@@ -30,8 +30,9 @@ def results_table(frame: pd.DataFrame, baseline: str | None = None, title: str =
     speedup = speedups(frame, baseline)
     for index, row in frame.iterrows():
         status = row["status"]
+        allocator = row.get("allocator")
         table.add_row(
-            str(row["impl"]),
+            str(row["impl"]) + (f" \\[{allocator}]" if isinstance(allocator, str) and allocator != DEFAULT_ALLOCATOR else ""),
             str(row["device"]),
             str(row["mode"]),
             shape_label(row["batch"], row["dim"], row["height"], row["width"], row["heads"]),
