@@ -12,12 +12,13 @@ import pytest
 from typer.testing import CliRunner
 
 from cmgm_bench.cli import app
+from cmgm_bench.config.cases import KEY_COLUMNS
 from cmgm_bench.config.run_config import RunConfig
 from cmgm_bench.results.store import load_run, read_journal
 from tests.conftest import FAST, write_file
 
 runner = CliRunner()
-KEY = ["impl", "device", "dtype", "mode", "batch", "height", "width", "heads", "dim"]
+KEY = list(KEY_COLUMNS)
 
 
 def impl_file(tmp_path, name, body):
