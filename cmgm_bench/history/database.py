@@ -14,6 +14,7 @@ created.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -118,14 +119,14 @@ def open_database(db: str | None = None, create: bool = True) -> Engine:
             _serialise_sqlite_writers(engine)
         else:
             engine = sa.create_engine(url, pool_pre_ping=True)
-    except (ArgumentError, NoSuchModuleError, ImportError) as exc:
-        raise UsageError(f"--db {db!r}: {exc}") from None
+    except (ArgumentError, NoSuchModuleError, ImportError, ValueError) as exc:
+        raise UsageError(f"--db {safe_url(url)}: {str(exc).replace(url, safe_url(url))}") from None
     try:
         with engine.begin() as connection:
             _check_or_create_schema(connection, url, create)
     except DBAPIError as exc:
         engine.dispose()
-        raise UsageError(f"history database {_safe(url)}: {str(exc.orig).splitlines()[0]}") from None
+        raise UsageError(f"history database {safe_url(url)}: {str(exc.orig).splitlines()[0]}") from None
     except UsageError:
         engine.dispose()
         raise
@@ -138,20 +139,24 @@ def _check_or_create_schema(connection, url: str, create: bool) -> None:
     tables = set(sa.inspect(connection).get_table_names())
     if "meta" not in tables:
         if tables - {"meta", "runs", "cases"}:
-            raise UsageError(f"{_safe(url)}: a database of something else (tables {', '.join(sorted(tables))}), not a cmgm-bench history")
+            raise UsageError(f"{safe_url(url)}: a database of something else (tables {', '.join(sorted(tables))}), not a cmgm-bench history")
         if not create:
-            raise UsageError(f"{_safe(url)}: no history here yet (add a run first: cmgm-bench history add RUN_DIR)")
+            raise UsageError(f"{safe_url(url)}: no history here yet (add a run first: cmgm-bench history add RUN_DIR)")
         metadata.create_all(connection)
         connection.execute(meta_table.insert().values(name="schema_version", value=str(SCHEMA_VERSION)))
         return
     found = connection.execute(sa.select(meta_table.c.value).where(meta_table.c.name == "schema_version")).scalar()
     if found != str(SCHEMA_VERSION):
         raise UsageError(
-            f"{_safe(url)}: history schema version {found}, this cmgm-bench reads version {SCHEMA_VERSION}; "
+            f"{safe_url(url)}: history schema version {found}, this cmgm-bench reads version {SCHEMA_VERSION}; "
             "use the cmgm-bench that wrote it, or a new database"
         )
 
 
-def _safe(url: str) -> str:
-    """The URL without its password, for messages."""
-    return sa.engine.make_url(url).render_as_string(hide_password=True)
+def safe_url(url: str) -> str:
+    """The URL without its password, for messages; also a URL that does not parse (the password is masked by
+    its place: what stands between ``user:`` and ``@``)."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)

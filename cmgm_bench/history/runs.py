@@ -19,11 +19,11 @@ from datetime import datetime, timezone
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from cmgm_bench.config.cases import DEFAULT_ALLOCATOR, shape_label
 from cmgm_bench.errors import UsageError
-from cmgm_bench.history.database import cases_table, runs_table
+from cmgm_bench.history.database import cases_table, runs_table, safe_url
 from cmgm_bench.results.store import Run, to_record
 
 # metric name -> (column in the database, unit, the relative change that counts by default)
@@ -120,9 +120,12 @@ def add_run(engine: Engine, run: Run, commit: str | None = None, branch: str | N
     uniqueness; it then looks again and finds the run stored.
     """
     try:
-        return _add_run_once(engine, run, commit, branch)
-    except IntegrityError:
-        return _add_run_once(engine, run, commit, branch)
+        try:
+            return _add_run_once(engine, run, commit, branch)
+        except IntegrityError:
+            return _add_run_once(engine, run, commit, branch)
+    except DBAPIError as exc:  # a read-only file, a full disk, a lost server: one line, the password masked
+        raise UsageError(f"history database {safe_url(str(engine.url))}: {str(exc.orig).splitlines()[0]}") from None
 
 
 def _add_run_once(engine: Engine, run: Run, commit: str | None, branch: str | None) -> Added:
