@@ -94,7 +94,7 @@ def summary_lines(comparison: Comparison) -> list[str]:
 def to_markdown(comparison: Comparison) -> str:
     align = ["l", "r", "r", "r", "r", "l", "l"]
     body = markdown.table(headers(comparison), _rows(comparison), align)
-    summary = "\n".join(f"- {line}" for line in summary_lines(comparison))
+    summary = "\n".join(f"- {markdown.text(line)}" for line in summary_lines(comparison))
     title = f"### cmgm-bench compare ({comparison.metric}, threshold {comparison.threshold:.1%})"
     return f"{title}\n\n{body}\n\n{summary}\n"
 
