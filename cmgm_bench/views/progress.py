@@ -31,7 +31,9 @@ class SweepProgress:
         self.progress.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, kind, value, trace) -> None:
+        if kind is not None and not issubclass(kind, KeyboardInterrupt):  # the error's line stands alone
+            self.progress.live.transient = True
         self.stop()
 
     def stop(self) -> None:
