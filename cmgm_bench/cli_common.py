@@ -17,7 +17,8 @@ FormatOption = Annotated[OutputFormat, typer.Option("--format", help="table (ric
 
 
 def fail_with_usage_errors(command):
-    """Turn a :class:`UsageError` into one line on stderr and exit code 2."""
+    """Turn a :class:`UsageError`, or a file that cannot be written or read (a read-only folder, a full disk, a
+    file where a folder should be), into one line on stderr and exit code 2."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -25,6 +26,10 @@ def fail_with_usage_errors(command):
             return command(*args, **kwargs)
         except UsageError as exc:
             typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            typer.echo(f"error: {where}{exc.strerror or exc}", err=True)
             raise typer.Exit(2) from None
 
     return wrapper

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,7 +65,13 @@ def profile_case(prepared: PreparedCase, mode: str, device: str, trace: Path, *,
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
     trace.parent.mkdir(parents=True, exist_ok=True)
-    prof.export_chrome_trace(str(trace))
+    partial = trace.with_name(trace.name + ".partial.json")  # whole or not there: written aside, then renamed
+    try:
+        prof.export_chrome_trace(str(partial))
+        os.replace(partial, trace)
+    finally:
+        partial.unlink(missing_ok=True)
+        partial.with_name(partial.name + ".tmp").unlink(missing_ok=True)  # what the exporter writes first
     averages = [a for a in prof.key_averages(group_by_input_shape=True) if a.key != "[memory]"]
     self_time = lambda a: a.self_device_time_total if device.startswith("cuda") and a.self_device_time_total else a.self_cpu_time_total
     total = sum(self_time(a) for a in averages) or 1.0

@@ -95,18 +95,27 @@ def to_record(m: Measurement) -> dict:
 
 
 def from_record(record: dict, where: Path | str = "") -> Measurement:
-    """A measurement from its JSON form; a record missing key columns is a :class:`UsageError`."""
+    """A measurement from its JSON form; a record missing key columns, or with a value of the wrong type, is a
+    :class:`UsageError` naming ``where``."""
     row = record.get("row") if isinstance(record, dict) else None
     missing = [c for c in REQUIRED_COLUMNS if not isinstance(row, dict) or c not in row]
     if missing:
         raise UsageError(f"{where}: a case is missing columns {', '.join(missing)}")
+    try:
+        return _measurement(record, row)
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise UsageError(f"{where}: a case holds a value of the wrong type ({exc})") from None
+
+
+def _measurement(record: dict, row: dict) -> Measurement:
     errors = None
     if row.get("out_rel_err") is not None:
         errors = AccuracyErrors(**{name: row.get(name) for name in _ERROR_FIELDS})
+    samples = tuple(float(sample) for sample in record.get("samples_s") or ())
     return Measurement(
         case=Case.from_dict(row),
         status=row["status"],
-        samples_s=tuple(record.get("samples_s") or ()),
+        samples_s=samples,
         errors=errors,
         notes=record.get("notes") or {},
         traceback=record.get("traceback"),
@@ -148,12 +157,30 @@ class Run:
 
 
 def _atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: the file is whole or not there; the
+    temporary file is removed when writing fails (a full disk)."""
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise _naming(exc, path) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _naming(exc: OSError, path: Path) -> OSError:
+    """``exc`` with the file it was about: a write that fails (a full disk) names none."""
+    return exc if exc.filename else OSError(exc.errno, exc.strerror, str(path))
 
 
 def _json_safe(value):
@@ -186,10 +213,13 @@ class RunWriter:
         _atomic_write(self.path / META_FILE, json.dumps(_json_safe(self.meta), indent=1))
 
     def append(self, measurement: Measurement) -> None:
-        with open(self.journal, "a") as handle:
-            handle.write(json.dumps(to_record(measurement)) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            with open(self.journal, "a") as handle:
+                handle.write(json.dumps(to_record(measurement)) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as exc:
+            raise _naming(exc, self.journal) from None
         self.measurements.append(measurement)
 
     def replace_all(self, measurements: list[Measurement]) -> None:
@@ -207,15 +237,20 @@ class RunWriter:
 
 
 def read_journal(path: Path) -> list[dict]:
-    """Records of ``cases.jsonl``; a last line cut short by a kill is dropped."""
+    """Records of ``cases.jsonl``; a last line cut short by a kill is dropped, any other bad line is a
+    :class:`UsageError` naming the file and line."""
     records = []
-    lines = path.read_text().splitlines() if path.exists() else []
+    lines = path.read_bytes().splitlines() if path.exists() else []
     for number, line in enumerate(lines):
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
+            record = json.loads(line.decode("utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
             if number != len(lines) - 1:
                 raise UsageError(f"{path}: line {number + 1} is corrupt") from None
+            continue
+        if not isinstance(record, dict):
+            raise UsageError(f"{path}: line {number + 1} is not a case record")
+        records.append(record)
     return records
 
 
@@ -248,12 +283,13 @@ def load_run(path: str | Path) -> Run:
         if not isinstance(data.get("cases"), list):
             raise UsageError(f"{json_path}: not a cmgm-bench results file")
         records = data.pop("cases")
+        places = [f"{json_path}, case {index + 1}" for index in range(len(records))]
     elif (folder / META_FILE).exists():
-        data, records = _read_json(folder / META_FILE), []
+        data, records, places = _read_json(folder / META_FILE), [], []
     else:
         raise UsageError(f"{path}: no results.json or {META_FILE} (not a run directory?)")
     if journal.exists():
         journaled = read_journal(journal)
         if len(journaled) > len(records):
-            records = journaled
-    return Run(folder, data, combine_replicates([from_record(record, json_path) for record in records]))
+            records, places = journaled, [f"{journal}, line {index + 1}" for index in range(len(journaled))]
+    return Run(folder, data, combine_replicates([from_record(record, place) for record, place in zip(records, places)]))

@@ -19,6 +19,7 @@ import plotly.offline
 
 from cmgm_bench.history.changepoints import find_steps
 from cmgm_bench.history.runs import METRICS, torch_changes
+from cmgm_bench.results.store import atomic_write_bytes
 
 FILTERS = (("machine", "machine"), ("impl", "implementation"), ("mode", "mode"), ("shape", "shape"), ("metric", "metric"))
 
@@ -104,5 +105,5 @@ h3{{margin:.4em 0 0;font-size:1em}} .machine{{margin:0;color:#666;font-size:.85e
 </body></html>
 """
     path = out_dir / "index.html"
-    path.write_text(page)
+    atomic_write_bytes(path, page.encode())
     return path

@@ -8,6 +8,7 @@ intensity under the measured compute and bandwidth roofs.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -22,7 +23,7 @@ from cmgm_bench.config.cases import DEFAULT_ALLOCATOR, shape_label  # noqa: E402
 from cmgm_bench.errors import UsageError  # noqa: E402
 from cmgm_bench.measure import ceilings  # noqa: E402
 from cmgm_bench.measure.measurement import TIMED_STATUSES  # noqa: E402
-from cmgm_bench.results.store import Run, load_run  # noqa: E402
+from cmgm_bench.results.store import Run, atomic_write_bytes, load_run  # noqa: E402
 from cmgm_bench.views import markdown  # noqa: E402
 from cmgm_bench.views.terminal import contention_cell  # noqa: E402
 from cmgm_bench.workload import flops  # noqa: E402
@@ -42,9 +43,12 @@ def _timed(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _save(fig, path: Path) -> Path:
+    """Write the figure as a PNG, whole or not at all (drawn into memory, then written atomically)."""
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    image = io.BytesIO()
+    fig.savefig(image, dpi=110, format="png")
     plt.close(fig)
+    atomic_write_bytes(path, image.getvalue())
     return path
 
 
@@ -208,7 +212,7 @@ def _tables(frame: pd.DataFrame, baseline: str | None) -> str:
             for r in group.sort_values(["tokens", "batch", "impl"]).itertuples()
         ]
         where = f"{device}, {keys[2]}" if by_machine else device
-        parts.append(f"### {mode} on {where}\n\n" + markdown.table(headers, rows, ["l", "l", "l"] + ["r"] * 9))
+        parts.append(f"### {mode} on {markdown.text(where)}\n\n" + markdown.table(headers, rows, ["l", "l", "l"] + ["r"] * 9))
     return "\n\n".join(parts)
 
 
@@ -259,7 +263,8 @@ def _write(run: Run) -> Path:
     ceiling_headers, ceiling_rows = ceiling_table(run.meta)
     notes = ceiling_notes(run.meta)
     problems = frame[frame.status != "ok"]
-    problem_lines = [f"- `{r.impl}` {r.mode} {r.device} {_shape_label(r)}: **{r.status}**: {r.error}" for r in problems.itertuples()]
+    problem_lines = [f"- {markdown.text(r.impl)} {r.mode} {r.device} {_shape_label(r)}: **{r.status}**: {markdown.text(r.error)}"
+                     for r in problems.itertuples()]
     sections = [
         f"# cmgm-bench report\n\n{len(frame)} cases, {int((frame.status == 'ok').sum())} ok. Speed-ups are relative to `{baseline}`.",
         "## Environment\n\n" + markdown.table(["", "value"], env_rows),
@@ -272,5 +277,5 @@ def _write(run: Run) -> Path:
         "## Plots\n\n" + "\n\n".join(f"### {title}\n\n![{title}]({path.name})" for title, path in plots if path is not None),
     ]
     report = run.path / "report.md"
-    report.write_text("\n\n".join(sections) + "\n")
+    atomic_write_bytes(report, ("\n\n".join(sections) + "\n").encode())
     return report
