@@ -12,6 +12,8 @@ The CLI (:mod:`cmgm_bench.cli`) is a thin layer over these functions.
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 from typing import Callable
 
@@ -79,7 +81,7 @@ def race(
     impl_files=(),
 ) -> list[PairedResult]:
     """Race two implementations call by call in this process, one result per shape (as ``ab``)."""
-    if max_time <= 0 or min_pairs < 2 or threshold <= 0 or gap_ms < 0:
+    if not (max_time > 0 and threshold > 0 and gap_ms >= 0 and min_pairs >= 2) or math.inf in (max_time, threshold, gap_ms):
         raise UsageError("--max-time, --threshold must be positive, --gap-ms not negative and --min-pairs at least 2")
     cases = single_cases([base_impl, cand_impl], device=device, mode=mode, batch=batch, res=res, heads=heads, dim=dim, impl_files=impl_files)
     prepare_process(threads)  # as run sets up: threads, no TF32, cuDNN autotuning off, allocator pinned

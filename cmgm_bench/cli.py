@@ -6,6 +6,7 @@ Every command reports bad usage as one line on stderr with exit code 2 (see
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -174,10 +175,10 @@ def execute_with_progress(plan: Plan):
     with SweepProgress(len(plan.cases), done_before, terminal.console(stderr=True)) as progress:
         try:
             return api.execute(plan, argv(), on_case_start=progress.started, on_case_done=progress.done)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             progress.stop()
             typer.echo(f"interrupted: finished cases are in {plan.out_dir}", err=True)
-            raise typer.Exit(130) from None
+            raise typer.Exit(128 + getattr(exc, "signal_number", signal.SIGINT)) from None
 
 
 @app.command("flops")
@@ -342,6 +343,10 @@ def show_command(
     """Print a run's results again, filtered and sorted; csv, markdown and json go to stdout for piping."""
     run = load_run(run_dir)
     frame = run.frame()
+    for option, wanted, column in (("--impl", impl, "impl"), ("--mode", mode, "mode")):
+        unknown = [value for value in split_list(wanted or []) if value not in set(frame[column])]
+        if unknown:
+            raise UsageError(f"{option}: {', '.join(unknown)} not in {run_dir} (it has {', '.join(dict.fromkeys(frame[column]))})")
     if impl:
         frame = frame[frame.impl.isin(split_list(impl))]
     if mode:
@@ -370,9 +375,13 @@ def profile_command(
     trace: Annotated[Optional[Path], typer.Option(help="Chrome/Perfetto trace file (default results/profile-<impl>-<mode>.json).")] = None,
 ):
     """Profile one case with torch.profiler: top operators by self time, a trace file, the memory peak."""
+    if top < 1:
+        raise UsageError(f"--top: {top} must be at least 1")
+    trace = trace or Path("results") / f"profile-{impl}-{mode}.json"
+    if trace.is_dir():
+        raise UsageError(f"--trace {trace} is a directory; give the trace file's path")
     (case,) = _one_case(impl, impl_file, device, mode, batch, res, heads, dim)
     prepare_process(threads)  # as run sets up: threads, no TF32, cuDNN autotuning off, allocator pinned
-    trace = trace or Path("results") / f"profile-{impl}-{mode}.json"
     result = profile_case(prepare_case(case, registry.get(impl), seed=0), mode, case.device, trace, memory=memory, top=top)
     rows = [[r.name, str(r.calls), f"{r.self_ms:.3f}", f"{100 * r.share:.1f}%", r.input_shapes] for r in result.operators]
     console = terminal.console()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -12,10 +14,12 @@ from rich.table import Table
 from cmgm_bench.cli_common import FormatOption, fail_with_usage_errors
 from cmgm_bench.config.cases import split_list
 from cmgm_bench.errors import UsageError
+from cmgm_bench.registry import MODES
 from cmgm_bench.history import database
 from cmgm_bench.history.changepoints import find_steps
 from cmgm_bench.history.runs import METRICS, add_run, metric_spec, read_points, torch_changes
 from cmgm_bench.history.trend import check_run
+from cmgm_bench.measure.contention import CONTENDED
 from cmgm_bench.results.store import load_run
 from cmgm_bench.views import markdown
 from cmgm_bench.views.dashboard import write_dashboard
@@ -38,6 +42,13 @@ MetricOption = Annotated[str, typer.Option(help="latency (median ms), instructio
 
 
 def _filters(impl, mode, res, machine) -> dict:
+    """The filters of ``show`` and ``html``; a mode or grid that can never match is a :class:`UsageError`."""
+    for value in split_list(mode) if mode else ():
+        if value not in MODES:
+            raise UsageError(f"--mode: unknown mode {value!r} (choose from {', '.join(MODES)})")
+    for value in split_list(res) if res else ():
+        if not re.fullmatch(r"\d+(x\d+)?|B\d+ \d+x\d+x\d+ h\d+", value.strip()):
+            raise UsageError(f"--res: {value!r} is neither a grid (28, 32x24) nor a shape ('B1 64x28x28 h8')")
     return {
         "impls": split_list(impl) if impl else (),
         "modes": split_list(mode) if mode else (),
@@ -91,8 +102,9 @@ def show_command(
 ):
     """Per case and machine, the metric over commits (oldest first, newest last), with the steps found and torch version changes."""
     metric_spec(metric)  # an unknown metric fails before the database is opened
+    filters = _filters(impl, mode, res, machine)
     engine = database.open_database(db, create=False)
-    points = _mark_changes(read_points(engine, metric, branch=branch, **_filters(impl, mode, res, machine)))
+    points = _mark_changes(read_points(engine, metric, branch=branch, **filters))
     frame = points[["case_key", "machine", "commit", "branch", "started_at", "torch_version", "status", "value", "iqr", "change"]]
     frame = frame.rename(columns={"case_key": "case", "value": metric})
 
@@ -127,6 +139,8 @@ def check_command(
         raise UsageError("--window: at least 2 runs")
     if not 0.5 < confidence < 1:
         raise UsageError("--confidence: between 0.5 and 1")
+    if threshold is not None and not (math.isfinite(threshold) and threshold > 0):
+        raise UsageError(f"--threshold: {threshold} must be a positive number")
     run = load_run(run_dir)
     engine = database.open_database(db, create=False)
     verdicts = check_run(engine, run, metric=metric, window=window, threshold=threshold, confidence=confidence, branch=branch)
@@ -168,7 +182,7 @@ def _verdict_table(verdicts: pd.DataFrame, metric: str) -> Table:
 def pull_request_summary(verdicts: pd.DataFrame, metric: str, window: int) -> str:
     """The Markdown comment for a pull request: counts first, then every case that is not ``same``, then the rest folded."""
     counts = verdicts.verdict.value_counts()
-    head = ", ".join(f"{counts[v]} {v}" for v in ("slower", "faster", "same", "too little history") if v in counts)
+    head = ", ".join(f"{counts[v]} {v}" for v in ("slower", "faster", "same", CONTENDED, "too little history") if v in counts)
     lines = [f"### cmgm-bench: {metric} against the last {window} runs", "", head, ""]
     header = ["case", "machine", "runs", "history median", "new", "change", "limit", "verdict"]
 
@@ -198,8 +212,10 @@ def html_command(
     branch: BranchFilter = None,
 ):
     """Write a static dashboard page: one chart per case and metric over commits, steps and torch changes marked."""
-    engine = database.open_database(db, create=False)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"{out_dir} is a file; give a folder for index.html")
     filters = _filters(impl, mode, res, machine)
+    engine = database.open_database(db, create=False)
     points = {metric: read_points(engine, metric, branch=branch, **filters) for metric in METRICS}
     if all(frame.empty for frame in points.values()):
         raise UsageError("no stored case matches the filters")

@@ -17,11 +17,18 @@ inaccurate, or a race that ends ``slower``; the Markdown summary holds both
 verdicts. What each race loads from the base revision is the implementation's
 file (and, for ``eager``, the model it loads by path); helpers it imports come
 from the installed package.
+
+Trust: the base revision's code runs on the machine that runs the gate. Its
+instruction counts run in processes whose environment has no variable named like a
+credential (:func:`without_secrets`); its implementation files are loaded into this
+process for the race. Run the gate only where the base revision is trusted (a
+pull request's own job, never ``pull_request_target``, and no secrets in that job).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -84,6 +91,16 @@ def changed_impls(repo: Path, base_commit: str) -> list[str]:
     return names
 
 
+# Names of environment variables that hold credentials, as CI systems name them (GITHUB_TOKEN, AWS_SECRET_ACCESS_KEY,
+# PGPASSWORD, NPM_AUTH_TOKEN, ...): the base revision's code never sees them.
+SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|PRIVATE|API_?KEY|ACCESS_KEY|AUTH", re.IGNORECASE)
+
+
+def without_secrets(environment) -> dict[str, str]:
+    """``environment`` less the variables whose names look like credentials."""
+    return {name: value for name, value in environment.items() if not SECRET_NAME.search(name)}
+
+
 def count_instructions(checkout: Path, impls: list[str], out: Path, *, res: str, mode: str, threads: int) -> Path:
     """Count instructions of ``impls`` with ``checkout``'s harness and code, in a process of its own."""
     command = [
@@ -91,7 +108,8 @@ def count_instructions(checkout: Path, impls: list[str], out: Path, *, res: str,
         "--threads", str(threads), "--count-instructions", "--no-memory", "--no-report", "--max-time", "0.2",
         "--device", "cpu", "--out", str(out),
     ]
-    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(checkout), os.environ.get("PYTHONPATH")]))}
+    environment = {**without_secrets(os.environ),
+                   "PYTHONPATH": os.pathsep.join(filter(None, [str(checkout), os.environ.get("PYTHONPATH")]))}
     result = subprocess.run(command, cwd=checkout, env=environment, capture_output=True, text=True)
     if result.returncode != 0:
         tail = (result.stderr.strip().splitlines() or ["no output"])[-1]
@@ -147,7 +165,7 @@ def summary_markdown(result: GateResult, head: str) -> str:
     lines = [f"## cmgm-bench gate: {result.base_commit[:10]} -> {head}: {verdict}", ""]
     if not result.impls:
         return "\n".join(lines + ["No implementation changed (nothing under impls/ or the model); nothing to gate.", ""])
-    lines += [f"Implementations: {', '.join(result.impls)}", ""]
+    lines += [f"Implementations: {markdown.text(', '.join(result.impls))}", ""]
     if result.instructions is not None:
         flag = " (regression)" if result.instructions_regressed else ""
         lines += [compare_output.to_markdown(result.instructions).replace("### cmgm-bench compare", "### Instruction counts" + flag, 1), ""]

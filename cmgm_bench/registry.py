@@ -186,6 +186,8 @@ def load_file(spec: str, prefix: str = "") -> list[str]:
             module_spec.loader.exec_module(module)
     except Exception as exc:  # any import failure is the user's file's fault
         raise UsageError(f"implementation file {path} failed to import: {type(exc).__name__}: {exc}") from None
+    except SystemExit as exc:  # sys.exit() at import: the file's doing, not the command's exit code
+        raise UsageError(f"implementation file {path} called sys.exit({exc.code!r}) while importing") from None
     if not captured:
         raise UsageError(f"implementation file {path} registers no implementation")
     if rename:

@@ -11,6 +11,7 @@ time a single case (``ab``, ``profile``, ``flops``) validate through
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -37,6 +38,25 @@ def resolve_device(device: str) -> str:
 
 
 EXECUTORS = ("local", "ray", "slurm")
+
+
+# option -> (the setting it needs, the values that setting must have, how a message says it)
+_ONLY_WITH = {
+    "ray_address": ("executor", ("ray",), "--executor ray"),
+    "cpu_slots": ("executor", ("ray", "slurm"), "--executor ray or slurm"),
+    "slurm_cluster": ("executor", ("slurm",), "--executor slurm"),
+    "slurm_partition": ("executor", ("slurm",), "--executor slurm"),
+    "tf32": ("device", ("cuda",), "--device cuda"),
+    "cudnn_benchmark": ("device", ("cuda",), "--device cuda"),
+}
+
+
+def check_only_with(raw: dict, device: str) -> None:
+    """Refuse an option given a value other than its default where it has no effect (``--tf32`` on the CPU)."""
+    for key, (needs, values, wanted) in _ONLY_WITH.items():
+        have = device.split(":")[0] if needs == "device" else raw[needs]
+        if raw[key] != settings_module.DEFAULTS[key] and have not in values:
+            raise UsageError(f"--{key.replace('_', '-')} has no effect without {wanted}")
 
 
 def check_threads(threads: int | None) -> None:
@@ -102,10 +122,12 @@ class RunConfig:
             names = [name for name, impl in registry.all_implementations().items() if device in impl.devices and impl.in_default_sweep]
         for name in names:
             registry.get(name)
-        if raw["min_samples"] < 1 or raw["max_time"] <= 0 or raw["target_rel_iqr"] <= 0:
-            raise UsageError("--min-samples, --max-time and --target-rel-iqr must be positive")
-        if raw["timeout"] is not None and raw["timeout"] <= 0:
-            raise UsageError(f"--timeout: {raw['timeout']} must be positive")
+        if raw["min_samples"] < 1:
+            raise UsageError(f"--min-samples: {raw['min_samples']} must be at least 1")
+        for key in ("max_time", "target_rel_iqr") + (("timeout",) if raw["timeout"] is not None else ()):
+            if not (math.isfinite(raw[key]) and raw[key] > 0):
+                raise UsageError(f"--{key.replace('_', '-')}: {raw[key]} must be a positive number")
+        check_only_with(raw, device)
         check_threads(raw["threads"])
         if raw["executor"] not in EXECUTORS:
             raise UsageError(f"--executor: unknown executor {raw['executor']!r} (choose from {', '.join(EXECUTORS)})")

@@ -73,6 +73,8 @@ def make_plan(config: RunConfig, out_dir: Path | None) -> Plan:
     """The plan of a new run of ``config`` into an empty ``out_dir``; raises :class:`UsageError` if it cannot run."""
     check_executor(config)
     out_dir = Path(out_dir) if out_dir else default_run_dir(config.device)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out {out_dir} is a file; give a folder for the run")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise UsageError(f"--out {out_dir} exists and is not empty")
     return Plan(config, config.cases(), out_dir)
