@@ -9,9 +9,11 @@ and inputs):
 * a plain ``python`` process that times the same module with
   ``torch.utils.benchmark.Timer.blocked_autorange`` (no allocator settings at all).
 
-Prints each pair's ratio (tool / plain) and their median. With ``--allocator pinned``
-the tool's default is measured instead, to show how far the tuned allocator is from a
-plain process.
+Prints each pair's ratio (tool / plain) and their median, for the tool's median per
+call (its ``latency_ms``) and for its mean per call, which is what a block of
+``blocked_autorange`` measures (a block's time over its calls; the median is taken over
+blocks). With ``--allocator pinned`` the tool's default is measured instead, to show how
+far the tuned allocator is from a plain process.
 
 Usage: python scripts/allocator_vs_plain_process.py [--pairs 4] [--res 28] [--allocator system] [--seconds 4]
 """
@@ -44,13 +46,15 @@ print(json.dumps({"median_ms": measurement.median * 1e3}))
 """
 
 
-def tool_ms(res: int, allocator: str, seconds: float) -> float:
+def tool_ms(res: int, allocator: str, seconds: float) -> tuple[float, float]:
+    """The tool's median and mean milliseconds per call."""
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "run"
         subprocess.run([sys.executable, "-m", "cmgm_bench", "run", "--impl", "eager", "--res", str(res), "--threads", "1",
                         "--allocator", allocator, "--max-time", str(seconds), "--no-report", "--no-memory", "--out", str(out)],
                        check=True, capture_output=True, text=True)
-        return float(pd.read_csv(out / "results.csv").latency_ms.iloc[0])
+        (case,) = json.loads((out / "results.json").read_text())["cases"]
+        return float(pd.read_csv(out / "results.csv").latency_ms.iloc[0]), 1e3 * statistics.mean(case["samples_s"])
 
 
 def plain_ms(res: int, seconds: float) -> float:
@@ -65,17 +69,18 @@ def main():
     parser.add_argument("--allocator", default="system")
     parser.add_argument("--seconds", type=float, default=4.0)
     args = parser.parse_args()
-    ratios = []
+    medians, means = [], []
     for index in range(args.pairs):
         if index % 2 == 0:
-            tool, plain = tool_ms(args.res, args.allocator, args.seconds), plain_ms(args.res, args.seconds)
+            (tool, tool_mean), plain = tool_ms(args.res, args.allocator, args.seconds), plain_ms(args.res, args.seconds)
         else:
-            plain, tool = plain_ms(args.res, args.seconds), tool_ms(args.res, args.allocator, args.seconds)
-        ratios.append(tool / plain)
-        print(f"pair {index + 1}: cmgm-bench --allocator {args.allocator} {tool:.2f} ms, plain process {plain:.2f} ms, "
-              f"ratio {ratios[-1]:.3f}", flush=True)
-    print(f"eager fwd {args.res}x{args.res}, 1 thread: median ratio (cmgm-bench / torch.utils.benchmark in a plain process) "
-          f"{statistics.median(ratios):.3f} over {args.pairs} alternating pairs")
+            plain, (tool, tool_mean) = plain_ms(args.res, args.seconds), tool_ms(args.res, args.allocator, args.seconds)
+        medians.append(tool / plain)
+        means.append(tool_mean / plain)
+        print(f"pair {index + 1}: cmgm-bench --allocator {args.allocator} median {tool:.2f} ms, mean {tool_mean:.2f} ms; "
+              f"plain process {plain:.2f} ms; ratios {medians[-1]:.3f}, {means[-1]:.3f}", flush=True)
+    print(f"eager fwd {args.res}x{args.res}, 1 thread, {args.pairs} alternating pairs, cmgm-bench / torch.utils.benchmark in a "
+          f"plain process: median per call {statistics.median(medians):.3f}, mean per call {statistics.median(means):.3f}")
 
 
 if __name__ == "__main__":
