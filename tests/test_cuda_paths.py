@@ -50,9 +50,12 @@ def test_cold_cache_flushes_before_every_sample_and_is_recorded(tmp_path):
     assert data["cases"][0]["notes"]["cold_cache"] is True and data["options"]["cold_cache"] is True
 
 
+@pytest.mark.cuda
 def test_tf32_and_cudnn_options_are_recorded(tmp_path):
+    """(On the CPU both options are refused: they would change nothing; tests/test_bad_inputs.py.)"""
     out = tmp_path / "run"
-    result = runner.invoke(app, ["run", "--impl", "eager", "--res", "4", "--tf32", "--cudnn-benchmark", "--out", str(out), *FAST, "--no-report"])
+    result = runner.invoke(app, ["run", "--impl", "eager", "--res", "4", "--device", "cuda", "--tf32", "--cudnn-benchmark",
+                                 "--out", str(out), *FAST, "--no-report"])
     assert result.exit_code == 0, result.output
     import json
 
