@@ -58,6 +58,11 @@ def test_each_allocator_runs_in_a_process_started_with_it(every_allocator):
         assert seen[name]["preload"].endswith(library) and seen[name]["thp"] is None
     notes = {m.case.allocator: m.notes for m in load_run(out).measurements}
     assert notes["jemalloc"]["allocator"] == "jemalloc: as a plain process has it"  # the child found the library mapped
+    # a plain process's heap is shaped by the implementation alone: the float64 reference comes after the samples
+    phases = {name: list(note["phase_s"]) for name, note in notes.items()}
+    assert phases["pinned"].index("reference") < phases["pinned"].index("sampling")
+    assert all(phases[name].index("reference") > phases[name].index("sampling") for name in ("system", "jemalloc", "tcmalloc"))
+    assert frame.out_rel_err.notna().all() and (frame.accuracy_scope == "full").all()
     # peak memory is measured through glibc's thresholds: under the pinned allocator only
     assert frame.peak_mem_mb["pinned"] > 0 and frame.peak_mem_mb[["system", "jemalloc", "tcmalloc"]].isna().all()
 
