@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from cmgm_bench import registry
 from cmgm_bench.config.cases import Case
+from cmgm_bench.machine import cpu_features
 from cmgm_bench.cli import app
 from cmgm_bench.workload.reference import make_inputs, reference_module
 from cmgm_bench.measure.accuracy import reference_outputs, relative_error, tolerance_for
@@ -110,11 +111,25 @@ def test_openvino_bf16_runs_only_with_native_bfloat16():
     impl = registry.get("openvino-bf16")
     require_tool(impl.missing())
     row = to_row(CaseRunner(QUICK).run(Case("openvino-bf16", "cpu", "bfloat16", "fwd", 1, 7, 5, 4, 32)))
-    if "BF16" in core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+    if "BF16" in core().get_property("CPU", "OPTIMIZATION_CAPABILITIES") and cpu_features.library_isa_cap() is None:
         assert row["status"] == "ok", row["error"]
         assert 1e-4 < row["out_rel_err"] <= row["tolerance"]  # really bfloat16: above float32's error
     else:
         assert row["status"] == "unsupported" and "no native bfloat16" in row["error"]
+
+
+def test_libraries_kept_below_avx512_have_no_native_bfloat16(monkeypatch):
+    """As on an AVX2-only CPU: ATEN_CPU_CAPABILITY=avx2 or DNNL_MAX_CPU_ISA=AVX2 leave the libraries no bfloat16
+    instructions, whatever the CPU offers."""
+    monkeypatch.setattr(cpu_features, "flags", lambda: frozenset({"avx2", "fma", "avx512f", "avx512_bf16"}))
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    assert cpu_features.native_bfloat16() and cpu_features.library_isa_cap() is None
+    monkeypatch.setenv("DNNL_MAX_CPU_ISA", "AVX2")
+    assert not cpu_features.native_bfloat16() and cpu_features.library_isa_cap() == "DNNL_MAX_CPU_ISA=AVX2"
+    monkeypatch.setenv("DNNL_MAX_CPU_ISA", "AVX512_CORE_AMX")
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    assert not cpu_features.native_bfloat16() and cpu_features.library_isa_cap() == "ATEN_CPU_CAPABILITY=avx2"
 
 
 def test_exports_are_cached_by_shape_and_mode(tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import platform
 from pathlib import Path
 
@@ -53,9 +54,24 @@ def has(feature: str) -> bool:
     return {"avx2_fma": capability in ("AVX2", "AVX512"), "avx512f": capability == "AVX512"}.get(feature, False)
 
 
+# The libraries can be told to use less than the CPU offers (as on an AVX2-only CPU); below AVX-512 they have no
+# bfloat16 instructions, whatever the CPU has.
+_BELOW_AVX512 = {"ATEN_CPU_CAPABILITY": ("DEFAULT", "AVX2"), "DNNL_MAX_CPU_ISA": ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2")}
+
+
+def library_isa_cap() -> str | None:
+    """``NAME=VALUE`` of an environment variable that keeps PyTorch's or oneDNN's kernels below AVX-512; ``None``."""
+    for name, values in _BELOW_AVX512.items():
+        value = os.environ.get(name, "").strip()
+        if value.upper() in values:
+            return f"{name}={value}"
+    return None
+
+
 def native_bfloat16() -> bool:
-    """Whether bfloat16 arithmetic runs natively (AVX512-BF16 or AMX-BF16) rather than emulated."""
-    return has("avx512_bf16") or has("amx_bf16")
+    """Whether bfloat16 arithmetic runs natively (AVX512-BF16 or AMX-BF16) rather than emulated: the CPU has it
+    and the libraries are not kept below AVX-512 (:func:`library_isa_cap`)."""
+    return (has("avx512_bf16") or has("amx_bf16")) and library_isa_cap() is None
 
 
 @functools.lru_cache(maxsize=1)
