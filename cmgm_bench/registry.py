@@ -45,7 +45,8 @@ class Built:
     label of the code path that runs (a kernel target, a provider), shown in
     the ``variant`` column. ``held_bytes`` returns the memory the implementation
     keeps for its calls outside the call itself (a CUDA graph's private pool,
-    allocated at capture); it is added to the case's measured peak.
+    allocated at capture); it is recorded in the case's notes (the resident
+    figure, measured from the device, already holds it).
     """
 
     fn: Callable[..., Any]

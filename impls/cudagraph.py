@@ -5,7 +5,8 @@ harness's input tensors as the graph's static inputs; later calls with the
 same tensors only replay, other tensors are copied in first. A capture that
 fails makes the case ``unsupported`` with the reason, or ``oom`` when it ran
 out of memory. A replay allocates nothing: its memory is the graph's private
-pool, reserved at capture and reported as the case's peak (``held_bytes``).
+pool, reserved at capture, counted once in the case's ``resident_mb`` and
+recorded as ``notes.held_bytes``.
 """
 
 from __future__ import annotations

@@ -45,6 +45,7 @@ class _Draft:
         self.case = case
         self.fields = fields
         self.notes: dict = {}
+        self.resident_alive: int | None = None  # memory held with the built implementation alive (measure.memory)
 
     @contextlib.contextmanager
     def phase(self, name: str):
@@ -117,6 +118,9 @@ class CaseRunner:
                 try:
                     torch._dynamo.reset()
                     memory.release_memory(case.device)
+                    if draft.resident_alive is not None:  # what releasing the implementation gave back
+                        released = draft.resident_alive - memory.resident_bytes(case.device)
+                        result = result.with_(resident_mb=max(released, 0) / 2**20)
                     heap.freeze_if_imported()
                 except Exception as exc:  # the case is measured; a failed clean-up is said, never the sweep's end
                     draft.notes["cleanup_error"] = one_line(exc)
@@ -218,10 +222,8 @@ class CaseRunner:
             if config.measure_memory:
                 with draft.phase("memory"):
                     peak = memory.peak_bytes(step, device)
-                held = prepared.held_bytes() if prepared.held_bytes else None
-                if held is not None:  # memory the calls use that was allocated before them (a graph's pool)
-                    notes["held_bytes"] = held
-                    peak = None if peak is None else peak + held
+                if prepared.held_bytes:  # memory the calls use that was allocated before them (a graph's pool):
+                    notes["held_bytes"] = prepared.held_bytes()  # in resident_mb, never added to the peak
                 fields["peak_mem_mb"] = None if peak is None else peak / 2**20
             with draft.phase("sdpa_backend"):
                 fields["sdpa_backend"] = observed_sdpa_backend(step)
@@ -246,6 +248,9 @@ class CaseRunner:
                     f"recompiled {compile_count() - compiles} time(s) while being timed; the measurement is invalid"
                 )
 
+        if config.measure_memory:  # the implementation alive; what its release gives back is read after the clean-up
+            with draft.phase("memory"):
+                draft.resident_alive = memory.resident_bytes(device)
         if not reference_first:  # the reference, then one more call to judge
             ref = float64_reference()
             with autograd_context(mode):

@@ -84,7 +84,8 @@ class Measurement:
     flops: int | None = None
     floor_ms: float | None = None
     pct_peak: float | None = None
-    peak_mem_mb: float | None = None
+    peak_mem_mb: float | None = None  # what one call adds (measure.memory)
+    resident_mb: float | None = None  # what the built implementation keeps after a call (measure.memory)
     est_mem_mb: float | None = None
     compile_s: float | None = None
     instructions: int | None = None

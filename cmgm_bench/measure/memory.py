@@ -1,4 +1,25 @@
-"""Peak memory of one call, above what was allocated before it.
+"""What an implementation keeps (``resident``) and what one call adds on top (``peak``).
+
+Resident memory: what the built implementation holds after its calls, with its objects
+alive (weights in its layout, compiled code, planned buffers, arenas, a CUDA graph's
+pool), measured the same way for every implementation: the memory held at the end of
+the case's samples, minus the memory held once the implementation is released (its
+objects gone, Dynamo's caches reset). Memory that outlives the implementation (modules
+its build imported, an export cached on disk, the float64 reference kept for the next
+case) is in neither reading, so the figure is the same in a fresh process and in the
+tenth case of a sweep. A reading is:
+
+* CPU (Linux, glibc, the ``pinned`` allocator): the process's resident set after
+  ``malloc_trim(0)`` (freed heap memory, which the timing policy never trims by itself,
+  goes back to the kernel, so the calls' freed blocks do not count) and a garbage
+  collection.
+  Granularity: pages (4 KiB; a block PyTorch put on a transparent huge page counts in
+  2 MiB steps); memory that another thread of the process touches meanwhile counts too.
+* CUDA: the device's used memory (``torch.cuda.mem_get_info``, so ONNX Runtime's arena
+  and cuDNN's allocations count, not only PyTorch's) after emptying PyTorch's cache of
+  unused blocks. Another process on the same GPU meanwhile would count.
+
+Peak memory of one call, above what was allocated before it:
 
 * CUDA: the caching allocator's peak (``reset_peak_memory_stats`` before,
   ``synchronize`` after), minus what was allocated before the call.
@@ -91,6 +112,8 @@ def _rss_peak_bytes(call: Callable[[], object]) -> int:
 
 
 def cuda_peak_bytes(call: Callable[[], object], device: str) -> int:
+    """Allocated (not reserved) by PyTorch during the call, above what was allocated before it: the same for every
+    implementation; memory held from before (a graph's pool, a runtime's arena) is in the resident figure."""
     torch.cuda.synchronize(device)
     before = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
@@ -99,6 +122,20 @@ def cuda_peak_bytes(call: Callable[[], object], device: str) -> int:
     peak = torch.cuda.max_memory_allocated(device)
     del result
     return peak - before
+
+
+def resident_bytes(device: str) -> int | None:
+    """What the process holds now, as the resident figure counts it; ``None`` where it cannot be measured."""
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        free, total = torch.cuda.mem_get_info(device)
+        return total - free
+    if not cpu_method_available():
+        return None
+    allocator.LIBC.malloc_trim(0)
+    return _status_kib("VmRSS") * 1024
 
 
 def peak_bytes(call: Callable[[], object], device: str) -> int | None:

@@ -48,6 +48,7 @@ COLUMNS = (
     "pct_peak",
     "floor_ms",
     "peak_mem_mb",
+    "resident_mb",
     "est_mem_mb",
     "out_rel_err",
     "out_max_abs_err",
