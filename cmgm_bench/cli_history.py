@@ -38,7 +38,7 @@ ModeFilter = Annotated[Optional[str], typer.Option(help="Only these modes, comma
 ResFilter = Annotated[Optional[str], typer.Option(help="Only these grids (28, 32x24) or shapes ('B1 64x28x28 h8'), comma separated.")]
 MachineFilter = Annotated[Optional[str], typer.Option(help="Only this machine model (as `history show` prints it).")]
 BranchFilter = Annotated[Optional[str], typer.Option(help="Only runs recorded on this git branch.")]
-MetricOption = Annotated[str, typer.Option(help="latency (median ms), instructions, memory (peak MiB) or error (worst relative error).")]
+MetricOption = Annotated[str, typer.Option(help="latency (median ms), instructions, memory (peak MiB a call adds), resident (MiB the implementation keeps) or error (worst relative error).")]
 
 
 def _filters(impl, mode, res, machine) -> dict:

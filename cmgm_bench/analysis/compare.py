@@ -11,8 +11,10 @@ medians that either run measured, else :data:`DEFAULT_RUN_SPREAD`), and a
 difference only that widening hides is ``inconclusive (one replicate)``. A case timed while other work took
 more than a set share of its cores (:mod:`cmgm_bench.measure.contention`) on either side is
 ``inconclusive (contended)``. Instruction counts are deterministic, so they are judged on the threshold alone. Accuracy (a case became inaccurate,
-or stopped running) and memory (peak grew past ``mem_threshold``) are judged
-too. Two runs on different machines or software are refused unless allowed.
+or stopped running) and memory are judged
+too: each of the two memory figures (``peak_mem_mb``, what a call adds; ``resident_mb``, what the implementation
+keeps) regresses past ``mem_threshold``; a run without ``resident_mb`` (an older one) is judged on the peak
+alone, and the comparison counts those cases. Two runs on different machines or software are refused unless allowed.
 """
 
 from __future__ import annotations
@@ -56,8 +58,9 @@ class CaseComparison:
     base_status: str
     cand_status: str
     accuracy: str | None = None  # what regressed, if anything
-    memory_ratio: float | None = None
-    memory_regressed: bool = False
+    memory_ratio: float | None = None  # peak_mem_mb, cand / base
+    resident_ratio: float | None = None  # resident_mb, cand / base (None: a run has none, e.g. an older one)
+    memory_regressed: bool = False  # either figure grew past the memory threshold
 
     @property
     def regressed(self) -> bool:
@@ -82,6 +85,7 @@ class Comparison:
     replicated_cases: int = 0  # latency: cases judged over replicates of both runs
     # ... of them, those whose replicates shared one process on either side (a run without --isolate)
     shared_process_cases: int = 0
+    without_resident: int = 0  # compared cases where a run has no resident_mb (older runs): judged on the peak only
 
     @property
     def regressed(self) -> bool:
@@ -134,6 +138,14 @@ def _unless_contended(base: Measurement, cand: Measurement, judged: str) -> str:
     return CONTENDED if base.contended or cand.contended else judged
 
 
+def _memory(base_mb: float | None, cand_mb: float | None, running: bool, threshold: float) -> tuple[float | None, bool]:
+    """``(cand / base, regressed)`` of one memory figure; a growth below :data:`MEMORY_NOISE_FLOOR_MB` is noise."""
+    if not (running and base_mb and cand_mb):
+        return None, False
+    ratio = cand_mb / base_mb
+    return ratio, ratio > 1 + threshold and cand_mb - base_mb > MEMORY_NOISE_FLOOR_MB
+
+
 def _instructions(base: Measurement, cand: Measurement, threshold: float):
     b, c = base.instructions, cand.instructions
     if not b or not c:
@@ -180,25 +192,24 @@ def compare_runs(
             numbers = _instructions(b, c, threshold)
         else:
             numbers = _latency(b, c, threshold, seed=index, run_spread=run_spread, replicate_confidence=1 - FAMILY_ERROR / len(shared))
-        base_mem, cand_mem = b.peak_mem_mb, c.peak_mem_mb
-        memory_ratio = cand_mem / base_mem if running and base_mem and cand_mem else None
+        peak = _memory(b.peak_mem_mb, c.peak_mem_mb, running, mem_threshold)
+        resident = _memory(b.resident_mb, c.resident_mb, running, mem_threshold)
         cases.append(
             CaseComparison(
                 key, *numbers, b.status.value, c.status.value,
                 accuracy=accuracy_regression(b, c),
-                memory_ratio=memory_ratio,
-                memory_regressed=memory_ratio is not None
-                and memory_ratio > 1 + mem_threshold
-                and cand_mem - base_mem > MEMORY_NOISE_FLOOR_MB,
+                memory_ratio=peak[0], resident_ratio=resident[0], memory_regressed=peak[1] or resident[1],
             )
         )
     only_base = [k for k in base_cases if k not in cand_cases]
     only_cand = [k for k in cand_cases if k not in base_cases]
     replicated = [k for k in shared if base_cases[k].replicates >= 2 and cand_cases[k].replicates >= 2]
     shared_process = [k for k in replicated if not (base_cases[k].notes.get("isolated") and cand_cases[k].notes.get("isolated"))]
+    without_resident = sum(1 for key in shared if base_cases[key].timed and cand_cases[key].timed
+                           and None in (base_cases[key].resident_mb, cand_cases[key].resident_mb))
     return Comparison(metric, threshold, cases, only_base, only_cand, differences,
                       run_spread=run_spread if metric == "latency" else None, replicated_cases=len(replicated),
-                      shared_process_cases=len(shared_process))
+                      shared_process_cases=len(shared_process), without_resident=without_resident)
 
 
 def case_label(key: tuple) -> str:

@@ -80,6 +80,7 @@ cases_table = sa.Table(
     sa.Column("samples_s", sa.JSON),
     sa.Column("instructions", sa.Float),
     sa.Column("peak_mem_mb", sa.Float),
+    sa.Column("resident_mb", sa.Float),  # added within schema version 1: older databases gain it when opened
     sa.Column("worst_error", sa.Float),
     sa.Column("flops", sa.Float),
     sa.Column("row", sa.JSON, nullable=False),
@@ -151,6 +152,16 @@ def _check_or_create_schema(connection, url: str, create: bool) -> None:
             f"{safe_url(url)}: history schema version {found}, this cmgm-bench reads version {SCHEMA_VERSION}; "
             "use the cmgm-bench that wrote it, or a new database"
         )
+    _add_missing_columns(connection)
+
+
+def _add_missing_columns(connection) -> None:
+    """Nullable columns added to ``cases`` since a database was made (older cmgm-bench ignores them)."""
+    present = {column["name"] for column in sa.inspect(connection).get_columns("cases")}
+    for column in cases_table.columns:
+        if column.name not in present and column.nullable and not column.primary_key:
+            kind = column.type.compile(dialect=connection.dialect)
+            connection.exec_driver_sql(f'ALTER TABLE cases ADD COLUMN "{column.name}" {kind}')
 
 
 def safe_url(url: str) -> str:

@@ -31,6 +31,7 @@ METRICS = {
     "latency": ("latency_ms", "ms", 0.05),
     "instructions": ("instructions", "instructions", 0.01),
     "memory": ("peak_mem_mb", "MiB", 0.10),
+    "resident": ("resident_mb", "MiB", 0.10),
     "error": ("worst_error", "relative error", 1.0),
 }
 SERIES_COLUMNS = ("case_key", "machine", "impl", "device", "dtype", "mode", "shape", "threads")
@@ -98,6 +99,7 @@ def case_values(run: Run, run_id: int) -> list[dict]:
             **{name: row[name] for name in ("impl", "device", "dtype", "mode", "batch", "dim", "height", "width", "heads")},
             "threads": row["threads"], "status": row["status"],
             **{name: row[name] for name in ("latency_ms", "latency_iqr_ms", "latency_min_ms", "instructions", "peak_mem_mb", "flops")},
+            "resident_mb": row.get("resident_mb"),
             "worst_error": None if math.isnan(measurement.worst_error) else measurement.worst_error,
             "samples_s": list(measurement.samples_s),
             "row": row,

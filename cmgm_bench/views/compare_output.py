@@ -44,7 +44,7 @@ def _rows(comparison: Comparison) -> list[list[str]]:
     rows = []
     for case in comparison.cases:
         interval = "-" if case.low is None else f"[{case.low:.3f}, {case.high:.3f}]"
-        notes = [case.accuracy or "", "memory x%.2f" % case.memory_ratio if case.memory_regressed else ""]
+        notes = [case.accuracy or "", _memory_note(case) if case.memory_regressed else ""]
         rows.append(
             [
                 case_label(case.key),
@@ -57,6 +57,11 @@ def _rows(comparison: Comparison) -> list[list[str]]:
             ]
         )
     return rows
+
+
+def _memory_note(case) -> str:
+    grown = [f"{name} x{ratio:.2f}" for name, ratio in (("peak", case.memory_ratio), ("resident", case.resident_ratio)) if ratio]
+    return "memory " + ", ".join(grown)
 
 
 def headers(comparison: Comparison) -> list[str]:
@@ -80,6 +85,9 @@ def summary_lines(comparison: Comparison) -> list[str]:
     lines += [f"only in base: {case_label(k)}" for k in comparison.only_base]
     lines += [f"only in candidate: {case_label(k)}" for k in comparison.only_cand]
     lines += [f"environment differs in {k}: {a!r} vs {b!r}" for k, (a, b) in comparison.environment_differences.items()]
+    if comparison.without_resident:
+        lines.append(f"{comparison.without_resident} case(s) compared on peak memory only: a run has no resident_mb "
+                     "(made before it was measured, or under an allocator where it is not)")
     contended = sum(case.verdict == CONTENDED for case in comparison.cases)
     if contended:
         lines.append(f"{contended} case(s) timed beside other work (contention above {CONTENDED_SHARE:.0%} in either run): "

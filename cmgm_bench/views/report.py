@@ -201,18 +201,19 @@ def _tables(frame: pd.DataFrame, baseline: str | None) -> str:
     for keys, group in frame.groupby(["mode", "device"] + (["machine"] if by_machine else []), sort=False):
         mode, device = keys[0], keys[1]
         headers = ["implementation", "shape", "status", "latency ms", "IQR ms", "contention", f"speed-up vs {baseline}", "% peak",
-                   "peak MiB", "out rel err", "attn rel err", "grad rel err"]
+                   "resident MiB", "peak MiB", "out rel err", "attn rel err", "grad rel err"]
         rows = [
             [
                 r.impl + ("" if r.allocator == DEFAULT_ALLOCATOR else f" [{r.allocator}]"), _shape_label(r), r.status,
                 markdown.cell(r.latency_ms, ".3f"), markdown.cell(r.latency_iqr_ms, ".3f"), contention_cell(r.contention),
-                markdown.cell(r.speedup, ".2f"), markdown.cell(r.pct_peak, ".1f"), markdown.cell(r.peak_mem_mb, ".1f"),
+                markdown.cell(r.speedup, ".2f"), markdown.cell(r.pct_peak, ".1f"), markdown.cell(r.resident_mb, ".1f"),
+                markdown.cell(r.peak_mem_mb, ".1f"),
                 markdown.cell(r.out_rel_err, ".1e"), markdown.cell(r.attn_rel_err, ".1e"), markdown.cell(r.grad_rel_err, ".1e"),
             ]
             for r in group.sort_values(["tokens", "batch", "impl"]).itertuples()
         ]
         where = f"{device}, {keys[2]}" if by_machine else device
-        parts.append(f"### {mode} on {markdown.text(where)}\n\n" + markdown.table(headers, rows, ["l", "l", "l"] + ["r"] * 9))
+        parts.append(f"### {mode} on {markdown.text(where)}\n\n" + markdown.table(headers, rows, ["l", "l", "l"] + ["r"] * 10))
     return "\n\n".join(parts)
 
 

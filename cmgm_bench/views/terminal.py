@@ -25,7 +25,7 @@ def fmt(value, spec: str = ".3g") -> str:
 def results_table(frame: pd.DataFrame, baseline: str | None = None, title: str = "results") -> Table:
     table = Table(title=title, header_style="bold")
     for name in ("impl", "device", "mode", "shape", "status", "latency ms", "IQR ms", "n", "contention", "speed-up", "GFLOP/s", "% peak",
-                 "peak MB", "out err", "attn err"):
+                 "resident MB", "peak MB", "out err", "attn err"):
         table.add_column(name, justify="left" if name in ("impl", "device", "mode", "shape", "status") else "right")
     speedup = speedups(frame, baseline)
     for index, row in frame.iterrows():
@@ -44,6 +44,7 @@ def results_table(frame: pd.DataFrame, baseline: str | None = None, title: str =
             fmt(speedup[index], ".2f") + ("x" if not math.isnan(speedup[index]) else ""),
             fmt(row["gflops_per_s"], ".1f"),
             fmt(row["pct_peak"], ".1f"),
+            fmt(row.get("resident_mb"), ".1f"),
             fmt(row["peak_mem_mb"], ".1f"),
             fmt(row["out_rel_err"], ".1e"),
             fmt(row["attn_rel_err"], ".1e"),
