@@ -7,7 +7,6 @@ held to the same promise as the tool's.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -205,4 +204,3 @@ def test_the_table_covers_every_command():
     tried = {" ".join(arguments.split()[:2]) if arguments.startswith("history") else arguments.split()[0] for arguments, _ in BAD_INPUTS}
     assert commands <= tried, commands - tried
     assert len(BAD_INPUTS) >= 80
-    assert os.environ.get("CI") != "true" or shutil.which("cmgm-bench")  # CI runs the installed script too
