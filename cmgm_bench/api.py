@@ -79,12 +79,14 @@ def race(
     gap_ms: float = 0.0,
     until_decided: bool = False,
     impl_files=(),
+    tf32: bool = False,
+    cudnn_benchmark: bool = False,
 ) -> list[PairedResult]:
     """Race two implementations call by call in this process, one result per shape (as ``ab``)."""
     if not (max_time > 0 and threshold > 0 and gap_ms >= 0 and min_pairs >= 2) or math.inf in (max_time, threshold, gap_ms):
         raise UsageError("--max-time, --threshold must be positive, --gap-ms not negative and --min-pairs at least 2")
     cases = single_cases([base_impl, cand_impl], device=device, mode=mode, batch=batch, res=res, heads=heads, dim=dim, impl_files=impl_files)
-    prepare_process(threads)  # as run sets up: threads, no TF32, cuDNN autotuning off, allocator pinned
+    prepare_process(threads, tf32, cudnn_benchmark)  # as run sets up: threads, CUDA arithmetic, allocator pinned
     shapes = {case.key[1:]: case for case in cases if case.impl == cand_impl}  # the candidate's case of each shape
     return [
         race_one_shape(base, shapes[base.key[1:]], seed=seed, max_time_s=max_time, min_pairs=min_pairs,

@@ -19,7 +19,7 @@ from cmgm_bench.cli_common import ClickUsageError, FormatOption, fail_with_usage
 from cmgm_bench.cli_history import history_app
 from cmgm_bench.config import settings
 from cmgm_bench.config.cases import split_list
-from cmgm_bench.config.run_config import RunConfig, resolve_device, single_cases
+from cmgm_bench.config.run_config import RunConfig, check_only_with, resolve_device, single_cases
 from cmgm_bench.config.settings import DEFAULTS, PRESET_HELP
 from cmgm_bench.errors import UsageError
 from cmgm_bench.execution.sweep import Plan, argv, make_plan, plan_resume
@@ -60,6 +60,18 @@ HeadsOption = Annotated[str, typer.Option(help="Attention heads, comma separated
 DimOption = Annotated[str, typer.Option(help="Channels C of x and y, comma separated.")]
 ThreadsOption = Annotated[Optional[int], typer.Option(help="torch intra-op threads (default: torch's choice, recorded).")]
 SeedOption = Annotated[int, typer.Option(help="Seed of the weights and inputs.")]
+
+
+Tf32Option = Annotated[bool, typer.Option(help=(
+    "Allow TF32 for float32 matmuls and convolutions on CUDA (refused on the CPU); run records it, and float32 "
+    "tolerance becomes the TF32 one."))]
+CudnnBenchmarkOption = Annotated[bool, typer.Option(help=(
+    "Let cuDNN autotune convolution algorithms (torch.backends.cudnn.benchmark; refused on the CPU); run records it."))]
+
+
+def _cuda_arithmetic(device: str, tf32: bool, cudnn_benchmark: bool) -> None:
+    """``ab`` and ``profile`` refuse the CUDA-only options on the CPU, as ``run`` does."""
+    check_only_with({**DEFAULTS, "tf32": tf32, "cudnn_benchmark": cudnn_benchmark}, resolve_device(device))
 
 
 def _one_case(impl: str, impl_files, device: str, mode: str, batch, res, heads, dim):
@@ -105,8 +117,8 @@ def run_command(
         "compare judges runs with 2 or more by Welch's t over the replicates' medians. Costs K times the sampling."
     ))] = DEFAULTS["repeats"],
     cold_cache: Annotated[bool, typer.Option(help="Flush the last-level cache (L2 on a GPU) before every timed call; recorded per case.")] = DEFAULTS["cold_cache"],
-    tf32: Annotated[bool, typer.Option(help="Allow TF32 for float32 matmuls and convolutions on CUDA; recorded, and float32 tolerance becomes the TF32 one.")] = DEFAULTS["tf32"],
-    cudnn_benchmark: Annotated[bool, typer.Option(help="Let cuDNN autotune convolution algorithms (torch.backends.cudnn.benchmark); recorded.")] = DEFAULTS["cudnn_benchmark"],
+    tf32: Tf32Option = DEFAULTS["tf32"],
+    cudnn_benchmark: CudnnBenchmarkOption = DEFAULTS["cudnn_benchmark"],
     memory: Annotated[bool, typer.Option(help="Measure peak memory of one call per case.")] = DEFAULTS["memory"],
     memory_guard: Annotated[bool, typer.Option(help="Record cases predicted not to fit in memory as 'oom (predicted)' without running them.")] = DEFAULTS["memory_guard"],
     timeout: Annotated[Optional[float], typer.Option(help="Seconds per case before it is stopped as 'timeout' (hard with --isolate).")] = DEFAULTS["timeout"],
@@ -261,14 +273,17 @@ def ab_command(
     until_decided: Annotated[bool, typer.Option(help=(
         "Stop each shape's race as soon as its verdict is decided (slower, faster or same), looking at 40, 80, 160, ... "
         "quads with the error rate split over the looks; --max-time is then the limit."))] = False,
+    tf32: Tf32Option = False,
+    cudnn_benchmark: CudnnBenchmarkOption = False,
     fail_on_regression: Annotated[bool, typer.Option(help="Exit 1 if the candidate is slower on any shape.")] = False,
     output_format: FormatOption = "table",
 ):
     """Race two implementations call by call in one process (A B B A ...): the recommended wall-clock gate."""
+    _cuda_arithmetic(device, tf32, cudnn_benchmark)
     results = api.race(
         base_impl, cand_impl, device=device, mode=mode, batch=batch, res=res, heads=heads, dim=dim, threads=threads,
         seed=seed, max_time=max_time, min_pairs=min_pairs, threshold=threshold, gap_ms=gap_ms,
-        until_decided=until_decided, impl_files=impl_file or (),
+        until_decided=until_decided, impl_files=impl_file or (), tf32=tf32, cudnn_benchmark=cudnn_benchmark,
     )
     sides = (f"{base_impl} ms", f"{cand_impl} ms") if base_impl != cand_impl else (f"{base_impl} ms (base)", f"{cand_impl} ms (cand)")
     headers = ["shape", *sides, "median pair ratio", "95% CI", "verdict", "pairs", "seconds", "contention"]
@@ -373,15 +388,18 @@ def profile_command(
     memory: Annotated[bool, typer.Option(help="Record allocations; report the peak and the operator at the peak.")] = False,
     top: Annotated[int, typer.Option(help="Operators to list.")] = 15,
     trace: Annotated[Optional[Path], typer.Option(help="Chrome/Perfetto trace file (default results/profile-<impl>-<mode>.json).")] = None,
+    tf32: Tf32Option = False,
+    cudnn_benchmark: CudnnBenchmarkOption = False,
 ):
     """Profile one case with torch.profiler: top operators by self time, a trace file, the memory peak."""
     if top < 1:
         raise UsageError(f"--top: {top} must be at least 1")
+    _cuda_arithmetic(device, tf32, cudnn_benchmark)
     trace = trace or Path("results") / f"profile-{impl}-{mode}.json"
     if trace.is_dir():
         raise UsageError(f"--trace {trace} is a directory; give the trace file's path")
     (case,) = _one_case(impl, impl_file, device, mode, batch, res, heads, dim)
-    prepare_process(threads)  # as run sets up: threads, no TF32, cuDNN autotuning off, allocator pinned
+    prepare_process(threads, tf32, cudnn_benchmark)  # as run sets up: threads, CUDA arithmetic, allocator pinned
     result = profile_case(prepare_case(case, registry.get(impl), seed=0), mode, case.device, trace, memory=memory, top=top)
     rows = [[r.name, str(r.calls), f"{r.self_ms:.3f}", f"{100 * r.share:.1f}%", r.input_shapes] for r in result.operators]
     console = terminal.console()

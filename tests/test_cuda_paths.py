@@ -343,3 +343,15 @@ def test_short_gpu_calls_are_timed_in_blocks_and_the_block_size_is_recorded():
     assert timing.calls_per_sample(lambda: None, timing.WallClock()) == 1  # the CPU clock resolves one call
     record = CaseRunner(measure_config(stop_rule=StopRule(min_samples=3, max_time_s=0.05))).run(Case("eager", "cpu", "float32", "fwd", 1, 4, 4, 2, 8))
     assert record.notes["calls_per_sample"] == 1
+
+
+@pytest.mark.cuda
+def test_ab_and_profile_set_up_cuda_arithmetic_as_run_does(tmp_path):
+    """ab --tf32 --cudnn-benchmark races under the arithmetic a run with those options measured."""
+    result = runner.invoke(app, ["ab", "eager", "eager", "--device", "cuda", "--res", "8", "--max-time", "0.3", "--tf32",
+                                 "--cudnn-benchmark", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.benchmark
+    profiled = runner.invoke(app, ["profile", "--device", "cuda", "--res", "8", "--trace", str(tmp_path / "t.json")])
+    assert profiled.exit_code == 0, profiled.output
+    assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.benchmark  # off unless asked
