@@ -269,7 +269,7 @@ def test_resume_refuses_a_run_made_on_another_machine(tmp_path):
     assert "ran on another machine or software: cpu_model was 'Another CPU'" in result.stderr
 
 
-def test_the_commit_comes_from_the_environment_where_there_is_no_git(monkeypatch):
+def test_the_commit_comes_from_the_environment_where_there_is_no_git(monkeypatch, capsys):
     from cmgm_bench.machine import env
 
     def no_git(*args, **kwargs):
@@ -277,7 +277,10 @@ def test_the_commit_comes_from_the_environment_where_there_is_no_git(monkeypatch
 
     monkeypatch.setattr(env.subprocess, "run", no_git)
     monkeypatch.delenv(env.GIT_COMMIT_ENV, raising=False)
-    assert env.git_commit() is None
+    env._warn_no_commit.cache_clear()
+    assert env.git_commit() is None and env.git_commit() is None
+    warned = capsys.readouterr().err.splitlines()
+    assert warned == [f"warning: no git commit to record (not a git checkout, and ${env.GIT_COMMIT_ENV} is not set)"]  # once
     monkeypatch.setenv(env.GIT_COMMIT_ENV, "0123abcd")
     assert env.git_commit() == "0123abcd"
 

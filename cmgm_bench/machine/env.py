@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import subprocess
@@ -37,8 +38,17 @@ def _git(*args: str) -> str:
 
 
 def git_commit() -> str | None:
-    """The checkout's commit; where the tree was copied without ``.git`` (a GPU machine), ``$CMGM_BENCH_GIT_COMMIT``."""
-    return _git("rev-parse", "HEAD") or os.environ.get(GIT_COMMIT_ENV) or None
+    """The checkout's commit; where the tree was copied without ``.git`` (a GPU machine), ``$CMGM_BENCH_GIT_COMMIT``.
+    Neither: ``None``, and a warning on stderr (once per process), because history and gates key runs by commit."""
+    commit = _git("rev-parse", "HEAD") or os.environ.get(GIT_COMMIT_ENV) or None
+    if commit is None:
+        _warn_no_commit()
+    return commit
+
+
+@functools.cache
+def _warn_no_commit() -> None:
+    sys.stderr.write(f"warning: no git commit to record (not a git checkout, and ${GIT_COMMIT_ENV} is not set)\n")
 
 
 def git_branch() -> str | None:
