@@ -19,7 +19,7 @@ from cmgm_bench.cli_common import ClickUsageError, FormatOption, fail_with_usage
 from cmgm_bench.cli_history import history_app
 from cmgm_bench.config import settings
 from cmgm_bench.config.cases import split_list
-from cmgm_bench.config.run_config import RunConfig, check_only_with, resolve_device, single_cases
+from cmgm_bench.config.run_config import RunConfig, check_cuda_options, resolve_device, single_cases
 from cmgm_bench.config.settings import DEFAULTS, PRESET_HELP
 from cmgm_bench.errors import UsageError
 from cmgm_bench.execution.sweep import Plan, argv, make_plan, plan_resume
@@ -67,11 +67,6 @@ Tf32Option = Annotated[bool, typer.Option(help=(
     "tolerance becomes the TF32 one."))]
 CudnnBenchmarkOption = Annotated[bool, typer.Option(help=(
     "Let cuDNN autotune convolution algorithms (torch.backends.cudnn.benchmark; refused on the CPU); run records it."))]
-
-
-def _cuda_arithmetic(device: str, tf32: bool, cudnn_benchmark: bool) -> None:
-    """``ab`` and ``profile`` refuse the CUDA-only options on the CPU, as ``run`` does."""
-    check_only_with({**DEFAULTS, "tf32": tf32, "cudnn_benchmark": cudnn_benchmark}, resolve_device(device))
 
 
 def _one_case(impl: str, impl_files, device: str, mode: str, batch, res, heads, dim):
@@ -279,7 +274,6 @@ def ab_command(
     output_format: FormatOption = "table",
 ):
     """Race two implementations call by call in one process (A B B A ...): the recommended wall-clock gate."""
-    _cuda_arithmetic(device, tf32, cudnn_benchmark)
     results = api.race(
         base_impl, cand_impl, device=device, mode=mode, batch=batch, res=res, heads=heads, dim=dim, threads=threads,
         seed=seed, max_time=max_time, min_pairs=min_pairs, threshold=threshold, gap_ms=gap_ms,
@@ -394,7 +388,7 @@ def profile_command(
     """Profile one case with torch.profiler: top operators by self time, a trace file, the memory peak."""
     if top < 1:
         raise UsageError(f"--top: {top} must be at least 1")
-    _cuda_arithmetic(device, tf32, cudnn_benchmark)
+    check_cuda_options(device, tf32, cudnn_benchmark)
     trace = trace or Path("results") / f"profile-{impl}-{mode}.json"
     if trace.is_dir():
         raise UsageError(f"--trace {trace} is a directory; give the trace file's path")

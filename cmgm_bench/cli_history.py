@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from cmgm_bench.cli_common import FormatOption, fail_with_usage_errors
-from cmgm_bench.config.cases import split_list
+from cmgm_bench.config.cases import parse_choices, split_list
 from cmgm_bench.errors import UsageError
 from cmgm_bench.registry import MODES
 from cmgm_bench.history import database
@@ -43,9 +43,8 @@ MetricOption = Annotated[str, typer.Option(help="latency (median ms), instructio
 
 def _filters(impl, mode, res, machine) -> dict:
     """The filters of ``show`` and ``html``; a mode or grid that can never match is a :class:`UsageError`."""
-    for value in split_list(mode) if mode else ():
-        if value not in MODES:
-            raise UsageError(f"--mode: unknown mode {value!r} (choose from {', '.join(MODES)})")
+    if mode:
+        parse_choices(mode, "--mode", MODES)
     for value in split_list(res) if res else ():
         if not re.fullmatch(r"\d+(x\d+)?|B\d+ \d+x\d+x\d+ h\d+", value.strip()):
             raise UsageError(f"--res: {value!r} is neither a grid (28, 32x24) nor a shape ('B1 64x28x28 h8')")

@@ -165,7 +165,7 @@ BAD_INPUTS = [
     ("history add {types} --db {out}.sqlite", "a case holds a value of the wrong type"),
     ("history show --db {folder}/missing.sqlite", "no history database here"),
     ("history show --res abc --db {folder}/missing.sqlite", "--res: 'abc' is neither a grid"),
-    ("history show --mode bogus --db {folder}/missing.sqlite", "--mode: unknown mode 'bogus'"),
+    ("history show --mode bogus --db {folder}/missing.sqlite", "--mode: unknown value 'bogus'"),
     ("history show --metric bogus", "bogus"),
     ("history check {run} --threshold -1 --db {folder}/missing.sqlite", "--threshold: -1.0 must be a positive number"),
     ("history check {run} --window 1", "--window: at least 2 runs"),

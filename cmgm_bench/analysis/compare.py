@@ -8,13 +8,16 @@ simultaneous over the compared cases (:data:`FAMILY_ERROR`);
 otherwise it is the bootstrap of the samples widened by the run-to-run spread
 (``run_spread``: ``--run-spread``, else the largest spread between replicate
 medians that either run measured, else :data:`DEFAULT_RUN_SPREAD`), and a
-difference only that widening hides is ``inconclusive (one replicate)``. A case timed while other work took
-more than a set share of its cores (:mod:`cmgm_bench.measure.contention`) on either side is
-``inconclusive (contended)``. Instruction counts are deterministic, so they are judged on the threshold alone. Accuracy (a case became inaccurate,
-or stopped running) and memory are judged
-too: each of the two memory figures (``peak_mem_mb``, what a call adds; ``resident_mb``, what the implementation
-keeps) regresses past ``mem_threshold``; a run without ``resident_mb`` (an older one) is judged on the peak
-alone, and the comparison counts those cases. Two runs on different machines or software are refused unless allowed.
+difference only that widening hides is ``inconclusive (one replicate)``. A case
+timed while other work took more than a set share of its cores
+(:mod:`cmgm_bench.measure.contention`) on either side is ``inconclusive
+(contended)``. Instruction counts are deterministic, so they are judged on the
+threshold alone. Accuracy (a case became inaccurate, or stopped running) and
+memory are judged too: each of the two memory figures (``peak_mem_mb``, what a
+call adds; ``resident_mb``, what the implementation keeps) regresses past
+``mem_threshold``; a run without ``resident_mb`` (an older one) is judged on the
+peak alone, and the comparison counts those cases. Two runs on different
+machines or software are refused unless allowed.
 """
 
 from __future__ import annotations

@@ -59,6 +59,11 @@ def check_only_with(raw: dict, device: str) -> None:
             raise UsageError(f"--{key.replace('_', '-')} has no effect without {wanted}")
 
 
+def check_cuda_options(device: str, tf32: bool, cudnn_benchmark: bool) -> None:
+    """The CUDA-only options of a single-case command (``ab``, ``profile``), refused on the CPU as ``run`` refuses them."""
+    check_only_with({**settings_module.DEFAULTS, "tf32": tf32, "cudnn_benchmark": cudnn_benchmark}, resolve_device(device))
+
+
 def check_threads(threads: int | None) -> None:
     if threads is not None and threads <= 0:
         raise UsageError(f"--threads: {threads} must be positive")

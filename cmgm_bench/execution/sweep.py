@@ -159,11 +159,10 @@ def local_measurements(plan: Plan, runners: dict, on_case_start) -> Iterator[tup
 
 
 def run_cases(plan: Plan, writer: RunWriter, runners: dict, on_case_start, on_case_done,
-              interrupted: interrupts.Interrupts | None = None) -> None:
+              interrupted: interrupts.Interrupts) -> None:
     """Run each case not done yet with the configured executor; account its share of the ceiling and
     append it to the journal as soon as it is back. After each case, stop if Ctrl-C arrived, even where the
     ``KeyboardInterrupt`` it raised was dropped (:mod:`cmgm_bench.execution.interrupts`)."""
-    interrupted = interrupted or interrupts.Interrupts()
     dtypes = {device: run_dtypes(plan, device) for device in runners}
     if plan.config.executor == "ray":
         from cmgm_bench.execution.ray_executor import RayExecutor
