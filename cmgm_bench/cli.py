@@ -280,15 +280,15 @@ def ab_command(
         until_decided=until_decided, impl_files=impl_file or (), tf32=tf32, cudnn_benchmark=cudnn_benchmark,
     )
     sides = (f"{base_impl} ms", f"{cand_impl} ms") if base_impl != cand_impl else (f"{base_impl} ms (base)", f"{cand_impl} ms (cand)")
-    headers = ["shape", *sides, "median pair ratio", "95% CI", "verdict", "pairs", "seconds", "contention"]
+    headers = ["shape", *sides, "median pair ratio", "95% CI", "verdict", "pairs", "calls per sample", "seconds", "contention"]
     rows = [
         [r.base.shape_label, f"{r.base_ms:.3f}", f"{r.cand_ms:.3f}", f"{r.ratio:.4f}", f"[{r.low:.4f}, {r.high:.4f}]", r.verdict,
-         str(r.pairs), f"{r.seconds:.2f}", terminal.fmt(r.contention, ".0%")]
+         str(r.pairs), "/".join(map(str, r.calls_per_sample)), f"{r.seconds:.2f}", terminal.fmt(r.contention, ".0%")]
         for r in results
     ]
     title = f"ab: {cand_impl} / {base_impl} ({mode}, threshold {threshold:.1%})"
     emit(pd.DataFrame(rows, columns=headers), output_format, lambda: terminal.simple_table(headers, rows, title=title),
-         ["l", "r", "r", "r", "r", "l", "r", "r", "r"])
+         ["l", "r", "r", "r", "r", "l", "r", "r", "r", "r"])
     if fail_on_regression and any(r.verdict == "slower" for r in results):
         raise typer.Exit(1)
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import cmgm_bench
 from cmgm_bench import registry
 
 from cmgm_bench.measure import timing
@@ -321,8 +322,8 @@ def test_out_of_memory_during_graph_capture_is_oom_not_unsupported(tmp_path):
 
 
 def test_short_gpu_calls_are_timed_in_blocks_and_the_block_size_is_recorded():
-    """A fake GPU clock: 50 us of launch overhead per event pair, 0.1 ms of work per call. Timed one by
-    one a call looks 1.5x slower than it is; in blocks of >= 1 ms the overhead is spread over the block."""
+    """A fake GPU clock: 50 us of launch-and-wait overhead per event pair, 0.1 ms of work per call. Timed one by
+    one a call looks 1.5x slower than it is; the block doubles until a measured block lasts >= 1 ms."""
 
     class FakeGpuClock:
         name, min_block_s = "fake-gpu", 1e-3
@@ -339,13 +340,29 @@ def test_short_gpu_calls_are_timed_in_blocks_and_the_block_size_is_recorded():
     calls = []
     clock = FakeGpuClock()
     per_sample = timing.calls_per_sample(lambda: calls.append(1), clock)
-    assert per_sample == 7  # ceil(1 ms / 0.15 ms)
+    assert clock.blocks == [1, 2, 4, 8, 16] and per_sample == 16  # 8 calls last 0.85 ms: one doubling more
     samples = timing.collect_samples(lambda: calls.append(1), clock, StopRule(min_samples=5, max_samples=5), calls=per_sample)
-    assert clock.blocks[-5:] == [7] * 5 and len(calls) == 3 + 5 * 7
-    assert all(abs(sample - 100e-6) / 100e-6 < 0.08 for sample in samples)
+    assert clock.blocks[-5:] == [16] * 5 and len(calls) == 31 + 5 * 16
+    assert all(abs(sample - 100e-6) / 100e-6 < 0.04 for sample in samples)
     assert timing.calls_per_sample(lambda: None, timing.WallClock()) == 1  # the CPU clock resolves one call
     record = CaseRunner(measure_config(stop_rule=StopRule(min_samples=3, max_time_s=0.05))).run(Case("eager", "cpu", "float32", "fwd", 1, 4, 4, 2, 8))
     assert record.notes["calls_per_sample"] == 1
+
+
+def test_a_block_size_from_one_synchronised_call_would_be_too_small():
+    """Where one synchronised call costs 0.5 ms of host round trip and a call in a block 20 us, one call predicts a
+    2-call block (40 us: under the clock's resolution); doubling measures blocks until one lasts 1 ms."""
+
+    class LaunchBoundClock:
+        name, min_block_s = "launch-bound", 1e-3
+
+        def time_calls(self, fn, calls=1):
+            return (0.5e-3 if calls == 1 else 20e-6 * calls) / calls
+
+    per_sample = timing.calls_per_sample(lambda: None, LaunchBoundClock())
+    assert per_sample == 64 and per_sample * 20e-6 >= 1e-3
+    assert timing.calls_per_sample(lambda: None, type("Instant", (LaunchBoundClock,), {"time_calls": lambda self, fn, calls=1: 0.0})()) \
+        == timing.MAX_CALLS_PER_SAMPLE  # a clock that reads nothing stops at the cap instead of looping
 
 
 @pytest.mark.cuda
@@ -358,3 +375,37 @@ def test_ab_and_profile_set_up_cuda_arithmetic_as_run_does(tmp_path):
     profiled = runner.invoke(app, ["profile", "--device", "cuda", "--res", "8", "--trace", str(tmp_path / "t.json")])
     assert profiled.exit_code == 0, profiled.output
     assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.benchmark  # off unless asked
+
+
+def test_ab_times_each_side_in_blocks_of_the_clocks_length(monkeypatch):
+    """ab on a clock that needs 20 ms blocks (as CUDA's needs 1 ms) and reads 1 ms a call of the base and 3 ms a call
+    of the candidate (a clock of fixed readings, so that a stall of the machine cannot change the block sizes):
+    every timed sample of either side is a block of its own size, found by doubling, and the sizes are reported."""
+    from cmgm_bench.execution import paired
+
+    class FixedReadingClock(timing.WallClock):
+        name, min_block_s = "fixed-reading", 20e-3
+        blocks: list[tuple[str, int]] = []
+
+        def time_calls(self, fn, calls=1):
+            for _ in range(calls):
+                fn()
+            side = "base" if fn is sides["base"] else "cand"
+            self.blocks.append((side, calls))
+            return {"base": 1e-3, "cand": 3e-3}[side]
+
+    sides = {}
+    real_prepare = paired.prepare_case
+
+    def prepare_and_remember(case, impl, seed):
+        prepared = real_prepare(case, impl, seed)
+        sides.setdefault("base", prepared.step) if not sides else sides.setdefault("cand", prepared.step)
+        return prepared
+
+    monkeypatch.setattr(paired, "clock_for", lambda device: FixedReadingClock())
+    monkeypatch.setattr(paired, "prepare_case", prepare_and_remember)
+    (raced,) = cmgm_bench.race("eager", "sdpa", res="4", max_time=0.05, min_pairs=4)
+    assert raced.calls_per_sample == (32, 8)  # 32 x 1 ms and 8 x 3 ms: the first doublings to reach 20 ms
+    timed = FixedReadingClock.blocks[-2 * raced.pairs:]
+    assert sorted(timed) == sorted([("base", 32), ("cand", 8)] * raced.pairs)
+    assert raced.base_ms == pytest.approx(1.0) and raced.cand_ms == pytest.approx(3.0)

@@ -228,6 +228,9 @@ def test_run_fills_throughput_and_ceiling_columns(tmp_path):
 
     ceilings = json.loads((out / "results.json").read_text())["ceilings"]["cpu"]
     assert ceilings["matmul_gflops"]["float32"] > 1 and ceilings["copy_gbytes_per_s"] > 0.1
+    # the side the rate was measured at is recorded and shown: a power of two from 256 up to the CPU's largest
+    assert ceilings["matmul_side"]["float32"] in (256, 512, 1024) and "blocked samples" in ceilings["method"]
+    assert f"| cpu | float32 | {ceilings['matmul_side']['float32']} |" in (out / "report.md").read_text()
 
 
 def test_emulated_dtype_uses_the_float32_ceiling_and_no_share_exceeds_100():
@@ -287,7 +290,7 @@ def test_cases_of_two_machine_models_are_accounted_against_their_own_ceilings(tm
     assert CliRunner().invoke(app, ["report", str(tmp_path / "run")]).exit_code == 0
     report = (tmp_path / "run" / "report.md").read_text()
     assert "| machine | device | matmul dtype |" in report
-    assert "| CPU A | cpu | float32 | 100.0 | 100.0 |" in report and "| CPU B | cpu | float32 | 400.0 | 400.0 |" in report
+    assert "| CPU A | cpu | float32 | - | 100.0 | 100.0 |" in report and "| CPU B | cpu | float32 | - | 400.0 | 400.0 |" in report
     assert (tmp_path / "run" / "roofline.png").exists() and (tmp_path / "run" / "roofline-2.png").exists()
 
 
@@ -300,7 +303,7 @@ def test_a_case_beating_the_ceiling_is_capped_at_100_in_a_real_run(tmp_path, mon
     from cmgm_bench.measure import ceilings as ceilings_module
     from tests.conftest import FAST
 
-    monkeypatch.setattr(ceilings_module, "matmul_gflops", lambda device, dtype: 1e-3)
+    monkeypatch.setattr(ceilings_module, "matmul_gflops", lambda device, dtype: (1e-3, 256))
     out = tmp_path / "run"
     result = CliRunner().invoke(app, ["run", "--impl", "eager,sdpa", "--res", "6,8", "--out", str(out), *FAST])
     assert result.exit_code == 0, result.output

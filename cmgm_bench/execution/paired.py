@@ -26,7 +26,7 @@ from cmgm_bench.config.cases import Case
 from cmgm_bench.workload.modes import autograd_context
 from cmgm_bench.measure.prepare import prepare_case
 from cmgm_bench.stats import FIRST_LOOK_QUADS, blocked_median_interval, interim_look, paired_ratios, sequential_confidence, verdict
-from cmgm_bench.measure.timing import clock_for, warm_up
+from cmgm_bench.measure.timing import calls_per_sample, clock_for, warm_up
 
 
 @dataclass
@@ -42,6 +42,7 @@ class PairedResult:
     pairs: int  # calls of each side timed (as --min-pairs counts them); the interval is over their quads
     seconds: float  # how long the interleaved timing took
     contention: float | None = None  # other work on the cores while the race ran (measure.contention)
+    calls_per_sample: tuple[int, int] = (1, 1)  # base's, candidate's: each timed sample is a block of back-to-back calls
 
 
 def race(
@@ -60,7 +61,7 @@ def race(
     ``gap_s`` of idle time before each timed call lets the worker threads of the
     call before it stop spinning: two runtimes with their own thread pools
     (ONNX Runtime's, OpenMP's) otherwise time each other's spinning as much as
-    their own work when they use more than one thread (docs/performance.md, section 9).
+    their own work when they use more than one thread (docs/performance.md#thread-pools).
 
     The allocator is set up as ``run`` sets it up (:mod:`cmgm_bench.measure.allocator`):
     left alone, glibc faulted eager's 20 MB maps at 28x28 in afresh on every call
@@ -80,12 +81,14 @@ def race(
     with autograd_context(base_case.mode):
         warm_up(base.step, clock)
         warm_up(cand.step, clock)
+        # On CUDA each side's sample is a block of at least a millisecond (measure.timing); one call on the CPU.
+        blocks = {id(base): calls_per_sample(base.step, clock), id(cand): calls_per_sample(cand.step, clock)}
         watch = contention.Watch()
         started = time.perf_counter()
         while len(base_times) < min_pairs or time.perf_counter() - started < max_time_s:
             first, second = (base, cand) if len(base_times) % 2 == 0 else (cand, base)
-            t_first = _after_gap(gap_s, clock, first.step)
-            t_second = _after_gap(gap_s, clock, second.step)
+            t_first = _after_gap(gap_s, clock, first.step, blocks[id(first)])
+            t_second = _after_gap(gap_s, clock, second.step, blocks[id(second)])
             base_times.append(t_first if first is base else t_second)
             cand_times.append(t_second if first is base else t_first)
             if until_decided and len(base_times) == 2 * FIRST_LOOK_QUADS * 2**look:
@@ -108,12 +111,12 @@ def race(
     judged = contention.CONTENDED if contention.is_contended(share) else verdict(ratio, low, high, threshold)
     return PairedResult(
         base_case, cand_case, base_times[middle] * 1e3, cand_times[middle] * 1e3,
-        ratio, low, high, judged, len(base_times), seconds, share,
+        ratio, low, high, judged, len(base_times), seconds, share, (blocks[id(base)], blocks[id(cand)]),
     )
 
 
-def _after_gap(gap_s: float, clock, step) -> float:
-    """Time one call of ``step`` after ``gap_s`` of idle time (none when the gap is zero)."""
+def _after_gap(gap_s: float, clock, step, calls: int) -> float:
+    """Seconds per call of a block of ``calls`` calls of ``step`` after ``gap_s`` of idle time (none when zero)."""
     if gap_s:
         time.sleep(gap_s)
-    return clock.time_call(step)
+    return clock.time_calls(step, calls)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 
 from cmgm_bench.stats import StopRule, summarize
-from cmgm_bench.measure.timing import clock_for, collect_samples, warm_up
+from cmgm_bench.measure.timing import calls_per_sample, clock_for, collect_samples, warm_up
 from cmgm_bench.workload import flops
 
 _RULE = StopRule(min_samples=5, min_time_s=0.1, max_time_s=0.5, target_rel_iqr=0.05)
@@ -35,32 +35,42 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 
 def _best_seconds(fn, device: str) -> float:
+    """The fastest sample of ``fn``, each sample a block lasting at least the clock's ``min_block_s`` (on CUDA a
+    millisecond: one synchronised call of a fast matmul would time the host's launch, not the GPU)."""
     clock = clock_for(device)
     warm_up(fn, clock)
-    return summarize(collect_samples(fn, clock, _RULE)).minimum
+    return summarize(collect_samples(fn, clock, _RULE, calls=calls_per_sample(fn, clock))).minimum
 
 
-def matmul_gflops(device: str, dtype: str) -> float | None:
-    """Best-case GFLOP/s of a square matmul; ``None`` if the dtype has no matmul here.
+def matmul_size_limits(device: str) -> tuple[int, float]:
+    """The largest side tried and the call time that stops the doubling earlier: a GPU reaches its matmul rate
+    only at large sides (an H200's bfloat16 at 4096^3 is a 0.2 ms call, well below its 8192^3 rate); on a CPU an
+    emulated dtype (1 GFLOP/s) is measured small instead of spending seconds a call."""
+    return (8192, 5e-3) if device.startswith("cuda") else (1024, 0.02)
 
-    The side doubles from 256 until one call takes 20 ms or the side reaches
-    1024 (4096 on a GPU): an emulated dtype (1 GFLOP/s) is measured small
-    instead of spending seconds a call, a fast one large enough to reach its rate.
+
+def matmul_gflops(device: str, dtype: str) -> tuple[float, int] | None:
+    """Best-case GFLOP/s of a square matmul and the side it was measured at; ``None`` if the dtype has no matmul here.
+
+    The side doubles from 256 until one call lasts the device's stop time or the side reaches its largest
+    (:func:`matmul_size_limits`); the rate is the best of blocked samples at that side.
     """
-    largest = 4096 if device.startswith("cuda") else 1024
+    largest, long_call_s = matmul_size_limits(device)
     n = 256
     try:
         while True:
             a = torch.randn(n, n, device=device).to(_DTYPES[dtype])
             b = torch.randn(n, n, device=device).to(_DTYPES[dtype])
-            seconds = clock_for(device).time_call(lambda: torch.mm(a, b))
-            if n >= largest or seconds >= 0.02:
+            clock = clock_for(device)
+            clock.time_call(lambda: torch.mm(a, b))  # the first call of a side loads its kernel
+            seconds = clock.time_call(lambda: torch.mm(a, b))
+            if n >= largest or seconds >= long_call_s:
                 break
             n *= 2
         seconds = _best_seconds(lambda: torch.mm(a, b), device)
     except RuntimeError:
         return None
-    return 2 * n**3 / seconds / 1e9
+    return 2 * n**3 / seconds / 1e9, n
 
 
 def copy_gbytes_per_s(device: str) -> float:
@@ -85,13 +95,17 @@ def emulated(native: dict) -> list[str]:
 
 
 def measure(device: str, dtypes, machine: str | None = None) -> dict:
-    """Native and effective matmul GFLOP/s per dtype (float32 always), emulated dtypes, copy GB/s,
-    and the model of the machine they were measured on."""
-    native = {dtype: matmul_gflops(device, dtype) for dtype in sorted(set(dtypes) | {"float32"})}
+    """Native and effective matmul GFLOP/s per dtype (float32 always), the side each was measured at, emulated
+    dtypes, copy GB/s, how they were measured, and the model of the machine they were measured on."""
+    matmuls = {dtype: matmul_gflops(device, dtype) for dtype in sorted(set(dtypes) | {"float32"})}
+    native = {dtype: None if found is None else found[0] for dtype, found in matmuls.items()}
     return {
         "machine": machine,
         "matmul_gflops": effective(native),
         "matmul_gflops_native": native,
+        "matmul_side": {dtype: None if found is None else found[1] for dtype, found in matmuls.items()},
+        "method": f"best of blocked samples ({clock_for(device).name}, blocks of >= {clock_for(device).min_block_s * 1e3:g} ms)"
+                  " of a square matmul, the side doubled from 256",
         "emulated": emulated(native),
         "copy_gbytes_per_s": copy_gbytes_per_s(device),
     }

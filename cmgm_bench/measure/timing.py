@@ -8,11 +8,14 @@ between calls; so the loop is ours, and ``Timer`` is used to check it
 (docs/performance.md). CPU and CUDA share the loop and the statistics; only
 the clock differs. On CUDA a call shorter than a millisecond is timed in
 blocks of back-to-back calls (``calls_per_sample``), recorded per case.
+With ``--cold-cache`` the cache is flushed before every call, so each sample is
+one call with the events around that call only (the flush before them): a call
+under ~50 us is then bound by the host's launch, which the cold-cache figure
+includes; compare cold and warm on calls the GPU takes longer than that.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Callable
 
@@ -69,12 +72,23 @@ class CudaEventClock(_Clock):
         return self.start.elapsed_time(self.end) / 1e3 / calls
 
 
-def calls_per_sample(fn: Callable[[], object], clock, probes: int = 3) -> int:
-    """Back-to-back calls per sample so that a sample lasts at least the clock's ``min_block_s``."""
+MAX_CALLS_PER_SAMPLE = 2**16  # a call of under 15 ns: the block is then as long as we will wait for
+
+
+def calls_per_sample(fn: Callable[[], object], clock) -> int:
+    """Back-to-back calls per sample so that a sample lasts at least the clock's ``min_block_s``.
+
+    The block doubles from one call until a measured block of back-to-back calls lasts
+    ``min_block_s``, as ``triton.testing.do_bench`` sizes its repeats: a size computed from
+    one synchronised call would divide by the host's launch-and-wait time, not the GPU's,
+    and leave blocks shorter than the clock can time.
+    """
     if clock.min_block_s <= 0:
         return 1
-    per_call = sorted(clock.time_calls(fn, 1) for _ in range(probes))[probes // 2]
-    return max(1, math.ceil(clock.min_block_s / max(per_call, 1e-7)))
+    calls = 1
+    while calls < MAX_CALLS_PER_SAMPLE and clock.time_calls(fn, calls) * calls < clock.min_block_s:
+        calls *= 2
+    return calls
 
 
 def clock_for(device: str):

@@ -182,14 +182,14 @@ def ceiling_table(meta: dict) -> tuple[list[str], list[list[str]]]:
     mixed = ceilings.several_machines(meta)
     rows = []
     for machine, device, values in stored:
-        native = values.get("matmul_gflops_native") or {}
+        native, side = values.get("matmul_gflops_native") or {}, values.get("matmul_side") or {}  # no side: older runs
         where = [machine, device] if mixed else [device]
         rows += [
-            [*where, dtype, markdown.cell(native.get(dtype), ".1f"), markdown.cell(value, ".1f")]
+            [*where, dtype, markdown.cell(side.get(dtype), "d"), markdown.cell(native.get(dtype), ".1f"), markdown.cell(value, ".1f")]
             for dtype, value in sorted((values.get("matmul_gflops") or {}).items())
         ]
-        rows.append([*where, "copy bandwidth (GB/s)", "", markdown.cell(values.get("copy_gbytes_per_s"), ".1f")])
-    headers = (["machine"] if mixed else []) + ["device", "matmul dtype", "native GFLOP/s", "effective GFLOP/s (% peak)"]
+        rows.append([*where, "copy bandwidth (GB/s)", "", "", markdown.cell(values.get("copy_gbytes_per_s"), ".1f")])
+    headers = (["machine"] if mixed else []) + ["device", "matmul dtype", "matmul side", "native GFLOP/s", "effective GFLOP/s (% peak)"]
     return headers, rows
 
 
@@ -270,7 +270,7 @@ def _write(run: Run) -> Path:
         f"# cmgm-bench report\n\n{len(frame)} cases, {int((frame.status == 'ok').sum())} ok. Speed-ups are relative to `{baseline}`.",
         "## Environment\n\n" + markdown.table(["", "value"], env_rows),
         "## Measured ceilings\n\n"
-        + markdown.table(ceiling_headers, ceiling_rows, ["l"] * (len(ceiling_headers) - 2) + ["r", "r"])
+        + markdown.table(ceiling_headers, ceiling_rows, ["l"] * (len(ceiling_headers) - 3) + ["r", "r", "r"])
         + ("\n\n" + "\n".join(notes) if notes else ""),
         "## Results\n\n" + _tables(frame, baseline),
         *([f"## Allocators\n\n{allocators}"] if (allocators := allocator_table(frame)) else []),
