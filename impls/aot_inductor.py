@@ -29,7 +29,10 @@ def machine_key(case) -> dict:
         from torch._inductor import cpu_vec_isa
 
         return {"cpu": cpu_features.fingerprint(), "vec_isa": str(cpu_vec_isa.pick_vec_isa())}
-    return {"gpu": torch.cuda.get_device_name(case.device), "cuda": torch.version.cuda}
+    return {  # a package compiled with TF32 allowed keeps TF32 kernels: the flag is part of what it computes
+        "gpu": torch.cuda.get_device_name(case.device), "cuda": torch.version.cuda,
+        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+    }
 
 
 def compile_package(module, case, path) -> None:

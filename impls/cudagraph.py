@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from cmgm_bench.measure.failures import is_out_of_memory
 from cmgm_bench.registry import Built, Unsupported, register
 
 
@@ -44,7 +45,7 @@ def capture(forward, x: torch.Tensor, y: torch.Tensor):
 
 def capture_failure(exc: BaseException) -> BaseException:
     """What a failed capture means: out of memory stays an out-of-memory error (an ``oom`` row); the rest is ``Unsupported``."""
-    if isinstance(exc, torch.OutOfMemoryError):
+    if is_out_of_memory(exc):  # also one raised while the capture ended, behind the error that ending raised
         return exc
     return Unsupported(f"CUDA graph capture failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
 

@@ -10,12 +10,15 @@ thread, sequential execution. Session creation and the first call count as
   the torch tensors (no copy) and the outputs come back as tensors over
   ONNX Runtime's result arrays.
 * CUDA: the CUDA execution provider on torch's current stream, with I/O
-  binding to the torch tensors' device memory, so no host copy is timed.
+  binding to the torch tensors' device memory, so no host copy is timed; under
+  the run's TF32 and cuDNN settings (``use_tf32``, ``cudnn_conv_algo_search``),
+  as ONNX Runtime reports them back in the case's ``variant``.
   ``onnxruntime-trt`` is the same with the TensorRT provider first; it is
   registered only where this ONNX Runtime build has that provider.
 
 ONNX Runtime keeps a memory arena between calls (its deployment default), so
-``peak_mem_mb`` shows what one call allocates beyond the arena it already holds.
+``peak_mem_mb`` shows what one call allocates beyond the arena it already holds;
+the arena itself is in ``resident_mb`` (on CUDA read from the device's used memory).
 """
 
 from __future__ import annotations
@@ -55,12 +58,31 @@ def session_options(threads: int):
     return options
 
 
+def cuda_provider_options(index: int, stream: int, tf32: bool, cudnn_benchmark: bool) -> dict:
+    """The CUDA provider's options under the run's arithmetic (``--tf32``, ``--cudnn-benchmark``): ONNX Runtime's own
+    defaults (TF32 on, an exhaustive cuDNN search) would otherwise apply while the run records them off. cuDNN's
+    heuristic choice is what PyTorch makes without ``cudnn.benchmark``, the exhaustive search what it makes with it."""
+    return {
+        "device_id": index, "user_compute_stream": str(stream), "use_tf32": str(int(tf32)),
+        "cudnn_conv_algo_search": "EXHAUSTIVE" if cudnn_benchmark else "HEURISTIC",
+    }
+
+
 def providers_for(case, accelerator: str | None) -> list:
     if case.device == "cpu":
         return ["CPUExecutionProvider"]
     index = torch.device(case.device).index or torch.cuda.current_device()
-    cuda = ("CUDAExecutionProvider", {"device_id": index, "user_compute_stream": str(torch.cuda.current_stream(index).cuda_stream)})
-    return ([(accelerator, {"device_id": index})] if accelerator else []) + [cuda, "CPUExecutionProvider"]
+    options = cuda_provider_options(index, torch.cuda.current_stream(index).cuda_stream,
+                                    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark)
+    return ([(accelerator, {"device_id": index})] if accelerator else []) + [("CUDAExecutionProvider", options), "CPUExecutionProvider"]
+
+
+def variant_of(provider: str, provider_options: dict) -> str:
+    """The provider and, on CUDA, the arithmetic ONNX Runtime says it applies (as it reports its options back)."""
+    cuda = provider_options.get("CUDAExecutionProvider")
+    if provider == "CPUExecutionProvider" or not cuda:
+        return provider
+    return f"{provider} tf32={cuda.get('use_tf32', '?')} cudnn_conv_algo_search={cuda.get('cudnn_conv_algo_search', '?')}"
 
 
 def cpu_runner(session, want_map: bool):
@@ -110,6 +132,7 @@ def build_session(module, case, accelerator: str | None = None):
     notes.update(
         runtime=f"onnxruntime {onnxruntime.__version__}",
         provider=ran_on,
+        variant=variant_of(ran_on, session.get_provider_options()),
         intra_op_threads=options.intra_op_num_threads,
         inter_op_threads=options.inter_op_num_threads,
         graph_optimization="ORT_ENABLE_ALL",
@@ -133,7 +156,7 @@ def _register(name: str, accelerator: str | None, devices: tuple[str, ...], desc
         session, notes = build_session(module, case, accelerator)
         want_map = case.mode != "feature"
         runner = cpu_runner(session, want_map) if case.device == "cpu" else cuda_runner(session, case, want_map)
-        return Built(fn=runner, notes=notes, variant=notes["provider"])
+        return Built(fn=runner, notes=notes, variant=notes.pop("variant"))
 
     return build
 

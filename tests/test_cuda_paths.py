@@ -409,3 +409,61 @@ def test_ab_times_each_side_in_blocks_of_the_clocks_length(monkeypatch):
     timed = FixedReadingClock.blocks[-2 * raced.pairs:]
     assert sorted(timed) == sorted([("base", 32), ("cand", 8)] * raced.pairs)
     assert raced.base_ms == pytest.approx(1.0) and raced.cand_ms == pytest.approx(3.0)
+
+
+def test_allocation_failures_of_every_gpu_library_are_oom():
+    """cuBLAS's, cuDNN's (a workspace it could not get), ONNX Runtime's arena's and C++'s allocation failures, and
+    an OOM behind the error a graph capture's exit raised, are ``oom``; other failures are not."""
+    from cmgm_bench.measure.failures import is_out_of_memory
+
+    for message in ("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
+                    "cuDNN error: CUDNN_STATUS_ALLOC_FAILED",
+                    "cuDNN error: CUDNN_STATUS_NOT_SUPPORTED. Could not allocate the workspace of 4.0 GiB",
+                    "[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : BFCArena::AllocateRawInternal Failed to allocate memory "
+                    "for requested buffer of size 2147483648",
+                    "std::bad_alloc"):
+        assert is_out_of_memory(RuntimeError(message)), message
+    for message in ("cuDNN error: CUDNN_STATUS_NOT_SUPPORTED. This error may appear if you passed in a non-contiguous input.",
+                    "CUDA error: an illegal memory access was encountered", "shape mismatch"):
+        assert not is_out_of_memory(RuntimeError(message)), message
+    try:
+        try:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        except torch.OutOfMemoryError:
+            raise RuntimeError("CUDA error: operation failed due to a previous error during capture")
+    except RuntimeError as during_capture_exit:
+        assert is_out_of_memory(during_capture_exit)
+
+
+def test_after_a_device_context_fails_the_sweep_runs_the_rest_in_fresh_processes(tmp_path, capsys, monkeypatch):
+    """A case fails as a sticky CUDA error does and the device's probe then says its context no longer runs work
+    (the probe answers as it does after such an error: it cannot be provoked without a GPU): the sweep says so
+    once and runs each later case in a child process, as --isolate does, instead of failing them all here."""
+    from cmgm_bench.execution.sweep import Plan, local_measurements
+    from cmgm_bench.measure import failures
+
+    registry.load_file(str(write_file(tmp_path, "sticky.py", """
+        from cmgm_bench.registry import register
+
+        @register("sticky-failure", description="fails as an illegal memory access does", modes=("fwd",))
+        def build(module, case):
+            def forward(x, y):
+                raise RuntimeError("CUDA error: an illegal memory access was encountered")
+            return forward
+        """)))
+    probed = []
+    monkeypatch.setattr(failures, "device_usable", lambda device: probed.append(device) or False)
+    config = measure_config(impl_files=(str(tmp_path / "sticky.py"),))
+    cases = [Case(name, "cpu", "float32", "fwd", 1, 4, 4, 2, 8) for name in ("sticky-failure", "eager", "sdpa")]
+    measured = [m for _, m in local_measurements(Plan(config, cases, tmp_path), {"cpu": CaseRunner(config)}, None)]
+    assert [m.status.value for m in measured] == ["error", "ok", "ok"] and probed == ["cpu"]  # probed once, after the failure
+    assert "later cases ran each in a fresh process" in measured[0].notes["device_context"] and not measured[0].notes.get("isolated")
+    assert all(m.notes.get("isolated") is True and "device_context" not in m.notes for m in measured[1:])
+    assert capsys.readouterr().err.count("the remaining cases run each in a fresh process") == 1
+
+
+def test_the_cuda_probe_says_a_context_that_cannot_run_work_is_unusable():
+    from cmgm_bench.measure import failures
+
+    assert failures.device_usable("cpu")
+    assert failures.device_usable("cuda") is torch.cuda.is_available()  # no GPU: nothing runs there, as after a sticky error

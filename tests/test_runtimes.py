@@ -141,3 +141,30 @@ def test_exports_are_cached_by_shape_and_mode(tmp_path):
     assert len(paths) == 4 and all(path.stat().st_size > 0 for path in paths)
     assert export_cache.onnx_file(module, cases[0])[1]["onnx_cache"] == "hit"
     assert not list(export_cache.cache_dir().glob("onnx/.partial-*"))
+
+
+def test_onnx_runtime_on_cuda_gets_the_runs_arithmetic_and_records_it():
+    """ONNX Runtime's CUDA defaults are TF32 on and an exhaustive cuDNN search; a run records both off unless asked,
+    so the provider is configured from the run's flags, and the variant is built from what the session reports."""
+    from impls.ort import cuda_provider_options, variant_of
+
+    plain = cuda_provider_options(0, 1234, tf32=False, cudnn_benchmark=False)
+    assert plain == {"device_id": 0, "user_compute_stream": "1234", "use_tf32": "0", "cudnn_conv_algo_search": "HEURISTIC"}
+    tuned = cuda_provider_options(1, 99, tf32=True, cudnn_benchmark=True)
+    assert tuned["use_tf32"] == "1" and tuned["cudnn_conv_algo_search"] == "EXHAUSTIVE" and tuned["device_id"] == 1
+    reported = {"CUDAExecutionProvider": {"use_tf32": "0", "cudnn_conv_algo_search": "HEURISTIC", "device_id": "0"}}
+    assert variant_of("CUDAExecutionProvider", reported) == "CUDAExecutionProvider tf32=0 cudnn_conv_algo_search=HEURISTIC"
+    assert variant_of("CPUExecutionProvider", {"CPUExecutionProvider": {}}) == "CPUExecutionProvider"
+
+
+def test_an_aot_inductor_package_is_keyed_by_the_tf32_flags(monkeypatch):
+    """A package compiled with TF32 allowed keeps TF32 kernels: a run without it must not load that package."""
+    from impls import aot_inductor
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "a GPU")
+    case = Case("aot-inductor", "cuda", "float32", "fwd", 1, 4, 4, 2, 8)
+    keys = []
+    for allowed in (False, True):
+        monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", allowed)
+        keys.append(aot_inductor.machine_key(case))
+    assert keys[0] != keys[1] and keys[1]["tf32_matmul"] is True

@@ -26,7 +26,7 @@ from cmgm_bench.execution.isolate import run_isolated
 from cmgm_bench.machine import env
 from cmgm_bench.measure import ceilings
 from cmgm_bench.machine.process_setup import prepare_process
-from cmgm_bench.measure import allocator, heap, instructions
+from cmgm_bench.measure import allocator, failures, heap, instructions
 from cmgm_bench.measure.case_runner import CaseRunner
 from cmgm_bench.measure.measurement import Measurement, machine_model
 from cmgm_bench.results.store import RunWriter, load_run
@@ -148,14 +148,25 @@ def run_dtypes(plan: Plan, device: str) -> list[str]:
 
 
 def local_measurements(plan: Plan, runners: dict, on_case_start) -> Iterator[tuple[Case, Measurement]]:
-    """The local executor: each case in this process (or a child process with ``--isolate``), in order."""
+    """The local executor: each case in this process (or a child process with ``--isolate``), in order.
+
+    A case that fails on CUDA in this process may leave the CUDA context unusable (an illegal address, a
+    device-side assert: the error is sticky), and every later case in the process would fail with it; the
+    sweep then says so once and runs the rest each in a fresh process, as ``--isolate`` does."""
+    unusable: set[str] = set()  # devices whose context in this process failed
     for index, case in enumerate(plan.todo):
         if on_case_start:
             on_case_start(case, index)
         runner = runners[case.device]
-        own_process = plan.config.isolate or case.allocator != allocator.current()
+        own_process = plan.config.isolate or case.allocator != allocator.current() or case.device in unusable
         measurement = run_isolated(case, runner, torch.get_num_threads()) if own_process else runner.run(case)
-        yield case, measurement.with_(notes={**measurement.notes, "host": env.host_description(case.device)})
+        notes = {**measurement.notes, "host": env.host_description(case.device)}
+        if not own_process and not measurement.timed and not failures.device_usable(case.device):
+            unusable.add(case.device)
+            notes["device_context"] = "unusable after this case; later cases ran each in a fresh process"
+            print(f"warning: the {case.device} context failed with {case.impl} {case.mode} {case.shape_label} "
+                  f"({measurement.error}); the remaining cases run each in a fresh process", file=sys.stderr)
+        yield case, measurement.with_(notes=notes)
 
 
 def run_cases(plan: Plan, writer: RunWriter, runners: dict, on_case_start, on_case_done,

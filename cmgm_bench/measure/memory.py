@@ -22,7 +22,11 @@ tenth case of a sweep. A reading is:
 Peak memory of one call, above what was allocated before it:
 
 * CUDA: the caching allocator's peak (``reset_peak_memory_stats`` before,
-  ``synchronize`` after), minus what was allocated before the call.
+  ``synchronize`` after), minus what was allocated before the call; or, if larger,
+  the device memory the call took outside PyTorch and still holds after it (used
+  memory's growth less PyTorch's reserved growth: a runtime's arena that grew).
+  A runtime whose arena grew on an earlier call allocates nothing new from the
+  device: what its calls use is then in the resident figure.
 * CPU (Linux): the process's resident-set high-water mark. ``/proc/self/clear_refs``
   resets ``VmHWM`` to the current RSS just before the call, and for the
   duration of the measurement glibc's mmap threshold is lowered so that every
@@ -112,16 +116,20 @@ def _rss_peak_bytes(call: Callable[[], object]) -> int:
 
 
 def cuda_peak_bytes(call: Callable[[], object], device: str) -> int:
-    """Allocated (not reserved) by PyTorch during the call, above what was allocated before it: the same for every
-    implementation; memory held from before (a graph's pool, a runtime's arena) is in the resident figure."""
+    """Allocated (not reserved) by PyTorch during the call above what was allocated before it, or the device memory
+    the call took outside PyTorch and kept (a runtime's arena growing, as ONNX Runtime's does), the larger: the same
+    for every implementation; memory held from before (a graph's pool, an arena grown by earlier calls) is in the
+    resident figure."""
     torch.cuda.synchronize(device)
-    before = torch.cuda.memory_allocated(device)
+    before, reserved_before = torch.cuda.memory_allocated(device), torch.cuda.memory_reserved(device)
+    free_before = torch.cuda.mem_get_info(device)[0]
     torch.cuda.reset_peak_memory_stats(device)
     result = call()
     torch.cuda.synchronize(device)
     peak = torch.cuda.max_memory_allocated(device)
+    outside = (free_before - torch.cuda.mem_get_info(device)[0]) - (torch.cuda.memory_reserved(device) - reserved_before)
     del result
-    return peak - before
+    return max(peak - before, outside, 0)
 
 
 def resident_bytes(device: str) -> int | None:
