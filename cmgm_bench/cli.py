@@ -11,30 +11,20 @@ import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
-import pandas as pd
 import typer
 
-from cmgm_bench import api, registry
+from cmgm_bench import registry
 from cmgm_bench.cli_common import ClickUsageError, FormatOption, fail_with_usage_errors
 from cmgm_bench.cli_history import history_app
 from cmgm_bench.config import settings
 from cmgm_bench.config.cases import split_list
-from cmgm_bench.config.run_config import RunConfig, check_cuda_options, resolve_device, single_cases
 from cmgm_bench.config.settings import DEFAULTS, PRESET_HELP
 from cmgm_bench.errors import UsageError
-from cmgm_bench.execution.sweep import Plan, argv, make_plan, plan_resume
-from cmgm_bench.machine import env as env_module
-from cmgm_bench.machine.process_setup import prepare_process
 from cmgm_bench.measure import contention
-from cmgm_bench.measure.counters import count_all
-from cmgm_bench.measure.prepare import prepare_case
-from cmgm_bench.measure.profiling import profile_case
-from cmgm_bench.results.merge import merge_runs
-from cmgm_bench.results.store import COLUMNS, load_run
-from cmgm_bench.views import compare_output, terminal
-from cmgm_bench.views.formats import OutputFormat, emit
-from cmgm_bench.views.progress import SweepProgress
-from cmgm_bench.views.report import write_report
+from cmgm_bench.views.formats import OutputFormat
+
+# Each command imports the harness (torch, pandas, scipy) when it runs, not when this module loads:
+# --help, a bad option and `list` answer without waiting for imports they do not use.
 
 app = typer.Typer(
     help="Benchmark and profile implementations of PGNet's Cross-Model Grafting Module (CMGM).",
@@ -71,6 +61,8 @@ CudnnBenchmarkOption = Annotated[bool, typer.Option(help=(
 
 def _one_case(impl: str, impl_files, device: str, mode: str, batch, res, heads, dim):
     """The single case of ``flops`` and ``profile``, validated as ``run`` validates its cases."""
+    from cmgm_bench.config.run_config import single_cases
+
     cases = single_cases([impl], device=device, mode=mode, batch=batch, res=res, heads=heads, dim=dim, impl_files=impl_files or ())
     if len(cases) != 1:
         raise UsageError("give one case: one --batch, --res, --heads and --dim")
@@ -146,6 +138,10 @@ def run_command(
     allow_mixed_hosts: Annotated[bool, typer.Option(help="Keep cases that ran on different machine models in one run (grouped by the 'machine' column).")] = DEFAULTS["allow_mixed_hosts"],
 ):
     """Run a sweep of cases and write results.csv and results.json into a run directory."""
+    from cmgm_bench.config.run_config import RunConfig
+    from cmgm_bench.execution.sweep import make_plan, plan_resume
+    from cmgm_bench.views import terminal
+
     given = {
         name: value
         for name, value in ctx.params.items()
@@ -176,8 +172,13 @@ def run_command(
         raise typer.Exit(1)
 
 
-def execute_with_progress(plan: Plan):
+def execute_with_progress(plan):
     """Run ``plan`` under a progress line (cases done, running, failed, where the last one ran)."""
+    from cmgm_bench import api
+    from cmgm_bench.execution.sweep import argv
+    from cmgm_bench.views import terminal
+    from cmgm_bench.views.progress import SweepProgress
+
     done_before = len(plan.cases) - len(plan.todo)
     with SweepProgress(len(plan.cases), done_before, terminal.console(stderr=True)) as progress:
         try:
@@ -200,6 +201,10 @@ def flops_command(
     dim: Annotated[int, typer.Option(help="Channels C.")] = 64,
 ):
     """Count one case's FLOPs three ways (closed form, fvcore, FlopCounterMode), per operator family."""
+    from cmgm_bench.measure.counters import count_all
+    from cmgm_bench.measure.prepare import prepare_case
+    from cmgm_bench.views import terminal
+
     (case,) = _one_case(impl, impl_file, "cpu", mode, batch, res, heads, dim)
     implementation = registry.get(impl)
     counts = count_all(prepare_case(case, implementation, seed=0), case)
@@ -228,6 +233,9 @@ def compare_command(
     output_format: FormatOption = "table",
 ):
     """Compare two runs case by case: latency or instructions, accuracy and memory."""
+    from cmgm_bench import api
+    from cmgm_bench.views import compare_output, terminal
+
     comparison = api.compare(
         base, cand, metric=metric, threshold=threshold, mem_threshold=mem_threshold, allow_env_mismatch=allow_env_mismatch,
         run_spread=run_spread,
@@ -274,6 +282,12 @@ def ab_command(
     output_format: FormatOption = "table",
 ):
     """Race two implementations call by call in one process (A B B A ...): the recommended wall-clock gate."""
+    import pandas as pd
+
+    from cmgm_bench import api
+    from cmgm_bench.views import terminal
+    from cmgm_bench.views.formats import emit
+
     results = api.race(
         base_impl, cand_impl, device=device, mode=mode, batch=batch, res=res, heads=heads, dim=dim, threads=threads,
         seed=seed, max_time=max_time, min_pairs=min_pairs, threshold=threshold, gap_ms=gap_ms,
@@ -336,6 +350,8 @@ def gate_command(
 @fail_with_usage_errors
 def report_command(run_dir: Annotated[Path, typer.Argument(help="Run directory.")]):
     """Write report.md and PNG plots (latency vs N, speed-up, memory, roofline) into a run directory."""
+    from cmgm_bench.views.report import write_report
+
     path = write_report(run_dir)
     typer.echo(f"wrote {path}")
 
@@ -350,6 +366,10 @@ def show_command(
     output_format: FormatOption = "table",
 ):
     """Print a run's results again, filtered and sorted; csv, markdown and json go to stdout for piping."""
+    from cmgm_bench.results.store import COLUMNS, load_run
+    from cmgm_bench.views import terminal
+    from cmgm_bench.views.formats import emit
+
     run = load_run(run_dir)
     frame = run.frame()
     for option, wanted, column in (("--impl", impl, "impl"), ("--mode", mode, "mode")):
@@ -386,6 +406,12 @@ def profile_command(
     cudnn_benchmark: CudnnBenchmarkOption = False,
 ):
     """Profile one case with torch.profiler: top operators by self time, a trace file, the memory peak."""
+    from cmgm_bench.config.run_config import check_cuda_options
+    from cmgm_bench.machine.process_setup import prepare_process
+    from cmgm_bench.measure.prepare import prepare_case
+    from cmgm_bench.measure.profiling import profile_case
+    from cmgm_bench.views import terminal
+
     if top < 1:
         raise UsageError(f"--top: {top} must be at least 1")
     check_cuda_options(device, tf32, cudnn_benchmark)
@@ -410,6 +436,8 @@ def merge_command(
     out: Annotated[Path, typer.Option(help="Directory for the merged run.")],
 ):
     """Merge run directories of one sweep on one machine (shards) into one run directory."""
+    from cmgm_bench.results.merge import merge_runs
+
     writer = merge_runs(runs, out)
     typer.echo(f"merged {len(writer.measurements)} cases from {len(runs)} runs into {writer.path}")
 
@@ -418,6 +446,8 @@ def merge_command(
 @fail_with_usage_errors
 def list_command(impl_file: ImplFileOption = None):
     """List every registered implementation: what it is, where it runs, where it was loaded from."""
+    from cmgm_bench.views import terminal
+
     load_impl_files(impl_file)
     terminal.console().print(terminal.implementations_table(registry.all_implementations().values()))
 
@@ -426,6 +456,10 @@ def list_command(impl_file: ImplFileOption = None):
 @fail_with_usage_errors
 def env_command(device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto"):
     """Print the environment that a run would record."""
+    from cmgm_bench.config.run_config import resolve_device
+    from cmgm_bench.machine import env as env_module
+    from cmgm_bench.views import terminal
+
     terminal.console().print(terminal.mapping_table(env_module.collect(resolve_device(device)), "environment"))
 
 

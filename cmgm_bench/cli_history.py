@@ -7,23 +7,16 @@ import re
 from pathlib import Path
 from typing import Annotated, Optional
 
-import pandas as pd
 import typer
-from rich.table import Table
 
 from cmgm_bench.cli_common import FormatOption, fail_with_usage_errors
 from cmgm_bench.config.cases import parse_choices, split_list
 from cmgm_bench.errors import UsageError
+from cmgm_bench.history import DB_ENV, DEFAULT_DB
 from cmgm_bench.registry import MODES
-from cmgm_bench.history import database
-from cmgm_bench.history.changepoints import find_steps
-from cmgm_bench.history.runs import METRICS, add_run, metric_spec, read_points, torch_changes
-from cmgm_bench.history.trend import check_run
-from cmgm_bench.measure.contention import CONTENDED
-from cmgm_bench.results.store import load_run
-from cmgm_bench.views import markdown
-from cmgm_bench.views.dashboard import write_dashboard
-from cmgm_bench.views.formats import OutputFormat, emit
+from cmgm_bench.views.formats import OutputFormat
+
+# As in cli.py, each command imports the database, pandas and the rendering when it runs.
 
 history_app = typer.Typer(
     help="A database of finished runs: series over commits, change points, a trend gate and a dashboard page.",
@@ -31,7 +24,7 @@ history_app = typer.Typer(
 )
 
 DbOption = Annotated[Optional[str], typer.Option(
-    "--db", help=f"SQLAlchemy URL (postgresql+psycopg://...) or SQLite file path; default ${database.DB_ENV} or {database.DEFAULT_DB}.",
+    "--db", help=f"SQLAlchemy URL (postgresql+psycopg://...) or SQLite file path; default ${DB_ENV} or {DEFAULT_DB}.",
 )]
 ImplFilter = Annotated[Optional[list[str]], typer.Option("--impl", "-i", help="Only these implementations, repeatable or comma separated.")]
 ModeFilter = Annotated[Optional[str], typer.Option(help="Only these modes, comma separated.")]
@@ -65,6 +58,10 @@ def add_command(
     branch: Annotated[Optional[str], typer.Option(help="Branch to record instead of the run's own.")] = None,
 ):
     """Store finished runs: commit, branch, time, machine, settings and every case. Adding a run again stores nothing new."""
+    from cmgm_bench.history import database
+    from cmgm_bench.history.runs import add_run
+    from cmgm_bench.results.store import load_run
+
     if commit and len(run_dirs) > 1:
         raise UsageError("--commit names the commit of one run; give one run directory")
     runs = [load_run(path) for path in run_dirs]  # every directory read before anything is stored
@@ -73,18 +70,6 @@ def add_command(
         added = add_run(engine, run, commit=commit, branch=branch)
         what = {"stored": "stored as", "updated": "more cases since; updated", "unchanged": "already stored as"}[added.outcome]
         typer.echo(f"{path}: {what} run {added.run_id} ({added.cases} cases)")
-
-
-def _mark_changes(points: pd.DataFrame) -> pd.DataFrame:
-    """``points`` with a ``change`` column: the steps found in each series, and torch version changes."""
-    marks = pd.Series("", index=points.index)
-    for _, series in points.groupby(["case_key", "machine"], sort=False):
-        for step in find_steps(series["value"].astype(float).to_numpy()):
-            marks[series.index[step.index]] = f"step x{step.ratio:.3f} ({step.confidence:.0%})"
-        for position in torch_changes(series["torch_version"]):
-            index = series.index[position]
-            marks[index] = "; ".join(filter(None, [marks[index], f"torch {series['torch_version'][index]}"]))
-    return points.assign(change=marks)
 
 
 @history_app.command("show")
@@ -100,23 +85,18 @@ def show_command(
     output_format: FormatOption = "table",
 ):
     """Per case and machine, the metric over commits (oldest first, newest last), with the steps found and torch version changes."""
+    from cmgm_bench.history import database
+    from cmgm_bench.history.runs import mark_changes, metric_spec, read_points
+    from cmgm_bench.views.formats import emit
+    from cmgm_bench.views.history_tables import series_table
+
     metric_spec(metric)  # an unknown metric fails before the database is opened
     filters = _filters(impl, mode, res, machine)
     engine = database.open_database(db, create=False)
-    points = _mark_changes(read_points(engine, metric, branch=branch, **filters))
+    points = mark_changes(read_points(engine, metric, branch=branch, **filters))
     frame = points[["case_key", "machine", "commit", "branch", "started_at", "torch_version", "status", "value", "iqr", "change"]]
     frame = frame.rename(columns={"case_key": "case", "value": metric})
-
-    def rich_table() -> Table:
-        table = Table(title=f"{metric} ({METRICS[metric][1]}) over commits, newest last")
-        for column in ("case", "machine", "commit", "date", "torch", metric, "IQR", "change"):
-            table.add_column(column, justify="right" if column in (metric, "IQR") else "left")
-        for row in frame.itertuples(index=False):
-            table.add_row(row.case, row.machine, str(row.commit or "?")[:10], str(row.started_at)[:16], str(row.torch_version),
-                          f"{getattr(row, metric):.4g}", "" if pd.isna(row.iqr) else f"{row.iqr:.3g}", row.change)
-        return table
-
-    emit(frame, output_format, rich_table)
+    emit(frame, output_format, lambda: series_table(frame, metric))
 
 
 @history_app.command("check")
@@ -133,6 +113,13 @@ def check_command(
     output_format: FormatOption = "table",
 ):
     """Judge each case of a new run against the last --window runs of the same case on the same machine model and torch."""
+    from cmgm_bench.history import database
+    from cmgm_bench.history.runs import metric_spec
+    from cmgm_bench.history.trend import check_run
+    from cmgm_bench.results.store import load_run
+    from cmgm_bench.views.formats import emit
+    from cmgm_bench.views.history_tables import pull_request_summary, verdict_table
+
     metric_spec(metric)  # an unknown metric fails before the database is opened
     if window < 2:
         raise UsageError("--window: at least 2 runs")
@@ -149,54 +136,9 @@ def check_command(
     if output_format is OutputFormat.MARKDOWN:
         typer.echo(pull_request_summary(verdicts, metric, window))
     else:
-        emit(verdicts, output_format, lambda: _verdict_table(verdicts, metric))
+        emit(verdicts, output_format, lambda: verdict_table(verdicts, metric))
     if fail_on_regression and (verdicts.verdict == "slower").any():
         raise typer.Exit(1)
-
-
-def _percent(value) -> str:
-    return "" if value is None or pd.isna(value) else f"{value:+.1%}"
-
-
-def _number(value) -> str:
-    return "" if value is None or pd.isna(value) else f"{value:.4g}"
-
-
-def _limit(value) -> str:
-    return "" if value is None or pd.isna(value) else f"±{value:.1%}"
-
-
-def _verdict_table(verdicts: pd.DataFrame, metric: str) -> Table:
-    table = Table(title=f"{metric} against its history")
-    for column in ("case", "machine", "runs", "history median", "new", "change", "limit", "verdict"):
-        table.add_column(column)
-    style = {"slower": "red", "faster": "green"}
-    for row in verdicts.itertuples(index=False):
-        verdict = f"[{style[row.verdict]}]{row.verdict}[/]" if row.verdict in style else row.verdict
-        table.add_row(row.case, row.machine, str(row.window), _number(row.window_median), _number(row.value), _percent(row.change), _limit(row.limit),
-                      verdict + (f" ({row.note})" if row.note else ""))
-    return table
-
-
-def pull_request_summary(verdicts: pd.DataFrame, metric: str, window: int) -> str:
-    """The Markdown comment for a pull request: counts first, then every case that is not ``same``, then the rest folded."""
-    counts = verdicts.verdict.value_counts()
-    head = ", ".join(f"{counts[v]} {v}" for v in ("slower", "faster", "same", CONTENDED, "too little history") if v in counts)
-    lines = [f"### cmgm-bench: {metric} against the last {window} runs", "", head, ""]
-    header = ["case", "machine", "runs", "history median", "new", "change", "limit", "verdict"]
-
-    def rows(frame):
-        return [[r.case, r.machine, r.window, _number(r.window_median), _number(r.value), _percent(r.change),
-                 _limit(r.limit), r.verdict + (f" ({r.note})" if r.note else "")]
-                for r in frame.itertuples(index=False)]
-
-    notable = verdicts[verdicts.verdict.isin(["slower", "faster"])]
-    if not notable.empty:
-        lines += [markdown.table(header, rows(notable)), ""]
-    rest = verdicts[~verdicts.verdict.isin(["slower", "faster"])]
-    if not rest.empty:
-        lines += ["<details><summary>other cases</summary>", "", markdown.table(header, rows(rest)), "", "</details>"]
-    return "\n".join(lines)
 
 
 @history_app.command("html")
@@ -211,6 +153,10 @@ def html_command(
     branch: BranchFilter = None,
 ):
     """Write a static dashboard page: one chart per case and metric over commits, steps and torch changes marked."""
+    from cmgm_bench.history import database
+    from cmgm_bench.history.runs import METRICS, read_points
+    from cmgm_bench.views.dashboard import write_dashboard
+
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"{out_dir} is a file; give a folder for index.html")
     filters = _filters(impl, mode, res, machine)

@@ -82,3 +82,18 @@ def test_python_module_entry_point_exits_2_on_bad_option():
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], ["history", "--help"], ["history", "check", "--help"],
+                                  ["run", "--max-time", "soon"]])
+def test_help_and_option_errors_answer_without_importing_the_harness(argv):
+    """`--help` and a malformed option answer at once: torch, pandas, scipy and SQLAlchemy load only when a command
+    runs (each costs a second or more on a busy 2-vCPU machine)."""
+    import subprocess
+    import sys
+
+    probe = ("import sys\nfrom cmgm_bench.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as exc:\n"
+             "    code = exc.code\nprint('LOADED', sorted(m for m in ('torch', 'pandas', 'scipy', 'sqlalchemy') if m in sys.modules), code)")
+    done = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, timeout=120)
+    expected_code = 2 if argv[-1] == "soon" else 0
+    assert done.stdout.strip().splitlines()[-1] == f"LOADED [] {expected_code}", done.stdout[-2000:] + done.stderr[-2000:]

@@ -23,10 +23,9 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
 from cmgm_bench.errors import UsageError
+from cmgm_bench.history import DB_ENV, DEFAULT_DB
 
 SCHEMA_VERSION = 1
-DEFAULT_DB = "results/history.sqlite"
-DB_ENV = "CMGM_BENCH_HISTORY_DB"
 BUSY_TIMEOUT_S = 60
 # Any fixed number: the advisory lock that serialises schema creation on PostgreSQL.
 _PG_SCHEMA_LOCK = 0x636D676D

@@ -206,3 +206,17 @@ def read_points(engine: Engine, metric: str = "latency", impls=(), modes=(), sha
         frame["minimum"] = None
     columns = [*SERIES_COLUMNS, "run_id", "commit", "branch", "started_at", "torch_version", "status", "value", "iqr", "minimum"]
     return frame[columns].reset_index(drop=True)
+
+
+def mark_changes(points: pd.DataFrame) -> pd.DataFrame:
+    """``points`` with a ``change`` column: the steps found in each series, and torch version changes."""
+    marks = pd.Series("", index=points.index)
+    from cmgm_bench.history.changepoints import find_steps
+
+    for _, series in points.groupby(["case_key", "machine"], sort=False):
+        for step in find_steps(series["value"].astype(float).to_numpy()):
+            marks[series.index[step.index]] = f"step x{step.ratio:.3f} ({step.confidence:.0%})"
+        for position in torch_changes(series["torch_version"]):
+            index = series.index[position]
+            marks[index] = "; ".join(filter(None, [marks[index], f"torch {series['torch_version'][index]}"]))
+    return points.assign(change=marks)

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import enum
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import pandas as pd
 import typer
-from rich.table import Table
 
 from cmgm_bench.views import markdown
-from cmgm_bench.views.terminal import console
+
+if TYPE_CHECKING:  # the command line reads the formats before any table exists: no pandas import for --help
+    import pandas as pd
+    from rich.table import Table
 
 
 class OutputFormat(str, enum.Enum):
@@ -24,6 +25,8 @@ class OutputFormat(str, enum.Enum):
 
 def emit(frame: pd.DataFrame, output_format: OutputFormat, rich_table: Callable[[], Table], align: list[str] | None = None) -> None:
     """Print ``frame`` in ``output_format``; ``rich_table`` builds the terminal form (it may style and abbreviate)."""
+    from cmgm_bench.views.terminal import console
+
     output_format = OutputFormat(output_format)
     if output_format is OutputFormat.TABLE:
         console().print(rich_table())
