@@ -6,7 +6,7 @@ branch (3x3 conv, BatchNorm, ReLU over the N x N matrix) runs in float32: its
 input is its conv bias plus terms of order 1/N, so the BatchNorm divides
 rounding errors of the conv output by a tiny standard deviation, and a
 half-precision conv output puts 5-20 % relative error into the map
-(measured, docs/performance.md "Tolerances"). Where this PyTorch build cannot
+(measured, docs/performance.md#tolerances). Where this PyTorch build cannot
 autocast to a dtype on a device, the case is ``unsupported`` with the reason.
 """
 

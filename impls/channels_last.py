@@ -4,7 +4,7 @@ The C-channel feature convolutions (``conv2``) and the inputs use NHWC. The
 h-channel N x N attention map stays contiguous: PyTorch's channels-last
 BatchNorm on the CPU computes the training-mode variance in one pass, and on
 this map (mean ~0.1, standard deviation ~1e-3) that cancels to a relative
-error of ~1e-1 in the map instead of ~1e-5 (docs/performance.md "Tolerances").
+error of ~1e-1 in the map instead of ~1e-5 (docs/performance.md#tolerances).
 """
 
 from __future__ import annotations

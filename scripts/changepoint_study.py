@@ -1,6 +1,6 @@
 """Detection rate and false steps of history's change-point detection on synthetic series.
 
-Noise models of this project's machines (docs/performance.md, "Change points"):
+Noise models of this project's machines (docs/performance.md#history):
   instructions: each point x lognormal(0, 0.001) (0.1 %);
   quiet latency (a dedicated machine): each point x lognormal(0, 0.03);
   latency (this shared host): each point x 2 in a slow period (periods persist: stay probability --stay) x lognormal(0, 0.03).

@@ -1,7 +1,7 @@
 """Measure each implementation's worst relative error per compute dtype over many shapes.
 
 Used to choose the tolerances in cmgm_bench/measure/accuracy.py; the output table is in
-docs/performance.md ("Tolerances"). Usage: python scripts/measure_tolerances.py [--impl NAME ...]
+docs/performance.md#tolerances. Usage: python scripts/measure_tolerances.py [--impl NAME ...]
 """
 
 from __future__ import annotations

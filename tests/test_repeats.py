@@ -100,7 +100,7 @@ def test_compare_judges_replicated_runs_over_their_replicates(repeated, tmp_path
 
 
 def test_compare_says_when_replicates_shared_a_process(repeated, tmp_path):
-    """In-process replicates miss what differs between processes (docs/performance.md section 17): compare says so
+    """In-process replicates miss what differs between processes (docs/performance.md#page-faults): compare says so
     and points to --isolate; with every replicate in a child process of its own it has nothing to warn about."""
     shown = runner.invoke(app, ["compare", str(repeated), str(repeated)])
     assert shown.exit_code == 0, shown.output

@@ -10,9 +10,10 @@ A race run while other work took more than a set share of the cores ends
 ``inconclusive (contended)`` (:mod:`cmgm_bench.measure.contention`): a
 neighbour that slows one side's thread pool more than the other's decides
 nothing about the code. Two separately built instances of identical
-code still differ by up to ~0.5% here (memory placement), which long races
-resolve: read "same" as the verdict, not "the interval contains 1". Measured on 2 shared vCPUs, identical code gives ratios within ~1%
-while separate processes differ by 13-16% (docs/performance.md).
+code can still differ slightly (memory placement), which long races
+resolve: read "same" as the verdict, not "the interval contains 1". Interleaving
+is what makes the ratio trustworthy where separate processes are not
+(docs/performance.md#gates).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ same whatever the level), scaled by the series' own noise: a robust estimate
 from successive differences (median absolute deviation), floored at
 ``NOISE_FLOOR`` so a deterministic metric (instructions) does not turn its last
 digit into steps. The penalty is ``PENALTY_PER_LOG_N * log(n)`` in those units
-(docs/performance.md, "Change points", measures the choice). A candidate is
+(docs/performance.md#history measures the choice). A candidate is
 kept when a two-sided Mann-Whitney test between the points before and after it
 (up to ``WINDOW`` each side, not past the next candidate) gives p < ``ALPHA``;
 each step is reported with the ratio of those medians and the test's confidence.

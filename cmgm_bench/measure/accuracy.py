@@ -3,7 +3,7 @@
 Per output: relative L2 error ``||out - ref|| / ||ref||`` and the largest
 absolute difference; in ``train`` mode also the relative error of the input
 gradients. The tolerances are per compute dtype, chosen from measurement
-(docs/performance.md, "Tolerances"), and written only here.
+(docs/performance.md#tolerances), and written only here.
 """
 
 from __future__ import annotations

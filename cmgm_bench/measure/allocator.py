@@ -6,7 +6,7 @@ much of that memory afresh from the kernel and faulted it in, 4 KiB at a time:
 eager fwd took ~10,000-25,000 page faults per call at 28x28 and ~330,000 at
 48x48, half of its time at 48x48, and how many depended on the process's heap
 history, so the same case moved by 14-22 % from process to process on the
-2-vCPU EPYC (docs/performance.md, section 17). Timing processes therefore:
+2-vCPU EPYC (docs/performance.md#page-faults). Timing processes therefore:
 
 * pin glibc's mmap threshold at 32 MiB, its steady-state ceiling (left alone,
   glibc raises it as large blocks are freed, so a run's first cases would be

@@ -36,7 +36,7 @@ Peak memory of one call, above what was allocated before it:
   caller's arena, blocks freed while timing (under the steady threshold) stay in
   the free lists and are reused by the measured call, freed back without being
   unmapped, and counted or not by chance; measured so, one case's peak moved by
-  whole 8 x N x N maps from call to call (docs/performance.md, section 15). This sees
+  whole 8 x N x N maps from call to call (docs/performance.md#gate-memory). This sees
   every allocation that touches memory, oneDNN's scratchpads and workspaces
   included, not only PyTorch's. Transparent huge pages, which the timing calls use
   (:mod:`cmgm_bench.measure.allocator`), are off for the process during the measured call,

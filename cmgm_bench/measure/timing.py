@@ -5,7 +5,7 @@ We keep one sample per call where the clock resolves one call.
 which hides the per-call distribution that the IQR, the bootstrap in
 ``compare`` and the paired A/B mode need, and it cannot flush a cache
 between calls; so the loop is ours, and ``Timer`` is used to check it
-(docs/performance.md). CPU and CUDA share the loop and the statistics; only
+(docs/performance.md#timing-loop). CPU and CUDA share the loop and the statistics; only
 the clock differs. On CUDA a call shorter than a millisecond is timed in
 blocks of back-to-back calls (``calls_per_sample``), recorded per case.
 With ``--cold-cache`` the cache is flushed before every call, so each sample is

@@ -23,13 +23,13 @@ def separate_runs_caveat(comparison: Comparison) -> str:
         parts.append(
             f"{comparison.shared_process_cases} of them with replicates that shared one process: what differs between "
             "processes is not in their interval (1 confident wrong verdict in 80 identical cases, none in 40 with "
-            "separate processes, docs/performance.md section 17); for a gate, run both with --repeats 3 --isolate"
+            "separate processes, docs/performance.md#page-faults); for a gate, run both with --repeats 3 --isolate"
         )
     if single:
         parts.append(
             f"{single} case(s) with one replicate: their intervals are widened by the run-to-run spread "
-            f"x{comparison.run_spread:.2f} (separate runs on a shared machine differ by up to 3x, docs/performance.md "
-            "section 16), so only a larger change is decided; run both with --repeats 3, or gate wall time with "
+            f"x{comparison.run_spread:.2f} (separate runs on a shared machine differ by up to 3x, "
+            "docs/performance.md#replicates), so only a larger change is decided; run both with --repeats 3, or gate wall time with "
             "'cmgm-bench ab' (one process) or --metric instructions"
         )
     return "note: " + "; ".join(parts)

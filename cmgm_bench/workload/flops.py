@@ -58,7 +58,7 @@ def min_bytes(mode: str, batch: int, tokens: int, dim: int, heads: int, dtype: s
 
 # Live B·h·N² maps at the peak of a straightforward implementation: measured
 # for eager in float32 as 5.1 (fwd), 2.05 (feature) and 8-11 (train) maps,
-# see docs/performance.md "Memory". Fused implementations stay below it.
+# see docs/performance.md#memory. Fused implementations stay below it.
 _LIVE_MAPS = {"fwd": 5, "feature": 2, "train": 10}
 
 
