@@ -152,7 +152,8 @@ def html_command(
     machine: MachineFilter = None,
     branch: BranchFilter = None,
 ):
-    """Write a static dashboard page: one chart per case and metric over commits, steps and torch changes marked."""
+    """Write a static dashboard page: a summary of what changed first, then a chart per shape and metric with a line per
+    implementation over the runs' times, steps and torch changes marked."""
     from cmgm_bench.history import database
     from cmgm_bench.history.runs import METRICS, read_points
     from cmgm_bench.views.dashboard import write_dashboard

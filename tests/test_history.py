@@ -260,39 +260,53 @@ def browser_problem() -> str | None:
 
 
 def test_dashboard_page_in_a_headless_browser(real_runs, tmp_path):
+    """Twelve runs with a planted 1.5x step at the seventh, then three runs of one commit: in Debian's Chromium the
+    page opens on a summary naming the step with its commit, draws one chart per shape and metric with a line per
+    implementation, keeps the three runs of one commit apart, plots exactly the stored values, fetches nothing and
+    logs no error."""
     require_tool(browser_problem())
     from playwright.sync_api import sync_playwright
 
     db = str(tmp_path / "h.sqlite")
     for index, scale in enumerate([1.0, 1.01, 0.99, 1.0, 1.02, 1.0, 1.5, 1.5, 1.49, 1.5, 1.51, 1.5]):
         assert history("add", str(derived_run(real_runs[0], tmp_path / f"d{index}", index, scale)), "--db", db).exit_code == 0
+    for index in (12, 13, 14):  # three runs of one commit
+        path = derived_run(real_runs[0], tmp_path / f"d{index}", index, 1.5 + 0.01 * (index - 13))
+        assert history("add", str(path), "--db", db, "--commit", "f" * 40).exit_code == 0
     result = history("html", str(tmp_path / "page"), "--db", db)
     assert result.exit_code == 0, result.output
     page_file = tmp_path / "page" / "index.html"
     assert "https://" not in page_file.read_text().split("<script>", 1)[0]  # nothing fetched: the page works offline
+    stored = [r["latency"] for r in shown(db, "--impl", "eager")]
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=[
             "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
             "--disable-component-update", "--disable-sync"])
-        page = browser.new_page(viewport={"width": 1200, "height": 1600})
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
         errors = []
         page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
         page.on("pageerror", lambda error: errors.append(str(error)))
         page.on("request", lambda request: errors.append(f"fetched {request.url}") if not request.url.startswith(("file:", "data:")) else None)
         page.goto(page_file.as_uri())
-        page.wait_for_selector(".js-plotly-plot")
-        # 2 cases x 2 metrics with values (latency, memory; error has values too where recorded)
-        charts = page.locator("div.chart")
-        titles = [charts.nth(i).locator("h3").inner_text() for i in range(charts.count())]
-        assert {"eager cpu float32 fwd B1 64x4x4 h8 t1 - latency", "sdpa cpu float32 fwd B1 64x4x4 h8 t1 - latency"} <= set(titles)
-        assert page.locator(".js-plotly-plot").count() == charts.count() == len(set(titles))
-        latency = titles.index("eager cpu float32 fwd B1 64x4x4 h8 t1 - latency")
-        points = page.evaluate(f"document.querySelectorAll('div.chart')[{latency}].querySelector('.js-plotly-plot').calcdata[0].map(p => p.y)")
-        stored = [r["latency"] for r in shown(db, "--impl", "eager")]
-        assert points == pytest.approx(stored)
-        assert page.evaluate(f"document.querySelectorAll('div.chart')[{latency}].querySelector('.js-plotly-plot').layout.shapes.length") == 1
+        # first screen: the summary names the series that changed, with the step's commit, without scrolling
+        summary = page.locator("#summary")
+        assert summary.bounding_box()["y"] < 900
+        changed = summary.locator("tr").all_inner_texts()[1:]
+        for impl in ("eager", "sdpa"):
+            assert any(row.startswith(f"{impl} cpu float32 fwd B1 64x4x4 h8 t1") and "latency" in row for row in changed), changed
+        assert f"c{6:039d}" in summary.locator("span.step").first.get_attribute("title")
+        # one chart per shape and metric, a line per implementation
+        titles = page.locator("div.chart h3").all_inner_texts()
+        assert len(titles) == len(set(titles)) and not any("eager" in t or "sdpa" in t for t in titles)
+        latency = page.locator("div.chart", has_text="cpu float32 fwd B1 64x4x4 h8 t1 - latency")
+        latency.scroll_into_view_if_needed()
+        latency.locator(".js-plotly-plot").wait_for()
+        traces = latency.evaluate("e => e.querySelector('.js-plotly-plot').data.map(t => [t.name, t.x, t.y])")
+        assert sorted(name for name, _, _ in traces) == ["eager", "sdpa"]
+        eager_x, eager_y = next((x, y) for name, x, y in traces if name == "eager")
+        assert eager_y == pytest.approx(stored) and len(set(eager_x)) == len(eager_x) == 15  # one commit's 3 runs apart
         page.select_option("select[name=impl]", "sdpa")
-        assert page.inner_text("#shown") == str(sum("sdpa" in t for t in titles))
+        assert latency.evaluate("e => e.querySelector('.js-plotly-plot').data.map(t => t.name)") == ["sdpa"]
         page.select_option("select[name=impl]", "")
         page.screenshot(path=str(tmp_path / "dashboard.png"))
         browser.close()

@@ -167,7 +167,8 @@ def read_points(engine: Engine, metric: str = "latency", impls=(), modes=(), sha
     """One row per (series, run) with a value of ``metric``, oldest run first within a series.
 
     Columns: the series (:data:`SERIES_COLUMNS`), ``run_id``, ``commit``, ``branch``,
-    ``started_at``, ``torch_version``, ``status``, ``value``, ``iqr`` (latency only), ``minimum``.
+    ``started_at``, ``torch_version``, ``status``, ``value``, ``iqr`` (latency only), ``minimum``, ``contention``
+    (the other work on the case's cores while it was timed; missing where not recorded).
     ``shapes`` are shape labels (``B1 64x28x28 h8``) or grids (``28``, ``32x24``).
     """
     column = metric_spec(metric)[0]
@@ -177,6 +178,7 @@ def read_points(engine: Engine, metric: str = "latency", impls=(), modes=(), sha
             c.case_key, c.machine, c.impl, c.device, c.dtype, c.mode, c.batch, c.dim, c.height, c.width, c.heads, c.threads,
             c.run_id, r.commit, r.branch, r.started_at, r.torch_version, c.status,
             c[column].label("value"), c.latency_iqr_ms.label("iqr"), c.latency_min_ms.label("minimum"),
+            c.row["contention"].as_float().label("contention"),  # a key of the stored results row; absent in older rows
         )
         .join(runs_table, runs_table.c.id == c.run_id)
         .where(c[column].is_not(None))
@@ -193,7 +195,8 @@ def read_points(engine: Engine, metric: str = "latency", impls=(), modes=(), sha
     with engine.connect() as connection:
         frame = pd.DataFrame(connection.execute(query).mappings().all())
     if frame.empty:
-        return pd.DataFrame(columns=[*SERIES_COLUMNS, "run_id", "commit", "branch", "started_at", "torch_version", "status", "value", "iqr", "minimum"])
+        return pd.DataFrame(columns=[*SERIES_COLUMNS, "run_id", "commit", "branch", "started_at", "torch_version", "status", "value", "iqr",
+                                     "minimum", "contention"])
     frame["shape"] = [shape_label(*v) for v in frame[["batch", "dim", "height", "width", "heads"]].itertuples(index=False)]
     if shapes:
         grids = frame.height.astype(str) + "x" + frame.width.astype(str)
@@ -204,7 +207,7 @@ def read_points(engine: Engine, metric: str = "latency", impls=(), modes=(), sha
     if metric != "latency":
         frame["iqr"] = None
         frame["minimum"] = None
-    columns = [*SERIES_COLUMNS, "run_id", "commit", "branch", "started_at", "torch_version", "status", "value", "iqr", "minimum"]
+    columns = [*SERIES_COLUMNS, "run_id", "commit", "branch", "started_at", "torch_version", "status", "value", "iqr", "minimum", "contention"]
     return frame[columns].reset_index(drop=True)
 
 
