@@ -86,7 +86,8 @@ def race(
     if not (max_time > 0 and threshold > 0 and gap_ms >= 0 and min_pairs >= 2) or math.inf in (max_time, threshold, gap_ms):
         raise UsageError("--max-time, --threshold must be positive, --gap-ms not negative and --min-pairs at least 2")
     check_cuda_options(device, tf32, cudnn_benchmark)
-    cases = single_cases([base_impl, cand_impl], device=device, mode=mode, batch=batch, res=res, heads=heads, dim=dim, impl_files=impl_files)
+    cases = single_cases([base_impl, cand_impl], device=device, mode=mode, batch=batch, res=res, heads=heads, dim=dim,
+                         impl_files=impl_files)
     prepare_process(threads, tf32, cudnn_benchmark)  # as run sets up: threads, CUDA arithmetic, allocator pinned
     shapes = {case.key[1:]: case for case in cases if case.impl == cand_impl}  # the candidate's case of each shape
     return [

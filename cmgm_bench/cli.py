@@ -36,7 +36,9 @@ app.add_typer(history_app, name="history")
 
 ImplOption = Annotated[
     Optional[list[str]],
-    typer.Option("--impl", "-i", help="Implementation(s) to run, repeatable or comma separated; default: every registered one that supports --device."),
+    typer.Option("--impl", "-i", help=(
+        "Implementation(s) to run, repeatable or comma separated; default: every registered one that supports"
+        " --device.")),
 ]
 ImplFileOption = Annotated[
     Optional[list[str]],
@@ -82,7 +84,9 @@ def run_command(
     impl: ImplOption = None,
     impl_file: ImplFileOption = None,
     device: DeviceOption = DEFAULTS["device"],
-    mode: Annotated[str, typer.Option(help="Modes, comma separated: fwd (inference, both outputs), feature (inference, fused feature only), train (forward+backward).")] = DEFAULTS["mode"],
+    mode: Annotated[str, typer.Option(help=(
+        "Modes, comma separated: fwd (inference, both outputs), feature (inference, fused feature only), "
+        "train (forward+backward)."))] = DEFAULTS["mode"],
     batch: BatchOption = DEFAULTS["batch"],
     res: ResOption = DEFAULTS["res"],
     heads: HeadsOption = DEFAULTS["heads"],
@@ -103,15 +107,21 @@ def run_command(
         "Replicates of each case, in separate rounds over the sweep (slow periods of the machine spread over all cases); "
         "compare judges runs with 2 or more by Welch's t over the replicates' medians. Costs K times the sampling."
     ))] = DEFAULTS["repeats"],
-    cold_cache: Annotated[bool, typer.Option(help="Flush the last-level cache (L2 on a GPU) before every timed call; recorded per case.")] = DEFAULTS["cold_cache"],
+    cold_cache: Annotated[bool, typer.Option(help=(
+        "Flush the last-level cache (L2 on a GPU) before every timed call; recorded per case."))] = DEFAULTS["cold_cache"],
     tf32: Tf32Option = DEFAULTS["tf32"],
     cudnn_benchmark: CudnnBenchmarkOption = DEFAULTS["cudnn_benchmark"],
     memory: Annotated[bool, typer.Option(help="Measure peak memory of one call per case.")] = DEFAULTS["memory"],
-    memory_guard: Annotated[bool, typer.Option(help="Record cases predicted not to fit in memory as 'oom (predicted)' without running them.")] = DEFAULTS["memory_guard"],
-    timeout: Annotated[Optional[float], typer.Option(help="Seconds per case before it is stopped as 'timeout' (hard with --isolate).")] = DEFAULTS["timeout"],
-    isolate: Annotated[bool, typer.Option(help="Run each case in a fresh subprocess: survives crashes, hard timeouts, clean memory.")] = DEFAULTS["isolate"],
-    shard: Annotated[Optional[str], typer.Option(help="Run shard K/N of the cases (balanced by expected cost); combine with 'merge'.")] = DEFAULTS["shard"],
-    config: Annotated[Optional[Path], typer.Option(help="TOML sweep file holding any of these options (names with _); the command line overrides it.")] = None,
+    memory_guard: Annotated[bool, typer.Option(help=(
+        "Record cases predicted not to fit in memory as 'oom (predicted)' without running them."))] = DEFAULTS["memory_guard"],
+    timeout: Annotated[Optional[float], typer.Option(help=(
+        "Seconds per case before it is stopped as 'timeout' (hard with --isolate)."))] = DEFAULTS["timeout"],
+    isolate: Annotated[bool, typer.Option(help=(
+        "Run each case in a fresh subprocess: survives crashes, hard timeouts, clean memory."))] = DEFAULTS["isolate"],
+    shard: Annotated[Optional[str], typer.Option(help=(
+        "Run shard K/N of the cases (balanced by expected cost); combine with 'merge'."))] = DEFAULTS["shard"],
+    config: Annotated[Optional[Path], typer.Option(help=(
+        "TOML sweep file holding any of these options (names with _); the command line overrides it."))] = None,
     preset: Annotated[Optional[str], typer.Option(help="Preset sweep: " + PRESET_HELP)] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Finish an interrupted run directory: run only its missing cases.")] = None,
     strict: Annotated[bool, typer.Option(help="Exit 1 if any case is inaccurate.")] = DEFAULTS["strict"],
@@ -119,13 +129,16 @@ def run_command(
         f"Exit 1 if any case was timed while other work took more than {contention.CONTENDED_SHARE:.0%} of its cores "
         "(the 'contention' column): for CI, where such a run is to be repeated, not trusted."))] = DEFAULTS["fail_on_contention"],
     report: Annotated[bool, typer.Option(help="Write report.md and plots into the run directory at the end.")] = DEFAULTS["report"],
-    count_instructions: Annotated[bool, typer.Option(help="Also count instructions per case with callgrind (needs valgrind; slow).")] = DEFAULTS["count_instructions"],
+    count_instructions: Annotated[bool, typer.Option(help=(
+        "Also count instructions per case with callgrind (needs valgrind; slow)."))] = DEFAULTS["count_instructions"],
     executor: Annotated[str, typer.Option(help=(
         "local: every case in this process (or a child with --isolate); ray: cases as Ray tasks, one whole GPU or one "
         "timing slot each (pip install -e '.[ray]'); slurm: cases as Slurm jobs through submitit, one GPU or a whole "
         "node each (pip install -e '.[slurm]')."
     ))] = DEFAULTS["executor"],
-    ray_address: Annotated[Optional[str], typer.Option(help="With --executor ray: the cluster to join (auto, ray://host:port); default: start a local Ray instance.")] = DEFAULTS["ray_address"],
+    ray_address: Annotated[Optional[str], typer.Option(help=(
+        "With --executor ray: the cluster to join (auto, ray://host:port); default: start a local Ray "
+        "instance."))] = DEFAULTS["ray_address"],
     cpu_slots: Annotated[int, typer.Option(help=(
         "With --executor ray: timed CPU cases at once per node, each pinned to its own --threads cores (default 1: one "
         "at a time); with --executor slurm --slurm-cluster local: jobs at once."
@@ -134,8 +147,10 @@ def run_command(
         "With --executor slurm: slurm (submit with sbatch; the run directory must be on a filesystem the nodes share) "
         "or local (submitit's local executor: jobs as processes here, to try the setup)."
     ))] = DEFAULTS["slurm_cluster"],
-    slurm_partition: Annotated[Optional[str], typer.Option(help="With --executor slurm: the partition to submit to (default: the cluster's).")] = DEFAULTS["slurm_partition"],
-    allow_mixed_hosts: Annotated[bool, typer.Option(help="Keep cases that ran on different machine models in one run (grouped by the 'machine' column).")] = DEFAULTS["allow_mixed_hosts"],
+    slurm_partition: Annotated[Optional[str], typer.Option(help=(
+        "With --executor slurm: the partition to submit to (default: the cluster's)."))] = DEFAULTS["slurm_partition"],
+    allow_mixed_hosts: Annotated[bool, typer.Option(help=(
+        "Keep cases that ran on different machine models in one run (grouped by the 'machine' column)."))] = DEFAULTS["allow_mixed_hosts"],
 ):
     """Run a sweep of cases and write results.csv and results.json into a run directory."""
     from cmgm_bench.config.run_config import RunConfig
@@ -222,7 +237,8 @@ def compare_command(
     base: Annotated[Path, typer.Argument(help="Base run directory or its results.json.")],
     cand: Annotated[Path, typer.Argument(help="Candidate run directory or its results.json.")],
     metric: Annotated[str, typer.Option(help="latency (bootstrap interval + threshold) or instructions (deterministic).")] = "latency",
-    threshold: Annotated[Optional[float], typer.Option(help="Relative change that counts (default 0.05 for latency, 0.01 for instructions).")] = None,
+    threshold: Annotated[Optional[float], typer.Option(help=(
+        "Relative change that counts (default 0.05 for latency, 0.01 for instructions)."))] = None,
     mem_threshold: Annotated[float, typer.Option(help="Relative growth of peak memory that counts as a regression.")] = 0.10,
     allow_env_mismatch: Annotated[bool, typer.Option(help="Judge runs from different CPUs/GPUs, torch versions or thread counts.")] = False,
     run_spread: Annotated[Optional[float], typer.Option(help=(
@@ -246,7 +262,8 @@ def compare_command(
         for line in compare_output.summary_lines(comparison):
             console.print(line, markup=False)
     else:
-        writers = {OutputFormat.MARKDOWN: compare_output.to_markdown, OutputFormat.JSON: compare_output.to_json, OutputFormat.CSV: compare_output.to_csv}
+        writers = {OutputFormat.MARKDOWN: compare_output.to_markdown, OutputFormat.JSON: compare_output.to_json,
+                   OutputFormat.CSV: compare_output.to_csv}
         typer.echo(writers[output_format](comparison), nl=False)
     if fail_on_regression and comparison.regressed:
         raise typer.Exit(1)
@@ -311,7 +328,8 @@ def ab_command(
 @fail_with_usage_errors
 def gate_command(
     base_ref: Annotated[str, typer.Argument(help="The base revision (a commit, branch or tag) the working tree is judged against.")],
-    impl: Annotated[Optional[list[str]], typer.Option("--impl", "-i", help="Implementations to gate (default: those whose file changed; eager when the model changed).")] = None,
+    impl: Annotated[Optional[list[str]], typer.Option("--impl", "-i", help=(
+        "Implementations to gate (default: those whose file changed; eager when the model changed)."))] = None,
     mode: Annotated[str, typer.Option(help="fwd, feature or train.")] = "fwd",
     instr_res: Annotated[str, typer.Option(help="Grids whose instructions are counted (28x28: ~5 s a case in callgrind).")] = "8,11,28",
     instr_threshold: Annotated[float, typer.Option(help="Relative growth of instructions that counts as a regression.")] = 0.01,
@@ -321,8 +339,10 @@ def gate_command(
     max_time: Annotated[float, typer.Option(help="Seconds of interleaved timing per race (the limit with --until-decided).")] = 20.0,
     threshold: Annotated[float, typer.Option(help="Relative change of wall time that counts in the race.")] = 0.05,
     until_decided: Annotated[bool, typer.Option(help="Stop each race once its verdict is settled (sequential interval).")] = True,
-    work_dir: Annotated[Optional[Path], typer.Option(help="Folder for the base worktree and the counted runs (default: a temporary one).")] = None,
-    summary: Annotated[Optional[Path], typer.Option(help="Also write the Markdown summary here (for example $GITHUB_STEP_SUMMARY).")] = None,
+    work_dir: Annotated[Optional[Path], typer.Option(help=(
+        "Folder for the base worktree and the counted runs (default: a temporary one)."))] = None,
+    summary: Annotated[Optional[Path], typer.Option(help=(
+        "Also write the Markdown summary here (for example $GITHUB_STEP_SUMMARY)."))] = None,
 ):
     """Gate the working tree against BASE_REF: instruction counts and a paired race per changed implementation.
 
@@ -360,7 +380,8 @@ def report_command(run_dir: Annotated[Path, typer.Argument(help="Run directory."
 @fail_with_usage_errors
 def show_command(
     run_dir: Annotated[Path, typer.Argument(help="Run directory or its results.json.")],
-    impl: Annotated[Optional[list[str]], typer.Option("--impl", "-i", help="Only these implementations, repeatable or comma separated.")] = None,
+    impl: Annotated[Optional[list[str]], typer.Option("--impl", "-i", help=(
+        "Only these implementations, repeatable or comma separated."))] = None,
     mode: Annotated[Optional[str], typer.Option(help="Only these modes, comma separated.")] = None,
     sort: Annotated[Optional[str], typer.Option(help="Sort by this results.csv column (for example latency_ms).")] = None,
     output_format: FormatOption = "table",
@@ -423,9 +444,11 @@ def profile_command(
     result = profile_case(prepare_case(case, registry.get(impl), seed=0), mode, case.device, trace, memory=memory, top=top)
     rows = [[r.name, str(r.calls), f"{r.self_ms:.3f}", f"{100 * r.share:.1f}%", r.input_shapes] for r in result.operators]
     console = terminal.console()
-    console.print(terminal.simple_table(["operator", "calls", "self ms", "share", "input shapes"], rows, title=f"top operators by self time: {impl} {mode} {case.shape_label} (3 calls)"))
+    console.print(terminal.simple_table(["operator", "calls", "self ms", "share", "input shapes"], rows,
+                                        title=f"top operators by self time: {impl} {mode} {case.shape_label} (3 calls)"))
     if memory:
-        console.print(f"peak allocated during the calls: {(result.peak_bytes or 0) / 2**20:.1f} MiB, at {result.peak_operator}", markup=False)
+        console.print(f"peak allocated during the calls: {(result.peak_bytes or 0) / 2**20:.1f} MiB, at {result.peak_operator}",
+                      markup=False)
     console.print(f"trace written to {result.trace} (open in chrome://tracing or ui.perfetto.dev)", markup=False)
 
 

@@ -13,7 +13,8 @@ from cmgm_bench.views.formats import OutputFormat
 # click's UsageError, whether typer uses click or its own vendored copy of it.
 ClickUsageError = typer.BadParameter.__bases__[0]
 
-FormatOption = Annotated[OutputFormat, typer.Option("--format", help="table (rich, for a terminal), markdown, json or csv (to stdout, for piping).")]
+FormatOption = Annotated[OutputFormat, typer.Option("--format", help=(
+    "table (rich, for a terminal), markdown, json or csv (to stdout, for piping)."))]
 
 
 def fail_with_usage_errors(command):

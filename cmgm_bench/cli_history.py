@@ -31,7 +31,9 @@ ModeFilter = Annotated[Optional[str], typer.Option(help="Only these modes, comma
 ResFilter = Annotated[Optional[str], typer.Option(help="Only these grids (28, 32x24) or shapes ('B1 64x28x28 h8'), comma separated.")]
 MachineFilter = Annotated[Optional[str], typer.Option(help="Only this machine model (as `history show` prints it).")]
 BranchFilter = Annotated[Optional[str], typer.Option(help="Only runs recorded on this git branch.")]
-MetricOption = Annotated[str, typer.Option(help="latency (median ms), instructions, memory (peak MiB a call adds), resident (MiB the implementation keeps) or error (worst relative error).")]
+MetricOption = Annotated[str, typer.Option(help=(
+    "latency (median ms), instructions, memory (peak MiB a call adds), resident (MiB the implementation "
+    "keeps) or error (worst relative error)."))]
 
 
 def _filters(impl, mode, res, machine) -> dict:
@@ -106,7 +108,8 @@ def check_command(
     db: DbOption = None,
     window: Annotated[int, typer.Option(help="Runs of history each case is judged against: the last K of its series.")] = 10,
     metric: MetricOption = "latency",
-    threshold: Annotated[Optional[float], typer.Option(help="Relative change that counts (default: 0.05 latency, 0.01 instructions, 0.10 memory).")] = None,
+    threshold: Annotated[Optional[float], typer.Option(help=(
+        "Relative change that counts (default: 0.05 latency, 0.01 instructions, 0.10 memory)."))] = None,
     confidence: Annotated[float, typer.Option(help="Confidence of the window's prediction interval, per direction.")] = 0.99,
     branch: BranchFilter = None,
     fail_on_regression: Annotated[bool, typer.Option(help="Exit 1 if any case is slower than its history.")] = False,

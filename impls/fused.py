@@ -55,7 +55,8 @@ def map_kernel_problem(case) -> str | None:
 
 def bfloat16_problem(case) -> str | None:
     if not cpu_features.native_bfloat16():
-        return "this CPU has no native bfloat16 (AVX512-BF16 or AMX): bfloat16 matmuls would be emulated, about 5x slower than float32; use fused"
+        return ("this CPU has no native bfloat16 (AVX512-BF16 or AMX): bfloat16 matmuls would be emulated, about 5x slower than "
+                "float32; use fused")
     return None
 
 

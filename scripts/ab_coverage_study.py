@@ -71,7 +71,8 @@ def main():
     parser.add_argument("--seconds", default="4,10", help="per grid: each race's length (the limit with --until-decided)")
     parser.add_argument("--threshold", type=float, default=0.05)
     parser.add_argument("--until-decided", action="store_true")
-    parser.add_argument("--extra-convs", type=int, default=1, help="conv2 calls the slowed variant adds (1: ~33 %% more instructions at 11x11, 3.4 %% at 28x28)")
+    parser.add_argument("--extra-convs", type=int, default=1, help=(
+        "conv2 calls the slowed variant adds (1: ~33 %% more instructions at 11x11, 3.4 %% at 28x28)"))
     args = parser.parse_args()
     torch.set_num_threads(1)
     grids = [int(r) for r in args.res.split(",")]

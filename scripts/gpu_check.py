@@ -70,7 +70,8 @@ def shapes(dry_run: bool) -> Shapes:
         return Shapes(
             "cpu", [*tiny, "--mode", "fwd,feature", "--batch", "2,1", "--res", "6"], [*tiny, "--mode", "fwd", "--batch", "2", "--res", "8"],
             ["--impl", "eager", "--mode", "train", "--batch", "2", "--res", "8", "--heads", "2", "--dim", "8"],
-            ["--impl", "eager,sdpa", "--heads", "2", "--dim", "32", "--mode", "fwd", "--batch", "2", "--res", "16"], ["--res", "6", "--heads", "2", "--dim", "8", "--max-time", "0.3", "--min-pairs", "4"],
+            ["--impl", "eager,sdpa", "--heads", "2", "--dim", "32", "--mode", "fwd", "--batch", "2", "--res", "16"], ["--res",
+                "6", "--heads", "2", "--dim", "8", "--max-time", "0.3", "--min-pairs", "4"],
             ["--max-time", "0.05", "--min-samples", "3"],
         )
     return Shapes(
@@ -92,7 +93,8 @@ def plan(out: Path, dry_run: bool) -> list[Step]:
     def run(folder: str, *options: str) -> list[str]:
         return [*bench, "run", *device, *options, *s.timing, "--out", str(out / folder)]
 
-    tests = [py, "-m", "pytest", "-q", "-p", "no:randomly", "-o", "addopts=-ra --benchmark-disable", "tests/test_cuda_paths.py", "-m", "cuda"]
+    tests = [py, "-m", "pytest", "-q", "-p", "no:randomly", "-o", "addopts=-ra --benchmark-disable", "tests/test_cuda_paths.py",
+             "-m", "cuda"]
     return [
         Step("environment", 15, [[py, __file__, "environment", str(out / "environment.json"), "--device", s.device]]),
         Step("timing probe", 45, [[py, str(ROOT / "scripts" / "gpu_timing_probe.py"), str(out / "probe.json"), "--device", s.device]]),
@@ -179,7 +181,8 @@ def sanity(out: Path, device: str) -> list[str]:
         environment, settings = run.meta.get("environment", {}), run.meta.get("settings", {})
         if not environment.get("git_commit"):
             problems.append(f"{folder.name}: no commit recorded (set CMGM_BENCH_GIT_COMMIT where the tree has no .git)")
-        if device == "cuda" and environment.get("tf32_matmul") is not None and bool(environment["tf32_matmul"]) != bool(settings.get("tf32")):
+        recorded = environment.get("tf32_matmul")
+        if device == "cuda" and recorded is not None and bool(recorded) != bool(settings.get("tf32")):
             problems.append(f"{folder.name}: TF32 matmul {environment['tf32_matmul']} while the run asked {settings.get('tf32')}")
         for m in run.measurements:
             if not m.timed:

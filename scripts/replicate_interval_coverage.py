@@ -45,7 +45,8 @@ def main() -> None:
                 low, high = two_level_bootstrap(rng, base, cand)
                 boot.append((low <= 1 <= high, high / low))
             w, b = np.array(welch), np.array(boot)
-            print(f"| {replicates} | {between} | {w[:, 0].mean():.1%} | x{np.median(w[:, 1]):.2f} | {b[:, 0].mean():.1%} | x{np.median(b[:, 1]):.2f} |")
+            print(f"| {replicates} | {between} | {w[:, 0].mean():.1%} | x{np.median(w[:, 1]):.2f} "
+                  f"| {b[:, 0].mean():.1%} | x{np.median(b[:, 1]):.2f} |")
 
 
 if __name__ == "__main__":

@@ -93,7 +93,8 @@ def test_help_and_option_errors_answer_without_importing_the_harness(argv):
     import sys
 
     probe = ("import sys\nfrom cmgm_bench.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as exc:\n"
-             "    code = exc.code\nprint('LOADED', sorted(m for m in ('torch', 'pandas', 'scipy', 'sqlalchemy') if m in sys.modules), code)")
+             "    code = exc.code\nheavy = ('torch', 'pandas', 'scipy', 'sqlalchemy')\n"
+             "print('LOADED', sorted(m for m in heavy if m in sys.modules), code)")
     done = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, timeout=120)
     expected_code = 2 if argv[-1] == "soon" else 0
     assert done.stdout.strip().splitlines()[-1] == f"LOADED [] {expected_code}", done.stdout[-2000:] + done.stderr[-2000:]

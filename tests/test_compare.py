@@ -187,7 +187,8 @@ def test_paired_race_of_two_revision_files_catches_more_work(tmp_path):
     base.write_text(MORE_WORK.format(times=1))
     head = tmp_path / "head_eager.py"
     head.write_text(MORE_WORK.format(times=2))
-    args = ["ab", "base", "head", "--impl-file", f"base={base}", "--impl-file", f"head={head}", "--res", "6", "--threads", "1", "--max-time", "2", "--fail-on-regression"]
+    args = ["ab", "base", "head", "--impl-file", f"base={base}", "--impl-file", f"head={head}", "--res", "6", "--threads", "1",
+            "--max-time", "2", "--fail-on-regression"]
     result = runner.invoke(app, [*args, "--format", "json"])
     (row,) = json.loads(result.output)
     decided_unless_contended(row["verdict"], race_contention(row), "slower")
@@ -292,7 +293,8 @@ def test_ab_gap_leaves_idle_time_before_every_timed_call(tmp_path):
     assert runner.invoke(app, args).exit_code == 0  # without the option: no such pauses
     events = [(kind, float(value)) for kind, value in (line.split() for line in stamps.read_text().splitlines())]
     # without the option a pause that long is the machine's doing (a descheduled process): far fewer than one a call
-    long_pauses = [1 for earlier, later in zip(events, events[1:]) if earlier[0] == "end" and later[0] == "start" and later[1] - earlier[1] >= 0.030]
+    long_pauses = [1 for earlier, later in zip(events, events[1:])
+                   if earlier[0] == "end" and later[0] == "start" and later[1] - earlier[1] >= 0.030]
     assert len(long_pauses) < len(events) / 8
     bad = runner.invoke(app, ["ab", "eager", "sdpa", "--gap-ms", "-1"])
     assert bad.exit_code == 2 and "--gap-ms" in bad.stderr

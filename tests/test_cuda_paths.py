@@ -36,7 +36,8 @@ def test_clock_selection(monkeypatch):
 
 def test_cold_cache_flushes_before_every_sample_and_is_recorded(tmp_path):
     calls = []
-    samples = timing.collect_samples(lambda: None, timing.WallClock(), StopRule(min_samples=5, max_time_s=0.01), before_each=lambda: calls.append(1))
+    samples = timing.collect_samples(lambda: None, timing.WallClock(), StopRule(min_samples=5, max_time_s=0.01),
+                                     before_each=lambda: calls.append(1))
     assert len(calls) == len(samples) >= 5
     flusher = timing.CacheFlusher("cpu", nbytes=1 << 20)
     flusher.buffer.fill_(7)
@@ -75,7 +76,8 @@ def test_graph_capture_failure_is_unsupported_with_reason():
 def plugin_row(tmp_path, name: str, text: str) -> dict:
     """The row of one small fwd case of the implementation ``name`` that ``text`` registers."""
     registry.load_file(str(write_file(tmp_path, f"{name}.py", text)))
-    return to_row(CaseRunner(measure_config(stop_rule=StopRule(min_samples=1, max_time_s=0))).run(Case(name, "cpu", "float32", "fwd", 1, 4, 4, 2, 8)))
+    return to_row(CaseRunner(measure_config(stop_rule=StopRule(min_samples=1, max_time_s=0))).run(Case(name, "cpu", "float32",
+        "fwd", 1, 4, 4, 2, 8)))
 
 
 def test_unsupported_raised_by_a_builder_becomes_a_row(tmp_path):
@@ -91,7 +93,8 @@ def test_unsupported_raised_by_a_builder_becomes_a_row(tmp_path):
 
 def test_gpu_only_implementations_are_unsupported_on_the_cpu(tmp_path):
     out = tmp_path / "run"
-    result = runner.invoke(app, ["run", "--impl", "cudagraph,sdpa-flash", "--mode", "fwd,feature", "--res", "4", "--out", str(out), *FAST, "--no-report"])
+    result = runner.invoke(app, ["run", "--impl", "cudagraph,sdpa-flash", "--mode", "fwd,feature", "--res", "4", "--out",
+                                 str(out), *FAST, "--no-report"])
     assert result.exit_code == 0, result.output
     frame = pd.read_csv(out / "results.csv")
     assert (frame.status == "unsupported").all() and frame.error.str.contains("supports").all()
@@ -225,8 +228,10 @@ def test_every_timing_command_sets_the_process_up_the_same_way(tmp_path, monkeyp
 
     for module in (sweep, api, cli):
         monkeypatch.setattr(module, "prepare_process", recording)
-    assert runner.invoke(app, ["run", "--impl", "eager", "--res", "4", "--threads", "1", "--out", str(tmp_path / "run"), *FAST, "--no-report"]).exit_code == 0
-    assert runner.invoke(app, ["ab", "eager", "sdpa", "--res", "4", "--threads", "1", "--max-time", "0.1", "--min-pairs", "2"]).exit_code == 0
+    assert runner.invoke(app, ["run", "--impl", "eager", "--res", "4", "--threads", "1", "--out", str(tmp_path / "run"), *FAST,
+                               "--no-report"]).exit_code == 0
+    assert runner.invoke(app, ["ab", "eager", "sdpa", "--res", "4", "--threads", "1", "--max-time", "0.1", "--min-pairs",
+                               "2"]).exit_code == 0
     profiled = runner.invoke(app, ["profile", "--impl", "eager", "--res", "4", "--threads", "1", "--trace", str(tmp_path / "trace.json")])
     assert profiled.exit_code == 0, profiled.output
     assert calls == [(1, False, False)] * 3
@@ -345,7 +350,8 @@ def test_short_gpu_calls_are_timed_in_blocks_and_the_block_size_is_recorded():
     assert clock.blocks[-5:] == [16] * 5 and len(calls) == 31 + 5 * 16
     assert all(abs(sample - 100e-6) / 100e-6 < 0.04 for sample in samples)
     assert timing.calls_per_sample(lambda: None, timing.WallClock()) == 1  # the CPU clock resolves one call
-    record = CaseRunner(measure_config(stop_rule=StopRule(min_samples=3, max_time_s=0.05))).run(Case("eager", "cpu", "float32", "fwd", 1, 4, 4, 2, 8))
+    record = CaseRunner(measure_config(stop_rule=StopRule(min_samples=3, max_time_s=0.05))).run(Case("eager", "cpu", "float32",
+        "fwd", 1, 4, 4, 2, 8))
     assert record.notes["calls_per_sample"] == 1
 
 

@@ -18,11 +18,11 @@ from cmgm_bench.measure import allocator, memory
 from cmgm_bench.config.cases import Case
 from cmgm_bench.cli import app
 from tests.conftest import FAST
-
-runner = CliRunner()
 from cmgm_bench.measure.counters import MAC_FAMILIES, analytic_macs, count_all
 from cmgm_bench.workload.modes import autograd_context
 from cmgm_bench.measure.prepare import prepare_case
+
+runner = CliRunner()
 
 SHAPES = [(1, 64, 8, 11, 11), (2, 32, 4, 5, 7), (1, 48, 2, 9, 4)]
 
@@ -267,7 +267,8 @@ def test_cases_of_two_machine_models_are_accounted_against_their_own_ceilings(tm
     from cmgm_bench.results.store import RunWriter
 
     def measured(gflops):
-        return {"matmul_gflops": {"float32": gflops}, "matmul_gflops_native": {"float32": gflops}, "emulated": [], "copy_gbytes_per_s": 20.0}
+        return {"matmul_gflops": {"float32": gflops}, "matmul_gflops_native": {"float32": gflops}, "emulated": [],
+                "copy_gbytes_per_s": 20.0}
 
     meta = {"environment": {"cpu_model": "CPU A"}, "baseline": "eager"}
     assert ceilings_module.adopt(meta, "cpu", "CPU A", measured(100.0))
@@ -336,7 +337,8 @@ def test_memory_held_for_the_calls_is_resident_not_peak(tmp_path):
         """,
     )
     out = tmp_path / "run"
-    result = CliRunner().invoke(app, ["run", "--impl-file", str(path), "--impl", "holder,eager", "--res", "6", "--out", str(out), *FAST, "--no-report"])
+    result = CliRunner().invoke(app, ["run", "--impl-file", str(path), "--impl", "holder,eager", "--res", "6", "--out",
+                                      str(out), *FAST, "--no-report"])
     assert result.exit_code == 0, result.output
     frame = pd.read_csv(out / "results.csv").set_index("impl")
     assert 50 <= frame.resident_mb["holder"] < 50 + frame.resident_mb["eager"] + 4  # page and heap granularity

@@ -38,7 +38,8 @@ def real_runs(tmp_path_factory):
     paths = []
     for index in range(2):
         out = tmp_path_factory.mktemp("runs") / f"run{index}"
-        result = runner.invoke(app, ["run", "--impl", "eager,sdpa", "--res", "4", "--threads", "1", "--out", str(out), "--no-report", *FAST])
+        result = runner.invoke(app, ["run", "--impl", "eager,sdpa", "--res", "4", "--threads", "1", "--out", str(out),
+                                     "--no-report", *FAST])
         assert result.exit_code == 0, result.output
         paths.append(out)
     return paths
@@ -124,7 +125,8 @@ def test_two_processes_adding_at_once_both_land(real_runs, db_url, tmp_path):
     shared = derived_run(real_runs[0], tmp_path / "shared", 99, 1.0)  # both add this one: stored once
     batches = [[*(derived_run(real_runs[0], tmp_path / f"p{p}-{i}", 10 * p + i, 1.0) for i in range(4)), shared] for p in range(2)]
     command = [sys.executable, "-m", "cmgm_bench", "history", "add", "--db", db_url]
-    processes = [subprocess.Popen([*command, *map(str, batch)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for batch in batches]
+    processes = [subprocess.Popen([*command, *map(str, batch)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True) for batch in batches]
     outputs = [process.communicate(timeout=300) for process in processes]
     for process, (out, err) in zip(processes, outputs):
         assert process.returncode == 0, err
@@ -286,7 +288,8 @@ def test_dashboard_page_in_a_headless_browser(real_runs, tmp_path):
         errors = []
         page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
         page.on("pageerror", lambda error: errors.append(str(error)))
-        page.on("request", lambda request: errors.append(f"fetched {request.url}") if not request.url.startswith(("file:", "data:")) else None)
+        page.on("request", lambda request: errors.append(f"fetched {request.url}") if not request.url.startswith(("file:",
+            "data:")) else None)
         page.goto(page_file.as_uri())
         # first screen: the summary names the series that changed, with the step's commit, without scrolling
         summary = page.locator("#summary")

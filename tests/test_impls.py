@@ -164,7 +164,8 @@ def test_readme_example_is_the_example_file_and_runs(tmp_path):
     example = (ROOT / "examples" / "my_impl.py").read_text()
     assert example.strip() in (ROOT / "README.md").read_text()
     out = tmp_path / "run"
-    args = ["run", "--impl-file", "examples/my_impl.py", "--impl", "scaled-q", "--res", "11", "--mode", "fwd,feature", "--out", str(out), *FAST]
+    args = ["run", "--impl-file", "examples/my_impl.py", "--impl", "scaled-q", "--res", "11", "--mode", "fwd,feature", "--out",
+            str(out), *FAST]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     frame = pd.read_csv(out / "results.csv")

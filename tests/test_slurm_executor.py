@@ -39,7 +39,8 @@ def test_a_sweep_as_jobs_gives_the_local_executors_cases_and_columns(tmp_path, m
     a, b = pd.read_csv(local / "results.csv"), pd.read_csv(jobs / "results.csv")
     key = ["impl", "device", "dtype", "mode", "batch", "height", "width", "heads", "dim"]
     assert list(a.columns) == list(b.columns)
-    pd.testing.assert_frame_equal(a[key + ["status", "machine"]].reset_index(drop=True), b[key + ["status", "machine"]].reset_index(drop=True))
+    pd.testing.assert_frame_equal(a[key + ["status", "machine"]].reset_index(drop=True), b[key + ["status",
+        "machine"]].reset_index(drop=True))
     assert (b.samples >= 3).all() and (b.latency_ms > 0).all() and (b.out_rel_err < 1e-5).all()
     assert len((jobs / "cases.jsonl").read_text().splitlines()) == 2
     measured = load_run(jobs).measurements

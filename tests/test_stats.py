@@ -108,7 +108,8 @@ def test_a_ten_percent_slowdown_is_seen_in_a_long_race():
 
 @pytest.mark.parametrize(
     "ratio,low,high,expected",
-    [(1.10, 1.06, 1.14, "slower"), (0.90, 0.87, 0.93, "faster"), (1.0, 0.98, 1.02, "same"), (1.06, 0.99, 1.12, "inconclusive"), (1.06, 1.01, 1.09, "slower")],
+    [(1.10, 1.06, 1.14, "slower"), (0.90, 0.87, 0.93, "faster"), (1.0, 0.98, 1.02, "same"), (1.06, 0.99, 1.12, "inconclusive"),
+     (1.06, 1.01, 1.09, "slower")],
 )
 def test_verdict_needs_threshold_and_interval(ratio, low, high, expected):
     assert verdict(ratio, low, high, threshold=0.05) == expected

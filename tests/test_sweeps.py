@@ -194,7 +194,8 @@ def test_predicted_oom_is_recorded_without_running(tmp_path):
 
 
 def cli_process(args, **kwargs):
-    return subprocess.Popen([sys.executable, "-m", "cmgm_bench", "run", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kwargs)
+    return subprocess.Popen([sys.executable, "-m", "cmgm_bench", "run", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, **kwargs)
 
 
 def wait_for_cases(run_dir: Path, count: int, proc, limit_s: float = 120):
@@ -340,7 +341,8 @@ def test_more_bad_input(tmp_path, args, message):
 
 @pytest.mark.parametrize(
     "text,message",
-    [("res = [4\n", "not valid TOML"), ("resolution = 4\n", "unknown key 'resolution'"), ("max_time = 'fast'\n", "'max_time' must be"), ("isolate = 1\n", "'isolate' must be true or false")],
+    [("res = [4\n", "not valid TOML"), ("resolution = 4\n", "unknown key 'resolution'"), ("max_time = 'fast'\n",
+        "'max_time' must be"), ("isolate = 1\n", "'isolate' must be true or false")],
 )
 def test_bad_config_files(tmp_path, text, message):
     config = tmp_path / "sweep.toml"

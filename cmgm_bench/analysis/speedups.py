@@ -13,7 +13,8 @@ def speedups(frame: pd.DataFrame, baseline: str | None) -> pd.Series:
     """Baseline latency / latency for the same (device, mode, shape, machine model); NaN where there is none."""
     if baseline is None or frame.empty:
         return pd.Series(float("nan"), index=frame.index)
-    keyed = frame[SHAPE_COLUMNS + (["allocator"] if "allocator" in frame else [])].assign(machine=frame["machine"].fillna("") if "machine" in frame else "")
+    columns = SHAPE_COLUMNS + (["allocator"] if "allocator" in frame else [])
+    keyed = frame[columns].assign(machine=frame["machine"].fillna("") if "machine" in frame else "")
     base_rows = (frame["impl"] == baseline) & (frame["status"].isin(TIMED_STATUSES))
     base = pd.Series(frame.loc[base_rows, "latency_ms"].to_numpy(), index=pd.MultiIndex.from_frame(keyed[base_rows]))
     keys = pd.MultiIndex.from_frame(keyed)

@@ -22,7 +22,9 @@ import torch
 from cmgm_bench import registry
 from cmgm_bench.stats import StopRule
 from cmgm_bench.config import settings as settings_module
-from cmgm_bench.config.cases import ALLOCATORS, DEFAULT_ALLOCATOR, Case, Sweep, dedupe, parse_choices, parse_positive_ints, parse_resolutions, split_list
+from cmgm_bench.config.cases import (
+    ALLOCATORS, DEFAULT_ALLOCATOR, Case, Sweep, dedupe, parse_choices, parse_positive_ints, parse_resolutions, split_list,
+)
 from cmgm_bench.config.shard import select
 from cmgm_bench.errors import UsageError
 

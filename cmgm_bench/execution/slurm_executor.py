@@ -101,7 +101,8 @@ class SlurmExecutor:
                             if attempt == 0:
                                 pending.insert(0, (case, 1))
                             else:
-                                yield case, runner.failed(case, Status.ERROR, f"the Slurm job failed twice: {one_line(exc)}", {"executor": "slurm"})
+                                yield case, runner.failed(case, Status.ERROR, f"the Slurm job failed twice: {one_line(exc)}",
+                                                          {"executor": "slurm"})
                     elif limit is not None and time.monotonic() - started > limit + STARTUP_ALLOWANCE_S:
                         job.cancel(check=False)
                         running.pop(job)

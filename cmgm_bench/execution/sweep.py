@@ -231,7 +231,8 @@ def check_one_machine_model(measurements: list[Measurement], allowed: bool) -> N
 def add_instruction_counts(writer: RunWriter, plan: Plan) -> None:
     """Count instructions of every case that ran (valgrind processes: ``instructions.count``) and store them,
     with how they were counted in the run's metadata."""
-    todo = list({m.case.key: m.case for m in writer.measurements if m.timed and not m.instructions}.values())  # once per case, not per replicate
+    # once per case, not per replicate
+    todo = list({m.case.key: m.case for m in writer.measurements if m.timed and not m.instructions}.values())
     counts = dict(zip((case.key for case in todo), instructions.count(todo, plan.config.seed, list(plan.config.impl_files))))
     writer.meta["instruction_counts"] = instructions.describe()
     writer.replace_all([m.with_(instructions=counts[m.case.key]) if m.case.key in counts else m for m in writer.measurements])

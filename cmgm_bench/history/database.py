@@ -139,7 +139,8 @@ def _check_or_create_schema(connection, url: str, create: bool) -> None:
     tables = set(sa.inspect(connection).get_table_names())
     if "meta" not in tables:
         if tables - {"meta", "runs", "cases"}:
-            raise UsageError(f"{safe_url(url)}: a database of something else (tables {', '.join(sorted(tables))}), not a cmgm-bench history")
+            found = ", ".join(sorted(tables))
+            raise UsageError(f"{safe_url(url)}: a database of something else (tables {found}), not a cmgm-bench history")
         if not create:
             raise UsageError(f"{safe_url(url)}: no history here yet (add a run first: cmgm-bench history add RUN_DIR)")
         metadata.create_all(connection)

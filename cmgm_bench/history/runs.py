@@ -163,7 +163,8 @@ def _add_run_once(engine: Engine, run: Run, commit: str | None, branch: str | No
     return Added(run_id, "stored", len(run.measurements))
 
 
-def read_points(engine: Engine, metric: str = "latency", impls=(), modes=(), shapes=(), machines=(), branch: str | None = None) -> pd.DataFrame:
+def read_points(engine: Engine, metric: str = "latency", impls=(), modes=(), shapes=(), machines=(),
+                branch: str | None = None) -> pd.DataFrame:
     """One row per (series, run) with a value of ``metric``, oldest run first within a series.
 
     Columns: the series (:data:`SERIES_COLUMNS`), ``run_id``, ``commit``, ``branch``,
@@ -207,7 +208,8 @@ def read_points(engine: Engine, metric: str = "latency", impls=(), modes=(), sha
     if metric != "latency":
         frame["iqr"] = None
         frame["minimum"] = None
-    columns = [*SERIES_COLUMNS, "run_id", "commit", "branch", "started_at", "torch_version", "status", "value", "iqr", "minimum", "contention"]
+    columns = [*SERIES_COLUMNS, "run_id", "commit", "branch", "started_at", "torch_version", "status", "value", "iqr",
+               "minimum", "contention"]
     return frame[columns].reset_index(drop=True)
 
 

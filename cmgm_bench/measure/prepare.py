@@ -29,7 +29,8 @@ class PreparedCase:
 
 def prepare_case(case: Case, impl, seed: int) -> PreparedCase:
     """Copy the reference to the device in the mode's state, build the implementation, make inputs."""
-    module = set_module_mode(copy.deepcopy(reference_module(case.dim, case.heads, seed, case.height, case.width)).to(case.device), case.mode)
+    module = set_module_mode(copy.deepcopy(reference_module(case.dim, case.heads, seed, case.height,
+                                                            case.width)).to(case.device), case.mode)
     x, y = (t.to(case.device) for t in make_inputs(case.batch, case.dim, case.height, case.width, seed))
     built = impl.build(module, case)
     built = built if isinstance(built, registry.Built) else registry.Built(fn=built)

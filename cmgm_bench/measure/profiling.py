@@ -54,7 +54,8 @@ def _memory_peak(kineto_events) -> tuple[int, str | None]:
     return peak, innermost.name() if innermost else None
 
 
-def profile_case(prepared: PreparedCase, mode: str, device: str, trace: Path, *, memory: bool = False, top: int = 15, calls: int = 3) -> Profile:
+def profile_case(prepared: PreparedCase, mode: str, device: str, trace: Path, *, memory: bool = False, top: int = 15,
+                 calls: int = 3) -> Profile:
     """Warm up, then profile ``calls`` calls of the case's step."""
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
     with autograd_context(mode):

@@ -108,7 +108,8 @@ def _summary_html(summary: list[dict]) -> str:
     changed = [row for row in summary if row["changed"]]
     head = (f"<p><b>{len(changed)} of {len(summary)} series changed</b>: the latest run against the {WINDOW} before it "
             f"(the <code>history check</code> rule), and the steps found in each series.</p>")
-    header = "<tr><th>series</th><th>machine</th><th>metric</th><th>latest</th><th>change</th><th>verdict</th><th>steps (commit, ratio)</th></tr>"
+    columns = ("series", "machine", "metric", "latest", "change", "verdict", "steps (commit, ratio)")
+    header = "<tr>" + "".join(f"<th>{column}</th>" for column in columns) + "</tr>"
 
     def row_html(row: dict) -> str:
         change = "" if row["change"] is None else f"{row['change']:+.1%}"
@@ -131,8 +132,8 @@ def write_dashboard(points_by_metric: dict[str, pd.DataFrame], out_dir: Path) ->
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     charts, summary, colours = build_page_data(points_by_metric)
-    choices = {name: sorted({str(line["impl"]) for c in charts for line in c["lines"]} if name == "impl" else {str(c[name]) for c in charts})
-               for name, _ in FILTERS}
+    choices = {name: sorted({str(c[name]) for c in charts}) for name, _ in FILTERS if name != "impl"}
+    choices["impl"] = sorted({str(line["impl"]) for c in charts for line in c["lines"]})
     selects = []
     for name, label in FILTERS:
         first = choices[name][0] if name == "machine" and choices[name] else ""  # one machine at a time: series never mix

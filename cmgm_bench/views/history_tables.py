@@ -40,7 +40,8 @@ def verdict_table(verdicts: pd.DataFrame, metric: str) -> Table:
     style = {"slower": "red", "faster": "green"}
     for row in verdicts.itertuples(index=False):
         verdict = f"[{style[row.verdict]}]{row.verdict}[/]" if row.verdict in style else row.verdict
-        table.add_row(row.case, row.machine, str(row.window), _number(row.window_median), _number(row.value), _percent(row.change), _limit(row.limit),
+        table.add_row(row.case, row.machine, str(row.window), _number(row.window_median), _number(row.value),
+                      _percent(row.change), _limit(row.limit),
                       verdict + (f" ({row.note})" if row.note else ""))
     return table
 

@@ -68,7 +68,8 @@ def plot_latency_vs_tokens(frame: pd.DataFrame, path: Path) -> Path | None:
         for (impl, batch, heads, dim), group in lines:
             slope = fit_exponent(group.tokens, group.latency_ms)
             ax.plot(group.tokens, group.latency_ms, marker="o", label=f"{impl} B{batch} h{heads} C{dim}: N^{slope:.2f}")
-        ax.set(xscale="log", yscale="log", xlabel="tokens N = H x W", ylabel="latency (ms, median)", title=f"{mode}: latency vs tokens (log-log, fitted exponent)")
+        ax.set(xscale="log", yscale="log", xlabel="tokens N = H x W", ylabel="latency (ms, median)",
+               title=f"{mode}: latency vs tokens (log-log, fitted exponent)")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     return _save(fig, path)
@@ -235,7 +236,8 @@ def allocator_table(frame: pd.DataFrame) -> str | None:
             ratio = "" if name == DEFAULT_ALLOCATOR or pinned is None or pd.isna(pinned) or pd.isna(value) else f" (x{value / pinned:.2f})"
             cells.append(markdown.cell(value, ".3f") + ratio)
         rows.append([impl, f"{device} {mode}", shape_label(batch, dim, height, width, heads), *cells])
-    headers = ["implementation", "device, mode", "shape", *(f"{name} ms" + ("" if name == DEFAULT_ALLOCATOR else f" (/ {DEFAULT_ALLOCATOR})")
+    headers = ["implementation", "device, mode", "shape",
+               *(f"{name} ms" + ("" if name == DEFAULT_ALLOCATOR else f" (/ {DEFAULT_ALLOCATOR})")
                                                            for name in allocators)]
     return markdown.table(headers, rows, ["l", "l", "l"] + ["r"] * len(allocators))
 
