@@ -88,7 +88,7 @@ def replicate_ratio_interval(base_groups, cand_groups, *, confidence=0.95) -> tu
     interval Welch's t on those logs, so the spread between replicates (the machine's fast and slow
     periods, separate processes) is in it. With 3 replicates a side it covered the true ratio in
     96-97 % of simulated A/A pairs where a two-level bootstrap covered 89-91 %
-    (``scripts/replicate_interval_coverage.py``, docs/performance.md#replicates).
+    (``scripts/studies/replicate_interval_coverage.py``, docs/performance.md#replicates).
     """
     base_logs = np.log([np.median(g) for g in base_groups if len(g)])
     cand_logs = np.log([np.median(g) for g in cand_groups if len(g)])

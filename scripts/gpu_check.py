@@ -17,8 +17,8 @@ every step), one log per step, the run folders, ``probe.json``, ``sanity.md``, `
 a timeout still leaves evidence. Exit 0 only if every step and every sanity check passed.
 
 ``GPU_CHECK_DRY_RUN=1`` (or ``--dry-run``) runs the same steps on the CPU with tiny shapes into
-``results/gpu/dry-run-cpu/`` (or ``--out``): the test suite runs it, so that the one GPU call a
-session may get does not die on a typo.
+``results/gpu/dry-run-cpu/`` (or ``--out``): the test suite runs it, so that a check on a GPU
+machine lent for a few minutes does not die on a typo.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The GPU check script, run on the CPU: every step, the budget, the sanity checks and the results layout.
 
 A lent GPU is rare and its time short; the dry run (``GPU_CHECK_DRY_RUN=1``) runs the same steps with tiny
-shapes, so that the one call a GPU session may get does not die on a typo."""
+shapes, so that a check on a GPU machine lent for a few minutes does not die on a typo."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ Loads ``cmgm_bench/store.py`` of ``--before-rev`` from git beside the current
 one and appends the same synthetic records (200 samples a case) through both,
 in one process, for each count of cases.
 
-    python scripts/store_io.py --before-rev f909056 --cases 250,1000
+    python scripts/studies/store_io.py --before-rev f909056 --cases 250,1000
 """
 
 from __future__ import annotations
@@ -20,11 +20,17 @@ from pathlib import Path
 from cmgm_bench.results import store as current
 from cmgm_bench.config.cases import Case
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def store_at(revision: str, folder: Path):
-    source = subprocess.run(["git", "show", f"{revision}:cmgm_bench/store.py"], capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    for where in ("cmgm_bench/results/store.py", "cmgm_bench/store.py"):  # the store moved into results/ at one point
+        shown = subprocess.run(["git", "show", f"{revision}:{where}"], capture_output=True, text=True, cwd=ROOT)
+        if shown.returncode == 0:
+            break
+    else:
+        raise SystemExit(f"{revision} has no results/store.py or store.py")
+    source = shown.stdout
     path = folder / "store_before.py"
     path.write_text(source)
     spec = importlib.util.spec_from_file_location("store_before", path)

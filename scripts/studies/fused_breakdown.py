@@ -6,7 +6,7 @@ compared): the whole ``eager`` and ``fused`` calls, each fused kernel alone,
 ATen's equivalents, and two ceilings (an MKL float32 matmul and a 20 MB fill).
 Prints median and minimum per item, with GFLOP/s and GB/s where they apply.
 
-    python scripts/fused_breakdown.py --threads 1 --res 28 --heads 8 [--target x86-64-v3]
+    python scripts/studies/fused_breakdown.py --threads 1 --res 28 --heads 8 [--target x86-64-v3]
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ processes), its samples lognormal(level, 0.05). Prints how often Welch's t inter
 log medians (what ``compare`` uses) and a two-level percentile bootstrap (replicates, then samples)
 cover the true ratio 1, and their median widths.
 
-    python scripts/replicate_interval_coverage.py --pairs 300
+    python scripts/studies/replicate_interval_coverage.py --pairs 300
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ one pair whose candidate does 6/5 of the base's work (a plug-in that calls the m
 instead of 5), which should be ``slower``. Also counts the A/A cases ``compare`` flags as memory
 regressions, and times two runs of the sweep with one replicate (the cost of ``--repeats``).
 
-    python scripts/compare_aa_study.py --pairs 10 --repeats 3 --res 28 --max-time 1 [--isolate]
+    python scripts/studies/compare_aa_study.py --pairs 10 --repeats 3 --res 28 --max-time 1 [--isolate]
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
-"""Issue 8's target table from run directories: speed-up of ``fused`` and ``fused-bf16`` over ``eager``.
+"""The fused implementations' target table from run directories: speed-up of ``fused`` and ``fused-bf16`` over ``eager``.
 
 Each run directory must hold ``eager`` and the fused implementations measured
 in the same run (one thread count per run). Prints a markdown table, one row
 per mode and shape, one column per run and implementation, each cell the
 ratio of medians ``eager / impl`` in that run, and the worst errors.
 
-    python scripts/fused_targets.py /tmp/sw1 /tmp/sw2
+    python scripts/studies/fused_targets.py /tmp/sw1 /tmp/sw2
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ spread (max / min and the coefficient of variation) of the raw medians and of
 each normalised one: a normaliser helps if the normalised spread is much
 smaller than the raw one.
 
-Usage: python scripts/speed_normalisation_study.py [--processes 10] [--seconds 6] [--res 28]
+Usage: python scripts/studies/speed_normalisation_study.py [--processes 10] [--seconds 6] [--res 28]
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ call (its ``latency_ms``) and for its mean per call, which is what a block of
 blocks). With ``--allocator pinned`` the tool's default is measured instead, to show how
 far the tuned allocator is from a plain process.
 
-Usage: python scripts/allocator_vs_plain_process.py [--pairs 4] [--res 28] [--allocator system] [--seconds 4]
+Usage: python scripts/studies/allocator_vs_plain_process.py [--pairs 4] [--res 28] [--allocator system] [--seconds 4]
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ page with ``views.dashboard.write_dashboard``, then opens it in Debian's Chromiu
 reports the file size, the time to write it, the time from navigation until the page has loaded
 (its first screen, the summary, shown) and the time to draw the charts in view once scrolled to.
 
-    python scripts/dashboard_scale.py [--runs 200] [--series 100] [--out /tmp/dashboard-scale]
+    python scripts/studies/dashboard_scale.py [--runs 200] [--series 100] [--out /tmp/dashboard-scale]
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@
   after the first is an identical trial against the first, each collection of
   the variant a slowed trial; judged with the default 1% threshold.
 
-Usage: python scripts/gate_rates.py [--trials 10] [--seconds 3] [--res 11]
+Usage: python scripts/studies/gate_rates.py [--trials 10] [--seconds 3] [--res 11]
 """
 
 from __future__ import annotations

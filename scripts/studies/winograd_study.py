@@ -19,7 +19,7 @@ rounds in one process. The tensor-level prototypes materialise every tile's
 transform in memory, so their times bound what a transform costs when it is
 not fused into a kernel; they are not what a register-blocked kernel would take.
 
-    python scripts/winograd_study.py --res 28 --heads 8 --threads 1 [--rounds 9]
+    python scripts/studies/winograd_study.py --res 28 --heads 8 --threads 1 [--rounds 9]
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ on A/A (``same`` and ``inconclusive`` are right there). With
 ``--until-decided`` each race stops at its first deciding look; the stopping
 times are printed.
 
-Usage: python scripts/ab_coverage_study.py [--res 11,28] [--races 25] [--seconds 4,10] [--until-decided] [--extra-convs 1]
+Usage: python scripts/studies/ab_coverage_study.py [--res 11,28] [--races 25] [--seconds 4,10] [--until-decided] [--extra-convs 1]
 """
 
 from __future__ import annotations

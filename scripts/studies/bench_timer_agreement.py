@@ -4,7 +4,7 @@ In one process: eager, B=1, 64 x 28 x 28, 8 heads, float32 inference, 1 thread.
 Alternates one-second harness and Timer measurements (the machine's speed
 drifts over seconds, so the two must interleave), pools each side and prints
 the pooled medians and their ratio. Usage:
-python scripts/bench_timer_agreement.py [--rounds 10] [--threads 1]
+python scripts/studies/bench_timer_agreement.py [--rounds 10] [--threads 1]
 """
 
 from __future__ import annotations

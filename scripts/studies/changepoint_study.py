@@ -6,7 +6,7 @@ Noise models of this project's machines (docs/performance.md#history):
   latency (this shared host): each point x 2 in a slow period (periods persist: stay probability --stay) x lognormal(0, 0.03).
 A 10 % step at the series' middle counts as found when a step with ratio > 1 lies within one commit of it.
 
-    python scripts/changepoint_study.py --series 200 --length 40
+    python scripts/studies/changepoint_study.py --series 200 --length 40
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ and reports its median call time and its minor page faults per call. Policies:
 Per policy it prints the median over processes, the spread across processes
 (max/min, coefficient of variation) and the median faults per call.
 
-Usage: python scripts/allocator_policy_study.py [--processes 6] [--seconds 3] [--res 28] [--impl eager]
+Usage: python scripts/studies/allocator_policy_study.py [--processes 6] [--seconds 3] [--res 28] [--impl eager]
 """
 
 from __future__ import annotations

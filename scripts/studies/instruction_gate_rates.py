@@ -9,7 +9,7 @@ every later trial's eager is an A/A comparison, every trial's eager-plus a
 slowed one, judged by ``compare``'s instruction verdict at its default 1 %
 threshold. Prints the verdict counts, the ratios and the wall time per trial.
 
-Usage: python scripts/instruction_gate_rates.py [--trials 11] [--res 28]
+Usage: python scripts/studies/instruction_gate_rates.py [--trials 11] [--res 28]
 """
 
 from __future__ import annotations
