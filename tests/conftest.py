@@ -1,20 +1,10 @@
-"""Shared fixtures and helpers: small, fast settings for CLI runs, files written for a test."""
+"""The suite's fixtures; the helpers tests import are in ``tests/helpers.py``."""
 
 import gc
 import os
-import textwrap
 
 import pytest
 import torch
-
-FAST = ["--max-time", "0.05", "--min-samples", "3"]
-
-
-def write_file(directory, name: str, text: str):
-    """Write ``text`` (dedented) to ``directory/name`` and return the path."""
-    path = directory / name
-    path.write_text(textwrap.dedent(text))
-    return path
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -39,15 +29,6 @@ def _frozen_import_heap():
     gc.collect()
     with heap.frozen():
         yield
-
-
-def require_tool(problem: str | None) -> None:
-    """Fail under CI (``CI=true``) when a tool the test needs is missing; skip on a developer's machine."""
-    if problem is None:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI must install this: {problem}")
-    pytest.skip(problem)
 
 
 @pytest.fixture(autouse=True)

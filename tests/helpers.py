@@ -1,4 +1,5 @@
-"""Shared test helpers: a configuration for measuring single cases quickly, accuracy judged against float64 as
+"""Shared test helpers: fast CLI settings, files written for a test, tools CI must have, a configuration for
+measuring single cases quickly, accuracy judged against float64 as
 the sweep judges it, a plug-in that kills its process and the sweep that runs it through a remote executor,
 the checks of ceilings that remote executors' workers measure."""
 
@@ -14,6 +15,7 @@ import textwrap
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import torch
 
 from cmgm_bench.stats import StopRule
@@ -21,6 +23,23 @@ from cmgm_bench.config.run_config import RunConfig
 from cmgm_bench.measure.accuracy import reference_outputs, relative_error, tolerance_for
 
 ONE_SAMPLE = StopRule(min_samples=1, max_time_s=0.0, floor_samples=1)
+FAST = ["--max-time", "0.05", "--min-samples", "3"]  # small, fast settings for a CLI run
+
+
+def write_file(directory, name: str, text: str):
+    """Write ``text`` (dedented) to ``directory/name`` and return the path."""
+    path = directory / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def require_tool(problem: str | None) -> None:
+    """Fail under CI (``CI=true``) when a tool the test needs is missing; skip on a developer's machine."""
+    if problem is None:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI must install this: {problem}")
+    pytest.skip(problem)
 
 
 def measure_config(stop_rule: StopRule = ONE_SAMPLE, **changes) -> RunConfig:
@@ -91,7 +110,7 @@ def killer_sweep(tmp_path: Path, executor_options: list[str]) -> tuple:
     from typer.testing import CliRunner
 
     from cmgm_bench.cli import app
-    from tests.conftest import FAST
+    from tests.helpers import FAST
 
     attempts = tmp_path / "attempts.txt"
     killer = killer_impl_file(tmp_path, attempts)

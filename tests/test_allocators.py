@@ -15,7 +15,7 @@ from cmgm_bench.config.cases import Case
 from cmgm_bench.history.runs import case_key
 from cmgm_bench.measure import allocator
 from cmgm_bench.results.store import load_run
-from tests.conftest import FAST, require_tool, write_file
+from tests.helpers import FAST, require_tool, write_file
 
 runner = CliRunner()
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from cmgm_bench.cli import main
-from tests.conftest import FAST, write_file
+from tests.helpers import FAST, write_file
 
 PASSWORD = "S3cretPW"
 

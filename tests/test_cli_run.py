@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from cmgm_bench.cli import app
 from cmgm_bench.results.store import COLUMNS
-from tests.conftest import FAST
+from tests.helpers import FAST
 
 runner = CliRunner()
 

@@ -14,7 +14,7 @@ from cmgm_bench.stats import verdict
 from cmgm_bench.config.cases import KEY_COLUMNS
 from cmgm_bench.measure.contention import CONTENDED, CONTENDED_SHARE
 from cmgm_bench.results.store import load_run
-from tests.conftest import FAST, require_tool
+from tests.helpers import FAST, require_tool
 from tests.helpers import machine_share
 
 runner = CliRunner()

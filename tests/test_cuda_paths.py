@@ -17,7 +17,7 @@ from cmgm_bench.measure.case_runner import CaseRunner
 from cmgm_bench.results.store import to_row
 from tests.helpers import measure_config
 from cmgm_bench.stats import StopRule
-from tests.conftest import FAST, write_file
+from tests.helpers import FAST, write_file
 
 runner = CliRunner()
 

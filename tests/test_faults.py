@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from cmgm_bench.cli import app
 from cmgm_bench.execution import isolate
-from tests.conftest import FAST, require_tool, write_file
+from tests.helpers import FAST, require_tool, write_file
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parent.parent

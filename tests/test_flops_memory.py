@@ -17,7 +17,7 @@ from cmgm_bench.workload import flops
 from cmgm_bench.measure import allocator, memory
 from cmgm_bench.config.cases import Case
 from cmgm_bench.cli import app
-from tests.conftest import FAST
+from tests.helpers import FAST
 from cmgm_bench.measure.counters import MAC_FAMILIES, analytic_macs, count_all
 from cmgm_bench.workload.modes import autograd_context
 from cmgm_bench.measure.prepare import prepare_case
@@ -212,7 +212,7 @@ def test_estimate_within_documented_factor(mode):
 
 
 def test_run_fills_throughput_and_ceiling_columns(tmp_path):
-    from tests.conftest import FAST
+    from tests.helpers import FAST
     import pandas as pd
 
     out = tmp_path / "run"
@@ -302,7 +302,7 @@ def test_a_case_beating_the_ceiling_is_capped_at_100_in_a_real_run(tmp_path, mon
     import pandas as pd
 
     from cmgm_bench.measure import ceilings as ceilings_module
-    from tests.conftest import FAST
+    from tests.helpers import FAST
 
     monkeypatch.setattr(ceilings_module, "matmul_gflops", lambda device, dtype: (1e-3, 256))
     out = tmp_path / "run"
@@ -321,7 +321,7 @@ def test_memory_held_for_the_calls_is_resident_not_peak(tmp_path):
     what the implementation says it holds (Built.held_bytes) is recorded beside it."""
     import pandas as pd
 
-    from tests.conftest import FAST, write_file
+    from tests.helpers import FAST, write_file
 
     path = write_file(
         tmp_path,

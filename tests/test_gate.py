@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require_tool
+from tests.helpers import require_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "cmgm_bench/workload/model.py"

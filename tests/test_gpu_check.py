@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cmgm_bench.cli import app
-from tests.conftest import FAST
+from tests.helpers import FAST
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -26,7 +26,7 @@ from cmgm_bench.measure.contention import CONTENDED
 from cmgm_bench.history import changepoints
 from cmgm_bench.history.trend import judge
 from cmgm_bench.results.store import RunWriter, load_run
-from tests.conftest import FAST, require_tool
+from tests.helpers import FAST, require_tool
 
 runner = CliRunner()
 POSTGRES_ENV = "CMGM_TEST_POSTGRES_URL"

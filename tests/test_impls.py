@@ -14,7 +14,7 @@ from cmgm_bench.cli import app
 from cmgm_bench.measure.case_runner import CaseRunner
 from cmgm_bench.results.store import to_row
 from tests.helpers import measure_config
-from tests.conftest import FAST, require_tool, write_file
+from tests.helpers import FAST, require_tool, write_file
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = measure_config(measure_memory=False)
@@ -160,9 +160,9 @@ def test_bad_implementation_file_exits_2_naming_the_file(tmp_path, text, message
     assert not (tmp_path / "run").exists()
 
 
-def test_readme_example_is_the_example_file_and_runs(tmp_path):
+def test_the_documented_example_is_the_example_file_and_runs(tmp_path):
     example = (ROOT / "examples" / "my_impl.py").read_text()
-    assert example.strip() in (ROOT / "README.md").read_text()
+    assert example.strip() in (ROOT / "docs" / "implementations.md").read_text()
     out = tmp_path / "run"
     args = ["run", "--impl-file", "examples/my_impl.py", "--impl", "scaled-q", "--res", "11", "--mode", "fwd,feature", "--out",
             str(out), *FAST]

@@ -20,7 +20,7 @@ from cmgm_bench.measure import ceilings
 from cmgm_bench.execution.sweep import check_one_machine_model
 from cmgm_bench.measure.measurement import Measurement, Status
 from cmgm_bench.results.store import RunWriter, load_run
-from tests.conftest import FAST, require_tool
+from tests.helpers import FAST, require_tool
 from tests.helpers import assert_ceilings_from_the_workers, assert_retried_once_then_an_error, killer_sweep, not_in_the_driver
 
 try:

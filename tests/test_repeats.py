@@ -16,7 +16,7 @@ from cmgm_bench.cli import app
 from cmgm_bench.measure.contention import CONTENDED
 from cmgm_bench.results.store import RunWriter, load_run, read_journal
 from cmgm_bench.stats import replicate_ratio_interval
-from tests.conftest import FAST
+from tests.helpers import FAST
 
 runner = CliRunner()
 SWEEP = ["--impl", "eager,sdpa", "--res", "4", "--threads", "1", "--no-report", *FAST]

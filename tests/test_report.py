@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from cmgm_bench.cli import app
 from cmgm_bench.views.report import fit_exponent
-from tests.conftest import FAST
+from tests.helpers import FAST
 
 runner = CliRunner()
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -15,7 +15,7 @@ from cmgm_bench import registry
 from cmgm_bench.analysis.compare import compare_runs
 from cmgm_bench.cli import app
 from cmgm_bench.results.store import RunWriter, load_run, read_journal
-from tests.conftest import FAST, require_tool
+from tests.helpers import FAST, require_tool
 
 runner = CliRunner()
 SHAPE = ["--res", "28", "--threads", "1", *FAST, "--no-report"]

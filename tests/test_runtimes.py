@@ -24,7 +24,7 @@ from cmgm_bench.measure.case_runner import CaseRunner
 from cmgm_bench.results.store import to_row
 from impls import export_cache
 from impls.ov import core
-from tests.conftest import FAST, require_tool
+from tests.helpers import FAST, require_tool
 from tests.helpers import assert_module_outputs_near_float64
 from tests.test_impls import QUICK
 

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from cmgm_bench.cli import app
 from cmgm_bench.measure import ceilings
 from cmgm_bench.results.store import load_run
-from tests.conftest import FAST, require_tool
+from tests.helpers import FAST, require_tool
 from tests.helpers import assert_ceilings_from_the_workers, assert_retried_once_then_an_error, killer_sweep, not_in_the_driver
 
 try:

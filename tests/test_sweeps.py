@@ -15,7 +15,7 @@ from cmgm_bench.cli import app
 from cmgm_bench.config.cases import KEY_COLUMNS
 from cmgm_bench.config.run_config import RunConfig
 from cmgm_bench.results.store import load_run, read_journal
-from tests.conftest import FAST, write_file
+from tests.helpers import FAST, write_file
 
 runner = CliRunner()
 KEY = list(KEY_COLUMNS)
