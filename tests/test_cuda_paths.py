@@ -216,8 +216,9 @@ def test_the_cold_cache_flush_evicts_what_a_warm_call_finds_in_l2():
 
 def test_every_timing_command_sets_the_process_up_the_same_way(tmp_path, monkeypatch):
     """run, ab and profile (and --isolate children, through run) share one set-up: threads, TF32, allocator."""
-    from cmgm_bench import api, cli
+    from cmgm_bench import api
     from cmgm_bench.execution import sweep
+    from cmgm_bench.machine import process_setup
 
     calls = []
     real = sweep.prepare_process
@@ -226,7 +227,7 @@ def test_every_timing_command_sets_the_process_up_the_same_way(tmp_path, monkeyp
         calls.append((threads, tf32, cudnn_benchmark))
         return real(threads, tf32, cudnn_benchmark)
 
-    for module in (sweep, api, cli):
+    for module in (sweep, api, process_setup):  # process_setup: where the commands import it from when they run
         monkeypatch.setattr(module, "prepare_process", recording)
     assert runner.invoke(app, ["run", "--impl", "eager", "--res", "4", "--threads", "1", "--out", str(tmp_path / "run"), *FAST,
                                "--no-report"]).exit_code == 0
