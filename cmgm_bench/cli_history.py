@@ -67,11 +67,11 @@ def add_command(
     if commit and len(run_dirs) > 1:
         raise UsageError("--commit names the commit of one run; give one run directory")
     runs = [load_run(path) for path in run_dirs]  # every directory read before anything is stored
-    engine = database.open_database(db)
-    for path, run in zip(run_dirs, runs):
-        added = add_run(engine, run, commit=commit, branch=branch)
-        what = {"stored": "stored as", "updated": "more cases since; updated", "unchanged": "already stored as"}[added.outcome]
-        typer.echo(f"{path}: {what} run {added.run_id} ({added.cases} cases)")
+    with database.opened(db) as engine:
+        for path, run in zip(run_dirs, runs):
+            added = add_run(engine, run, commit=commit, branch=branch)
+            what = {"stored": "stored as", "updated": "more cases since; updated", "unchanged": "already stored as"}[added.outcome]
+            typer.echo(f"{path}: {what} run {added.run_id} ({added.cases} cases)")
 
 
 @history_app.command("show")
@@ -94,8 +94,8 @@ def show_command(
 
     metric_spec(metric)  # an unknown metric fails before the database is opened
     filters = _filters(impl, mode, res, machine)
-    engine = database.open_database(db, create=False)
-    points = mark_changes(read_points(engine, metric, branch=branch, **filters))
+    with database.opened(db, create=False) as engine:
+        points = mark_changes(read_points(engine, metric, branch=branch, **filters))
     frame = points[["case_key", "machine", "commit", "branch", "started_at", "torch_version", "status", "value", "iqr", "change"]]
     frame = frame.rename(columns={"case_key": "case", "value": metric})
     emit(frame, output_format, lambda: series_table(frame, metric))
@@ -131,8 +131,8 @@ def check_command(
     if threshold is not None and not (math.isfinite(threshold) and threshold > 0):
         raise UsageError(f"--threshold: {threshold} must be a positive number")
     run = load_run(run_dir)
-    engine = database.open_database(db, create=False)
-    verdicts = check_run(engine, run, metric=metric, window=window, threshold=threshold, confidence=confidence, branch=branch)
+    with database.opened(db, create=False) as engine:
+        verdicts = check_run(engine, run, metric=metric, window=window, threshold=threshold, confidence=confidence, branch=branch)
     if verdicts.empty:
         raise UsageError(f"{run_dir}: no case with a {metric} value to judge")
     output_format = OutputFormat(output_format)
@@ -164,8 +164,8 @@ def html_command(
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"{out_dir} is a file; give a folder for index.html")
     filters = _filters(impl, mode, res, machine)
-    engine = database.open_database(db, create=False)
-    points = {metric: read_points(engine, metric, branch=branch, **filters) for metric in METRICS}
+    with database.opened(db, create=False) as engine:
+        points = {metric: read_points(engine, metric, branch=branch, **filters) for metric in METRICS}
     if all(frame.empty for frame in points.values()):
         raise UsageError("no stored case matches the filters")
     path = write_dashboard({m: f for m, f in points.items() if not f.empty}, out_dir)

@@ -315,3 +315,17 @@ def test_dashboard_page_in_a_headless_browser(real_runs, tmp_path):
         browser.close()
     assert errors == []
     assert (tmp_path / "dashboard.png").stat().st_size > 10_000
+
+
+def test_a_history_command_leaves_no_connection_to_the_database_open(real_runs, tmp_path):
+    """Each command closes its connections when it ends: a pooled SQLite connection left behind keeps the file open
+    (a read-only remount of its filesystem fails as busy, another writer may wait on it)."""
+    db = tmp_path / "h.sqlite"
+
+    def open_files() -> set[str]:
+        return {os.path.realpath(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")}
+
+    for args in (["add", str(real_runs[0])], ["show"], ["check", str(real_runs[1])], ["html", str(tmp_path / "page")]):
+        result = history(*args, "--db", str(db))
+        assert result.exit_code == 0, result.output
+        assert str(db.resolve()) not in open_files(), args

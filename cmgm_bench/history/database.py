@@ -13,9 +13,11 @@ created.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from pathlib import Path
+from typing import Iterator
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -131,6 +133,17 @@ def open_database(db: str | None = None, create: bool = True) -> Engine:
         engine.dispose()
         raise
     return engine
+
+
+@contextlib.contextmanager
+def opened(db: str | None = None, create: bool = True) -> Iterator[Engine]:
+    """:func:`open_database` for one command: its connections are closed when the block ends, so the file is not
+    held open (a SQLite file stays locked, or its filesystem busy, while a pooled connection lives)."""
+    engine = open_database(db, create)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
 
 
 def _check_or_create_schema(connection, url: str, create: bool) -> None:
