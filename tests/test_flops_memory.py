@@ -281,7 +281,7 @@ def test_cases_of_two_machine_models_are_accounted_against_their_own_ceilings(tm
 
     def case_on(model, impl):  # 50 GFLOP/s: 1 ms samples, 5e7 FLOPs
         return Measurement(Case(impl, "cpu", "float32", "fwd", 1, 4, 4, 2, 8), Status.OK, samples_s=[1e-3, 1e-3, 1e-3], flops=50_000_000,
-                           notes={"host": {"hostname": model, "cpu_model": model, "gpu_name": None}})
+                           host={"hostname": model, "cpu_model": model, "gpu_name": None})
 
     cases = [case_on(model, impl) for model in ("CPU A", "CPU B") for impl in ("eager", "sdpa")]
     accounted = [ceilings_module.account(ceilings_module.of_machine(meta, "cpu", m.machine), m) for m in cases]

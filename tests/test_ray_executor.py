@@ -52,8 +52,8 @@ def test_a_sweep_through_ray_gives_the_local_executors_cases_and_columns(tmp_pat
     assert (b.samples >= 3).all() and (b.latency_ms > 0).all() and (b.out_rel_err < 1e-5).all()
     assert len((remote / "cases.jsonl").read_text().splitlines()) == 4
     measured = load_run(remote).measurements
-    assert all(m.notes["executor"] == "ray" and m.notes["host"]["hostname"] for m in measured)
-    assert all(m.notes["host"]["cpu_model"] == m.machine for m in measured)
+    assert all(m.notes["executor"] == "ray" and m.host["hostname"] for m in measured)
+    assert all(m.host["cpu_model"] == m.machine for m in measured)
     assert_ceilings_from_the_workers(remote, measured)
 
 
@@ -98,7 +98,7 @@ def test_no_ray_is_a_one_line_error_with_the_install_hint(tmp_path, monkeypatch)
 def _on(model: str, impl: str) -> Measurement:
     case = Case(impl, "cpu", "float32", "fwd", 1, 4, 4, 8, 64)
     return Measurement(case, Status.OK, samples_s=[0.002, 0.001, 0.003], flops=1_000_000,
-                       notes={"host": {"hostname": model.lower().replace(" ", "-"), "cpu_model": model, "gpu_name": None}})
+                       host={"hostname": model.lower().replace(" ", "-"), "cpu_model": model, "gpu_name": None})
 
 
 def test_cases_from_two_machine_models_are_refused_unless_allowed_then_grouped(tmp_path):

@@ -44,7 +44,7 @@ def test_a_sweep_as_jobs_gives_the_local_executors_cases_and_columns(tmp_path, m
     assert (b.samples >= 3).all() and (b.latency_ms > 0).all() and (b.out_rel_err < 1e-5).all()
     assert len((jobs / "cases.jsonl").read_text().splitlines()) == 2
     measured = load_run(jobs).measurements
-    assert all(m.notes["executor"] == "slurm" and m.notes["host"]["hostname"] for m in measured)
+    assert all(m.notes["executor"] == "slurm" and m.host["hostname"] for m in measured)
     assert list((jobs / "slurm").iterdir())  # submitit's pickles and logs, inside the run directory
     assert_ceilings_from_the_workers(jobs, measured)
     assert sum("ceilings_s" in m.notes for m in measured) == 1  # the host's first job measured, the next one read them

@@ -14,7 +14,7 @@ A worker that dies during a case (killed, node lost) gets one retry; then the
 case is an ``error`` naming the lost worker. A case still running ``--timeout``
 plus :data:`STARTUP_ALLOWANCE_S` after it was submitted is cancelled and
 recorded as ``timeout``. Each case records the host, CPU model and GPU it ran on
-(``notes["host"]``, the ``machine`` column), as with the local executor, and
+(``Measurement.host``, the ``machine`` column), as with the local executor, and
 is accounted against the ceilings its worker measured on that machine.
 """
 

@@ -98,9 +98,9 @@ def measure_case(case_fields: dict, settings: dict, dtypes: list[str], slots: in
         if lock is not None:
             os.sched_setaffinity(0, affinity)
             lock.close()
-    notes = {**measurement.notes, "executor": executor, "host": host, "ceilings": measured}
+    notes = {**measurement.notes, "executor": executor, "ceilings": measured}
     if seconds is not None:
         notes["ceilings_s"] = seconds
     if cores is not None:
         notes["cpu_set"] = cores
-    return to_record(measurement.with_(notes=notes))
+    return to_record(measurement.with_(host=host, notes=notes))

@@ -160,13 +160,13 @@ def local_measurements(plan: Plan, runners: dict, on_case_start) -> Iterator[tup
         runner = runners[case.device]
         own_process = plan.config.isolate or case.allocator != allocator.current() or case.device in unusable
         measurement = run_isolated(case, runner, torch.get_num_threads()) if own_process else runner.run(case)
-        notes = {**measurement.notes, "host": env.host_description(case.device)}
+        notes = dict(measurement.notes)
         if not own_process and not measurement.timed and not failures.device_usable(case.device):
             unusable.add(case.device)
             notes["device_context"] = "unusable after this case; later cases ran each in a fresh process"
             print(f"warning: the {case.device} context failed with {case.impl} {case.mode} {case.shape_label} "
                   f"({measurement.error}); the remaining cases run each in a fresh process", file=sys.stderr)
-        yield case, measurement.with_(notes=notes)
+        yield case, measurement.with_(host=env.host_description(case.device), notes=notes)
 
 
 def run_cases(plan: Plan, writer: RunWriter, runners: dict, on_case_start, on_case_done,

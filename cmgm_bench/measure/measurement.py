@@ -59,7 +59,7 @@ class AccuracyErrors:
 
 
 def machine_model(host: dict) -> str:
-    """The model of the machine a host description (``notes["host"]``) names: ``CPU model`` or ``CPU model / GPU``."""
+    """The model of the machine a host description (``Measurement.host``) names: ``CPU model`` or ``CPU model / GPU``."""
     return host["cpu_model"] + (f" / {host['gpu_name']}" if host.get("gpu_name") else "")
 
 
@@ -97,7 +97,8 @@ class Measurement:
     out_dtype: str | None = None
     variant: str | None = None
     source: str | None = None
-    notes: Mapping[str, Any] = field(default_factory=dict)
+    host: Mapping[str, Any] | None = None  # where the case ran: hostname, cpu_model, gpu_name (machine.env)
+    notes: Mapping[str, Any] = field(default_factory=dict)  # the implementation's and the phases' free-form record
     traceback: str | None = None
 
     def __post_init__(self):
@@ -127,8 +128,7 @@ class Measurement:
     @property
     def machine(self) -> str | None:
         """The model of the machine the case ran on, where an executor recorded it (``CPU model / GPU``)."""
-        host = self.notes.get("host")
-        return machine_model(host) if host else None
+        return machine_model(self.host) if self.host else None
 
     @property
     def contended(self) -> bool:

@@ -71,7 +71,7 @@ REQUIRED_COLUMNS = (*(column for column in KEY_COLUMNS if column != "allocator")
 META_FILE = "run.json"
 _ERROR_FIELDS = tuple(f.name for f in dataclasses.fields(AccuracyErrors))
 _PLAIN_FIELDS = tuple(
-    f.name for f in dataclasses.fields(Measurement) if f.name not in ("case", "status", "samples_s", "errors", "notes", "traceback")
+    f.name for f in dataclasses.fields(Measurement) if f.name not in ("case", "status", "samples_s", "errors", "host", "notes", "traceback")
 )
 
 
@@ -92,7 +92,8 @@ def to_row(m: Measurement) -> dict:
 
 def to_record(m: Measurement) -> dict:
     """The JSON form of a measurement (a journal line, an entry of ``results.json``'s ``cases``)."""
-    return _json_safe({"row": to_row(m), "samples_s": list(m.samples_s), "traceback": m.traceback, "notes": dict(m.notes)})
+    return _json_safe({"row": to_row(m), "samples_s": list(m.samples_s), "traceback": m.traceback, "host": m.host,
+                       "notes": dict(m.notes)})
 
 
 def from_record(record: dict, where: Path | str = "") -> Measurement:
@@ -113,12 +114,15 @@ def _measurement(record: dict, row: dict) -> Measurement:
     if row.get("out_rel_err") is not None:
         errors = AccuracyErrors(**{name: row.get(name) for name in _ERROR_FIELDS})
     samples = tuple(float(sample) for sample in record.get("samples_s") or ())
+    notes = dict(record.get("notes") or {})
+    host = record.get("host") or notes.pop("host", None)  # records written before the field kept it in the notes
     return Measurement(
         case=Case.from_dict(row),
         status=row["status"],
         samples_s=samples,
         errors=errors,
-        notes=record.get("notes") or {},
+        host=host,
+        notes=notes,
         traceback=record.get("traceback"),
         **{name: row.get(name) for name in _PLAIN_FIELDS},
     )

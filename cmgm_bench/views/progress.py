@@ -48,7 +48,7 @@ class SweepProgress:
         if case in self.running:
             self.running.remove(case)
         self.failed += measurement.status in FAILED
-        host = measurement.notes.get("host", {}).get("hostname")
+        host = (measurement.host or {}).get("hostname")
         self.last = f"{case.impl} {case.mode} {case.shape_label} {measurement.status}" + (f" on {host}" if host else "")
         self.progress.advance(self.task)
         self._show()
