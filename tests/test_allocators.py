@@ -18,6 +18,7 @@ from cmgm_bench.results.store import load_run
 from tests.helpers import FAST, require_tool, write_file
 
 runner = CliRunner()
+pytestmark = pytest.mark.slow  # each test reads runs made in processes of their own
 
 ENV_PROBE = """
 import json, os

@@ -211,6 +211,7 @@ def test_racing_until_decided_stops_early_on_twice_the_work(tmp_path):
         assert int(row["pairs"]) in (80, 160, 320, 640)
 
 
+@pytest.mark.slow
 def test_instruction_counts_repeat_and_flag_more_work(tmp_path):
     """A plug-in whose extra work is ~1.5 % of a call's instructions is flagged; the same case counted
     in another valgrind process is judged the same (the three cases are split over two processes)."""

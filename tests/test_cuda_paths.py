@@ -442,6 +442,7 @@ def test_allocation_failures_of_every_gpu_library_are_oom():
         assert is_out_of_memory(during_capture_exit)
 
 
+@pytest.mark.slow
 def test_after_a_device_context_fails_the_sweep_runs_the_rest_in_fresh_processes(tmp_path, capsys, monkeypatch):
     """A case fails as a sticky CUDA error does and the device's probe then says its context no longer runs work
     (the probe answers as it does after such an error: it cannot be provoked without a GPU): the sweep says so

@@ -72,6 +72,7 @@ def child_folders(parent_pid: int) -> list[Path]:
     return list(Path(tempfile.gettempdir()).glob(f"{isolate.FOLDER_PREFIX}{parent_pid}-*"))
 
 
+@pytest.mark.slow
 def test_sigterm_of_an_isolated_run_stops_the_hung_child_saves_and_removes_its_folder(tmp_path):
     parent, pids, out = hung_run(tmp_path)
     child = int(pids.read_text().split()[0])
@@ -83,6 +84,7 @@ def test_sigterm_of_an_isolated_run_stops_the_hung_child_saves_and_removes_its_f
     assert finished == [4] and (out / "results.csv").exists()  # the finished case saved, the summaries written
 
 
+@pytest.mark.slow
 def test_a_killed_parent_takes_its_child_along_and_the_next_run_removes_its_folder(tmp_path):
     parent, pids, _ = hung_run(tmp_path)
     child, recorded_parent = (int(value) for value in pids.read_text().split())
@@ -95,6 +97,7 @@ def test_a_killed_parent_takes_its_child_along_and_the_next_run_removes_its_fold
     assert not child_folders(parent.pid)
 
 
+@pytest.mark.slow
 def test_an_isolated_child_enforces_its_own_limit(tmp_path):
     """The child alone (no parent watching its clock): hung in native code, it still ends at its limit."""
     pids = tmp_path / "pids.txt"

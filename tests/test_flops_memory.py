@@ -103,6 +103,7 @@ for index in range(3):
 """
 
 
+@pytest.mark.slow
 @needs_proc_and_glibc
 def test_peak_of_a_case_repeats_across_runs_within_one_percent(tmp_path):
     """Three identical runs in one process (as a script using the API would do; its heap fragmented by the runs

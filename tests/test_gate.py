@@ -31,6 +31,7 @@ def gate(repo: Path, *args: str) -> subprocess.CompletedProcess:
                           timeout=600, env={**os.environ, "PYTHONSAFEPATH": "1"})
 
 
+@pytest.mark.slow
 def test_gate_flags_a_change_that_adds_work_to_the_model(clone, tmp_path):
     require_tool(None if shutil.which("valgrind") else "valgrind is not installed (.ci/run installs it)")
     model = clone / MODEL

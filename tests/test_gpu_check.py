@@ -54,6 +54,7 @@ def test_the_dry_run_runs_every_step_and_passes_its_sanity_checks(tmp_path):
     assert (out / "sweep-28x28.log").read_text().startswith("$ ")
 
 
+@pytest.mark.slow
 def test_a_spent_budget_skips_every_step_and_fails_with_the_evidence_written(tmp_path):
     out = tmp_path / "check"
     done = run_script("--out", str(out), budget="16")  # 15 s are kept for the sanity checks: under 5 s per step left

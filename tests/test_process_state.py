@@ -32,6 +32,7 @@ def picked_isa(**env_changes) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.uname().machine not in ("x86_64", "AMD64"), reason="Inductor's vector probes are x86 here")
 def test_trusting_the_cpu_flags_picks_the_instruction_set_the_compile_probe_picks():
     trusted = picked_isa()

@@ -38,6 +38,7 @@ def _needs_ray():
     require_tool(None if ray is not None else "Ray is not installed (.ci/run installs the [ray] extra)")
 
 
+@pytest.mark.slow
 def test_a_sweep_through_ray_gives_the_local_executors_cases_and_columns(tmp_path, monkeypatch):
     local, remote = tmp_path / "local", tmp_path / "ray"
     assert runner.invoke(app, ["run", *SWEEP, "--out", str(local)]).exit_code == 0
@@ -58,11 +59,13 @@ def test_a_sweep_through_ray_gives_the_local_executors_cases_and_columns(tmp_pat
 
 
 
+@pytest.mark.slow
 def test_a_worker_killed_during_a_case_is_retried_once_then_an_error(tmp_path):
     result, frame, pids = killer_sweep(tmp_path, ["--executor", "ray"])
     assert_retried_once_then_an_error(result, frame, pids, "lost the Ray worker")  # the first try and one more, each a fresh process
 
 
+@pytest.mark.slow
 def test_the_driver_killed_mid_sweep_resumes_only_the_missing_cases(tmp_path):
     out = tmp_path / "run"
     command = [sys.executable, "-m", "cmgm_bench", "run", "--executor", "ray", "--impl", "eager", "--res", "4,5,6,7,8,9",

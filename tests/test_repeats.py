@@ -99,6 +99,7 @@ def test_compare_judges_replicated_runs_over_their_replicates(repeated, tmp_path
     assert {c.verdict for c in compare_runs(load_run(repeated), load_run(repeated)).cases} <= {"same", "inconclusive", CONTENDED}
 
 
+@pytest.mark.slow
 def test_compare_says_when_replicates_shared_a_process(repeated, tmp_path):
     """In-process replicates miss what differs between processes (docs/performance.md#page-faults): compare says so
     and points to --isolate; with every replicate in a child process of its own it has nothing to warn about."""

@@ -18,6 +18,7 @@ from cmgm_bench.results.store import RunWriter, load_run, read_journal
 from tests.helpers import FAST, require_tool
 
 runner = CliRunner()
+pytestmark = pytest.mark.slow  # each test reads runs made in processes of their own
 SHAPE = ["--res", "28", "--threads", "1", *FAST, "--no-report"]
 
 

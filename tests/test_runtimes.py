@@ -28,7 +28,7 @@ from tests.helpers import FAST, require_tool
 from tests.helpers import assert_module_outputs_near_float64
 from tests.test_impls import QUICK
 
-EXPORTED = ("onnxruntime", "openvino", "aot-inductor")
+EXPORTED = ("onnxruntime", "openvino", pytest.param("aot-inductor", marks=pytest.mark.slow))  # AOTInductor: ~14 s a build
 
 
 @pytest.fixture(params=EXPORTED)

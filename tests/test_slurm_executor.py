@@ -29,6 +29,7 @@ def _needs_submitit():
     require_tool(None if submitit is not None else "submitit is not installed (.ci/run installs the [slurm] extra)")
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("_needs_submitit")
 def test_a_sweep_as_jobs_gives_the_local_executors_cases_and_columns(tmp_path, monkeypatch):
     local, jobs = tmp_path / "local", tmp_path / "jobs"
@@ -51,6 +52,7 @@ def test_a_sweep_as_jobs_gives_the_local_executors_cases_and_columns(tmp_path, m
     assert len(list((jobs / "slurm").glob("ceilings-*.json"))) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("_needs_submitit")
 def test_a_job_that_dies_is_submitted_once_more_then_an_error(tmp_path):
     result, frame, pids = killer_sweep(tmp_path, LOCAL_SLURM)

@@ -103,6 +103,7 @@ def build(module, case):
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("isolate", [False, True])
 def test_timeout_per_case(tmp_path, isolate):
     path = impl_file(tmp_path, "sleepy", SLEEPY)
@@ -161,6 +162,7 @@ def test_a_failed_clean_up_is_noted_and_the_case_kept(monkeypatch):
     assert measured.status.value == "ok" and measured.notes["cleanup_error"].startswith("AttributeError: module")
 
 
+@pytest.mark.slow
 def test_a_crashing_child_under_isolate_is_recorded_and_the_sweep_goes_on(tmp_path):
     path = impl_file(
         tmp_path,
@@ -212,6 +214,7 @@ def wait_for_cases(run_dir: Path, count: int, proc, limit_s: float = 120):
 SWEEP = ["--impl", "eager,sdpa", "--res", "4,5,6,7", "--batch", "1,2", "--max-time", "0.3", "--min-samples", "3", "--no-report"]
 
 
+@pytest.mark.slow
 def test_kill_9_loses_nothing_and_resume_completes(tmp_path):
     out = tmp_path / "run"
     proc = cli_process([*SWEEP, "--out", str(out)])
@@ -255,6 +258,7 @@ def build(module, case):
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("swallowed", [False, True])
 def test_ctrl_c_keeps_finished_cases_and_exits_130(tmp_path, swallowed):
     """SIGINT at a known point of a known case (no race with the sweep's progress): the finished cases are kept,
@@ -271,6 +275,7 @@ def test_ctrl_c_keeps_finished_cases_and_exits_130(tmp_path, swallowed):
     assert (frame.status == "ok").all() and len(load_run(out).measurements) == len(frame)
 
 
+@pytest.mark.slow
 def test_shards_merge_to_the_unsharded_sweep(tmp_path):
     sweep = ["--impl", "eager,sdpa", "--res", "4,6,9", "--mode", "fwd,feature", *FAST, "--no-report"]
     dirs = []
