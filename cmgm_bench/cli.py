@@ -169,6 +169,8 @@ def run_command(
         plan = plan_resume(resume, given)
     else:
         plan = make_plan(RunConfig.from_settings(settings.combine(preset, config, given)), out)
+    if plan.narrowed:
+        typer.echo(plan.narrowed, err=True)
     result = execute_with_progress(plan)
     frame = result.frame()
     out_console = terminal.console()

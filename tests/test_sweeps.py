@@ -405,3 +405,22 @@ def test_a_run_stops_before_mixing_machine_models_and_resumes_with_the_flag(tmp_
     resumed = run(["--resume", str(out), "--allow-mixed-hosts"])
     assert resumed.exit_code == 0, resumed.output
     assert sorted(pd.read_csv(out / "results.csv").machine) == ["CPU A", "CPU C"]
+
+
+def test_the_default_sweep_measures_emulated_dtypes_at_its_smallest_grid_only(monkeypatch, tmp_path):
+    """Libraries kept below AVX-512 emulate bfloat16 (and no CPU here has AMX-FP16): the default sweep measures the
+    implementations that compute in those dtypes at 11x11 alone and says why; naming them, or any other grids,
+    measures every grid."""
+    from cmgm_bench.execution.sweep import make_plan
+
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    default = make_plan(RunConfig.build(), tmp_path / "a")
+    assert "emulates bfloat16 and float16" in default.narrowed and "amp-bf16" in default.narrowed
+    grids = {(case.impl, case.height) for case in default.cases}
+    assert {height for impl, height in grids if impl == "amp-bf16"} == {11}
+    assert {height for impl, height in grids if impl == "eager"} == {11, 28, 48}
+    for explicit in (RunConfig.build(impl="amp-bf16,eager"), RunConfig.build(res="11,48")):
+        plan = make_plan(explicit, tmp_path / "b")
+        assert plan.narrowed is None and len(plan.cases) == len(explicit.cases())
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY")
+    assert all(case.height == 11 for case in make_plan(RunConfig.build(), tmp_path / "c").cases if case.dtype == "float16")

@@ -23,7 +23,7 @@ from cmgm_bench.config.run_config import RunConfig
 from cmgm_bench.errors import UsageError
 from cmgm_bench.execution import interrupts
 from cmgm_bench.execution.isolate import run_isolated
-from cmgm_bench.machine import env
+from cmgm_bench.machine import cpu_features, env
 from cmgm_bench.measure import ceilings
 from cmgm_bench.machine.process_setup import prepare_process
 from cmgm_bench.measure import allocator, failures, heap, instructions
@@ -45,6 +45,7 @@ class Plan:
     cases: list[Case]
     out_dir: Path
     done: list[Measurement] = field(default_factory=list)  # of a resumed run
+    narrowed: str | None = None  # why some implementations run at the smallest grid only (default_sweep_cases)
 
     @property
     def todo(self) -> list[Case]:
@@ -77,7 +78,26 @@ def make_plan(config: RunConfig, out_dir: Path | None) -> Plan:
         raise UsageError(f"--out {out_dir} is a file; give a folder for the run")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise UsageError(f"--out {out_dir} exists and is not empty")
-    return Plan(config, config.cases(), out_dir)
+    cases, narrowed = default_sweep_cases(config)
+    return Plan(config, cases, out_dir, narrowed=narrowed)
+
+
+def default_sweep_cases(config: RunConfig) -> tuple[list[Case], str | None]:
+    """The configuration's cases, and why some were left out. On a CPU that emulates an implementation's compute
+    dtype (a bfloat16 or float16 call then takes several times float32's), the default sweep (no --impl, the
+    default grids) measures that implementation at its smallest grid only: its larger grids would add seconds a
+    call of emulation to the first command a user runs. Any explicit sweep measures every grid."""
+    cases, raw = config.cases(), config.settings
+    if config.device != "cpu" or raw.get("impl") or raw.get("res") != settings_module.DEFAULTS["res"]:
+        return cases, None
+    emulated = cpu_features.emulated_dtypes()
+    narrowed = sorted({case.impl for case in cases if case.dtype in emulated})
+    if not narrowed:
+        return cases, None
+    smallest = min(config.sweep.resolutions, key=lambda grid: grid[0] * grid[1])
+    kept = [case for case in cases if case.impl not in narrowed or (case.height, case.width) == smallest]
+    return kept, (f"this CPU emulates {' and '.join(emulated)}: the default sweep measures {', '.join(narrowed)} at its "
+                  f"smallest grid only (name them with --impl to measure every grid)")
 
 
 def plan_resume(run_dir: Path, given: dict) -> Plan:
@@ -87,7 +107,8 @@ def plan_resume(run_dir: Path, given: dict) -> Plan:
         raise UsageError(f"--resume {run_dir}: the run has no stored settings")
     config = RunConfig.from_settings(settings_module.resumed(run.meta["settings"], given, run_dir))
     check_executor(config)
-    plan = Plan(config, config.cases(), Path(run_dir))
+    cases, narrowed = default_sweep_cases(config)
+    plan = Plan(config, cases, Path(run_dir), narrowed=narrowed)
     stored = run.meta.get("environment", {})
     here = env.collect(config.device)
     for key in env.MACHINE_KEYS:
@@ -123,7 +144,7 @@ def run_plan(
             "environment": env.collect(devices[0], argv),
             "settings": dict(config.settings),
             "sweep": {k: list(v) for k, v in dataclasses.asdict(config.sweep).items()},
-            "options": config.summary(),
+            "options": {**config.summary(), **({"narrowed": plan.narrowed} if plan.narrowed else {})},
             "baseline": registry.baseline_name(),
             "ceilings": {} if remote else {
                 device: ceilings.measure(device, run_dtypes(plan, device), machine_model(env.host_description(device)))

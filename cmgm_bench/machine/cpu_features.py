@@ -23,6 +23,7 @@ INSTRUCTION_SETS = {
     "avx512f": ("avx512f",),
     "avx512_bf16": ("avx512_bf16",),
     "amx_bf16": ("amx_bf16", "amx_tile"),
+    "amx_fp16": ("amx_fp16", "amx_tile"),
 }
 
 
@@ -72,6 +73,14 @@ def native_bfloat16() -> bool:
     """Whether bfloat16 arithmetic runs natively (AVX512-BF16 or AMX-BF16) rather than emulated: the CPU has it
     and the libraries are not kept below AVX-512 (:func:`library_isa_cap`)."""
     return (has("avx512_bf16") or has("amx_bf16")) and library_isa_cap() is None
+
+
+def emulated_dtypes() -> tuple[str, ...]:
+    """The reduced-precision dtypes whose matmuls this CPU emulates below its float32 rate: bfloat16 without
+    AVX512-BF16 or AMX-BF16 (:func:`native_bfloat16`), float16 without AMX-FP16 (AVX512-FP16 alone does not make
+    PyTorch's float16 matmul faster than float32's: measured equal on a CPU with it)."""
+    native = {"bfloat16": native_bfloat16(), "float16": has("amx_fp16") and library_isa_cap() is None}
+    return tuple(dtype for dtype, fast in native.items() if not fast)
 
 
 @functools.lru_cache(maxsize=1)
