@@ -168,7 +168,7 @@ def summary_markdown(result: GateResult, head: str) -> str:
     lines += [f"Implementations: {markdown.text(', '.join(result.impls))}", ""]
     if result.instructions is not None:
         flag = " (regression)" if result.instructions_regressed else ""
-        lines += [compare_output.to_markdown(result.instructions).replace("### cmgm-bench compare", "### Instruction counts" + flag, 1), ""]
+        lines += [compare_output.to_markdown(result.instructions, heading="### Instruction counts" + flag), ""]
     flag = " (regression)" if result.race_regressed else ""
     lines += [f"### Paired race, base file against head file in one process{flag}", ""]
     rows = [[r.cand.impl.removeprefix(HEAD_PREFIX), r.cand.label.split(" ", 1)[1], f"{r.base_ms:.3f}", f"{r.cand_ms:.3f}",

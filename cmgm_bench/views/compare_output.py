@@ -99,11 +99,12 @@ def summary_lines(comparison: Comparison) -> list[str]:
     return lines
 
 
-def to_markdown(comparison: Comparison) -> str:
+def to_markdown(comparison: Comparison, heading: str = "### cmgm-bench compare") -> str:
+    """The comparison as Markdown under ``heading`` (followed by the metric and threshold)."""
     align = ["l", "r", "r", "r", "r", "l", "l"]
     body = markdown.table(headers(comparison), _rows(comparison), align)
     summary = "\n".join(f"- {markdown.text(line)}" for line in summary_lines(comparison))
-    title = f"### cmgm-bench compare ({comparison.metric}, threshold {comparison.threshold:.1%})"
+    title = f"{heading} ({comparison.metric}, threshold {comparison.threshold:.1%})"
     return f"{title}\n\n{body}\n\n{summary}\n"
 
 
