@@ -447,7 +447,7 @@ def test_after_a_device_context_fails_the_sweep_runs_the_rest_in_fresh_processes
     """A case fails as a sticky CUDA error does and the device's probe then says its context no longer runs work
     (the probe answers as it does after such an error: it cannot be provoked without a GPU): the sweep says so
     once and runs each later case in a child process, as --isolate does, instead of failing them all here."""
-    from cmgm_bench.execution.sweep import Plan, local_measurements
+    from cmgm_bench.execution.local_executor import LocalExecutor
     from cmgm_bench.measure import failures
 
     registry.load_file(str(write_file(tmp_path, "sticky.py", """
@@ -463,7 +463,7 @@ def test_after_a_device_context_fails_the_sweep_runs_the_rest_in_fresh_processes
     monkeypatch.setattr(failures, "device_usable", lambda device: probed.append(device) or False)
     config = measure_config(impl_files=(str(tmp_path / "sticky.py"),))
     cases = [Case(name, "cpu", "float32", "fwd", 1, 4, 4, 2, 8) for name in ("sticky-failure", "eager", "sdpa")]
-    measured = [m for _, m in local_measurements(Plan(config, cases, tmp_path), {"cpu": CaseRunner(config)}, None)]
+    measured = [m for _, m in LocalExecutor(config, tmp_path, {"cpu": CaseRunner(config)}).measurements(cases)]
     assert [m.status.value for m in measured] == ["error", "ok", "ok"] and probed == ["cpu"]  # probed once, after the failure
     assert "later cases ran each in a fresh process" in measured[0].notes["device_context"] and not measured[0].notes.get("isolated")
     assert all(m.notes.get("isolated") is True and "device_context" not in m.notes for m in measured[1:])

@@ -47,8 +47,6 @@ def require_ray():
 def connect(address: str | None, cpu_slots: int):
     """Join the cluster at ``address`` (``auto``, ``ray://host:port``), or start a local Ray instance."""
     ray = require_ray()
-    if cpu_slots < 1:
-        raise UsageError(f"--cpu-slots: {cpu_slots} must be at least 1")
     if not ray.is_initialized():
         quiet = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
         try:
@@ -64,10 +62,12 @@ def connect(address: str | None, cpu_slots: int):
 class RayExecutor:
     """Submits cases to Ray and yields their measurements as they finish."""
 
-    def __init__(self, address: str | None, cpu_slots: int):
-        self.ray = connect(address, cpu_slots)
+    def __init__(self, config, out_dir, runners: dict, dtypes: dict):
+        """``dtypes``: per device, the run's dtypes, whose ceilings each worker measures on its machine."""
+        self.ray = connect(config.ray_address, config.cpu_slots)
         self.task = self.ray.remote(measure_case)  # exported once; each case sets its own resources
-        self.cpu_slots = cpu_slots
+        self.cpu_slots = config.cpu_slots
+        self.runners, self.dtypes = runners, dtypes
 
     def capacity(self, device: str) -> int:
         """How many cases of ``device`` the cluster can time at once."""
@@ -94,9 +94,9 @@ class RayExecutor:
             options.update(num_cpus=config.threads or 1, resources={SLOT_RESOURCE: 1})
         return self.task.options(**options).remote(case.as_dict(), dict(config.settings), dtypes, self.cpu_slots, "ray")
 
-    def measurements(self, cases: list[Case], runners: dict, dtypes: dict, on_case_start=None) -> Iterator[tuple[Case, Measurement]]:
-        """Run ``cases``, at most the cluster's capacity at once; yield each as it finishes. ``dtypes``: per
-        device, the run's dtypes, whose ceilings each worker measures on its machine."""
+    def measurements(self, cases: list[Case], on_case_start=None) -> Iterator[tuple[Case, Measurement]]:
+        """Run ``cases``, at most the cluster's capacity at once; yield each as it finishes."""
+        runners, dtypes = self.runners, self.dtypes
         pending = list(cases)
         window = min((self.capacity(device) for device in {case.device for case in cases}), default=1)
         running: dict = {}  # object ref -> (case, submitted at)

@@ -35,7 +35,6 @@ from cmgm_bench.measure.measurement import Measurement, Status
 from cmgm_bench.results.store import from_record
 
 INSTALL_HINT = "--executor slurm needs submitit: pip install -e '.[slurm]'"
-CLUSTERS = ("slurm", "local")
 STARTUP_ALLOWANCE_S = 120.0  # a job waits in the queue, then imports torch and the plug-ins
 DEFAULT_JOB_MINUTES = 60  # a job's time limit without --timeout
 POLL_S = 1.0
@@ -52,15 +51,16 @@ def require_submitit():
 class SlurmExecutor:
     """Submits cases as jobs and yields their measurements as they finish."""
 
-    def __init__(self, folder: Path, cluster: str, cpu_slots: int, partition: str | None):
-        if cluster not in CLUSTERS:
-            raise UsageError(f"--slurm-cluster: unknown cluster {cluster!r} (choose from {', '.join(CLUSTERS)})")
+    def __init__(self, config, out_dir: Path, runners: dict, dtypes: dict):
+        """Jobs' pickles and logs go to ``out_dir/slurm``; ``dtypes``: per device, the run's dtypes, whose ceilings
+        each host measures once (kept in that folder)."""
         self.submitit = require_submitit()
-        self.folder = Path(folder)
-        self.executor = self.submitit.AutoExecutor(folder=self.folder / "%j", cluster=cluster)
-        self.cluster = cluster
-        self.cpu_slots = cpu_slots
-        self.partition = partition
+        self.folder = Path(out_dir) / "slurm"
+        self.executor = self.submitit.AutoExecutor(folder=self.folder / "%j", cluster=config.slurm_cluster)
+        self.cluster = config.slurm_cluster
+        self.cpu_slots = config.cpu_slots
+        self.partition = config.slurm_partition
+        self.runners, self.dtypes = runners, dtypes
 
     def _submit(self, case: Case, runner, dtypes: list[str]):
         config = runner.config
@@ -75,9 +75,9 @@ class SlurmExecutor:
         self.executor.update_parameters(**parameters)
         return self.executor.submit(measure_case, case.as_dict(), dict(config.settings), dtypes, 1, "slurm", str(self.folder))
 
-    def measurements(self, cases: list[Case], runners: dict, dtypes: dict, on_case_start=None) -> Iterator[tuple[Case, Measurement]]:
-        """Run ``cases`` (``--cpu-slots`` at a time on the local cluster); yield each as it finishes. ``dtypes``:
-        per device, the run's dtypes, whose ceilings each host measures once (kept in the jobs' folder)."""
+    def measurements(self, cases: list[Case], on_case_start=None) -> Iterator[tuple[Case, Measurement]]:
+        """Run ``cases`` (``--cpu-slots`` at a time on the local cluster); yield each as it finishes."""
+        runners, dtypes = self.runners, self.dtypes
         pending = [(case, 0) for case in cases]
         window = self.cpu_slots if self.cluster == "local" else len(cases)
         running: dict = {}  # job -> (case, attempt, started)

@@ -12,9 +12,8 @@ import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
-import torch
 
 from cmgm_bench import registry
 from cmgm_bench.config import settings as settings_module
@@ -22,11 +21,11 @@ from cmgm_bench.config.cases import Case
 from cmgm_bench.config.run_config import RunConfig
 from cmgm_bench.errors import UsageError
 from cmgm_bench.execution import interrupts
-from cmgm_bench.execution.isolate import run_isolated
+from cmgm_bench.execution.executor import executor_for
 from cmgm_bench.machine import cpu_features, env
 from cmgm_bench.measure import ceilings
 from cmgm_bench.machine.process_setup import prepare_process
-from cmgm_bench.measure import allocator, failures, heap, instructions
+from cmgm_bench.measure import heap, instructions
 from cmgm_bench.measure.case_runner import CaseRunner
 from cmgm_bench.measure.measurement import Measurement, machine_model
 from cmgm_bench.results.store import RunWriter, load_run
@@ -168,45 +167,13 @@ def run_dtypes(plan: Plan, device: str) -> list[str]:
     return sorted({case.dtype for case in plan.cases if case.device == device})
 
 
-def local_measurements(plan: Plan, runners: dict, on_case_start) -> Iterator[tuple[Case, Measurement]]:
-    """The local executor: each case in this process (or a child process with ``--isolate``), in order.
-
-    A case that fails on CUDA in this process may leave the CUDA context unusable (an illegal address, a
-    device-side assert: the error is sticky), and every later case in the process would fail with it; the
-    sweep then says so once and runs the rest each in a fresh process, as ``--isolate`` does."""
-    unusable: set[str] = set()  # devices whose context in this process failed
-    for index, case in enumerate(plan.todo):
-        if on_case_start:
-            on_case_start(case, index)
-        runner = runners[case.device]
-        own_process = plan.config.isolate or case.allocator != allocator.current() or case.device in unusable
-        measurement = run_isolated(case, runner, torch.get_num_threads()) if own_process else runner.run(case)
-        notes = dict(measurement.notes)
-        if not own_process and not measurement.timed and not failures.device_usable(case.device):
-            unusable.add(case.device)
-            notes["device_context"] = "unusable after this case; later cases ran each in a fresh process"
-            print(f"warning: the {case.device} context failed with {case.impl} {case.mode} {case.shape_label} "
-                  f"({measurement.error}); the remaining cases run each in a fresh process", file=sys.stderr)
-        yield case, measurement.with_(host=env.host_description(case.device), notes=notes)
-
-
 def run_cases(plan: Plan, writer: RunWriter, runners: dict, on_case_start, on_case_done,
               interrupted: interrupts.Interrupts) -> None:
-    """Run each case not done yet with the configured executor; account its share of the ceiling and
+    """Run each case not done yet with the configured executor (:mod:`cmgm_bench.execution.executor`); account its share of the ceiling and
     append it to the journal as soon as it is back. After each case, stop if Ctrl-C arrived, even where the
     ``KeyboardInterrupt`` it raised was dropped (:mod:`cmgm_bench.execution.interrupts`)."""
     dtypes = {device: run_dtypes(plan, device) for device in runners}
-    if plan.config.executor == "ray":
-        from cmgm_bench.execution.ray_executor import RayExecutor
-
-        finished = RayExecutor(plan.config.ray_address, plan.config.cpu_slots).measurements(plan.todo, runners, dtypes, on_case_start)
-    elif plan.config.executor == "slurm":
-        from cmgm_bench.execution.slurm_executor import SlurmExecutor
-
-        executor = SlurmExecutor(plan.out_dir / "slurm", plan.config.slurm_cluster, plan.config.cpu_slots, plan.config.slurm_partition)
-        finished = executor.measurements(plan.todo, runners, dtypes, on_case_start)
-    else:
-        finished = local_measurements(plan, runners, on_case_start)
+    finished = executor_for(plan.config, plan.out_dir, runners, dtypes).measurements(plan.todo, on_case_start)
     seen = {m.machine: m for m in writer.measurements if m.machine}  # one finished case per machine model
     for case, measurement in finished:
         if measurement.machine and measurement.machine not in seen:
