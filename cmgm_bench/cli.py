@@ -301,10 +301,8 @@ def ab_command(
     output_format: FormatOption = "table",
 ):
     """Race two implementations call by call in one process (A B B A ...): the recommended wall-clock gate."""
-    import pandas as pd
-
     from cmgm_bench import api
-    from cmgm_bench.views import terminal
+    from cmgm_bench.views import single_case
     from cmgm_bench.views.formats import emit
 
     results = api.race(
@@ -312,16 +310,9 @@ def ab_command(
         seed=seed, max_time=max_time, min_pairs=min_pairs, threshold=threshold, gap_ms=gap_ms,
         until_decided=until_decided, impl_files=impl_file or (), tf32=tf32, cudnn_benchmark=cudnn_benchmark,
     )
-    sides = (f"{base_impl} ms", f"{cand_impl} ms") if base_impl != cand_impl else (f"{base_impl} ms (base)", f"{cand_impl} ms (cand)")
-    headers = ["shape", *sides, "median pair ratio", "95% CI", "verdict", "pairs", "calls per sample", "seconds", "contention"]
-    rows = [
-        [r.base.shape_label, f"{r.base_ms:.3f}", f"{r.cand_ms:.3f}", f"{r.ratio:.4f}", f"[{r.low:.4f}, {r.high:.4f}]", r.verdict,
-         str(r.pairs), "/".join(map(str, r.calls_per_sample)), f"{r.seconds:.2f}", terminal.fmt(r.contention, ".0%")]
-        for r in results
-    ]
+    frame = single_case.race_frame(results, base_impl, cand_impl)
     title = f"ab: {cand_impl} / {base_impl} ({mode}, threshold {threshold:.1%})"
-    emit(pd.DataFrame(rows, columns=headers), output_format, lambda: terminal.simple_table(headers, rows, title=title),
-         ["l", "r", "r", "r", "r", "l", "r", "r", "r", "r"])
+    emit(frame, output_format, lambda: single_case.race_table(frame, title), single_case.RACE_ALIGN)
     if fail_on_regression and any(r.verdict == "slower" for r in results):
         raise typer.Exit(1)
 
@@ -433,7 +424,7 @@ def profile_command(
     from cmgm_bench.machine.process_setup import prepare_process
     from cmgm_bench.measure.prepare import prepare_case
     from cmgm_bench.measure.profiling import profile_case
-    from cmgm_bench.views import terminal
+    from cmgm_bench.views import single_case, terminal
 
     if top < 1:
         raise UsageError(f"--top: {top} must be at least 1")
@@ -444,10 +435,8 @@ def profile_command(
     (case,) = _one_case(impl, impl_file, device, mode, batch, res, heads, dim)
     prepare_process(threads, tf32, cudnn_benchmark)  # as run sets up: threads, CUDA arithmetic, allocator pinned
     result = profile_case(prepare_case(case, registry.get(impl), seed=0), mode, case.device, trace, memory=memory, top=top)
-    rows = [[r.name, str(r.calls), f"{r.self_ms:.3f}", f"{100 * r.share:.1f}%", r.input_shapes] for r in result.operators]
     console = terminal.console()
-    console.print(terminal.simple_table(["operator", "calls", "self ms", "share", "input shapes"], rows,
-                                        title=f"top operators by self time: {impl} {mode} {case.shape_label} (3 calls)"))
+    console.print(single_case.operators_table(result, f"top operators by self time: {impl} {mode} {case.shape_label} (3 calls)"))
     if memory:
         console.print(f"peak allocated during the calls: {(result.peak_bytes or 0) / 2**20:.1f} MiB, at {result.peak_operator}",
                       markup=False)
