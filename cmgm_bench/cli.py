@@ -460,10 +460,14 @@ def merge_command(
 @fail_with_usage_errors
 def list_command(impl_file: ImplFileOption = None):
     """List every registered implementation: what it is, where it runs, where it was loaded from."""
-    from cmgm_bench.views import terminal
+    from cmgm_bench import listing
+    from cmgm_bench.views.implementations import print_table
 
-    load_impl_files(impl_file)
-    terminal.console().print(terminal.implementations_table(registry.all_implementations().values()))
+    if impl_file:
+        load_impl_files(impl_file)
+        print_table(listing.computed_rows())
+    else:  # from the cache while nothing it depends on changed: no import of the implementations (nor torch)
+        print_table(listing.rows())
 
 
 @app.command("env")

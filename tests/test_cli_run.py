@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from cmgm_bench.cli import app
 from cmgm_bench.results.store import COLUMNS
-from tests.helpers import FAST
+from tests.helpers import FAST, write_file
 
 runner = CliRunner()
 
@@ -98,3 +98,34 @@ def test_help_and_option_errors_answer_without_importing_the_harness(argv):
     done = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, timeout=120)
     expected_code = 2 if argv[-1] == "soon" else 0
     assert done.stdout.strip().splitlines()[-1] == f"LOADED [] {expected_code}", done.stdout[-2000:] + done.stderr[-2000:]
+
+
+def test_list_answers_from_its_cache_until_what_it_depends_on_changes(tmp_path):
+    """The second `list` prints the same table without importing the implementations (nor torch); a change of what
+    the rows depend on (here a CMGM_* variable) lists afresh; --impl-file always lists afresh."""
+    import os
+    import subprocess
+    import sys
+
+    probe = ("import sys\nfrom cmgm_bench.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+             "print('TORCH', 'torch' in sys.modules)")
+
+    def listed(*args, **environment):
+        done = subprocess.run([sys.executable, "-c", probe, "list", *args], capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "CMGM_BENCH_CACHE": str(tmp_path / "cache"), **environment})
+        table, marker = done.stdout.rsplit("TORCH", 1)
+        return table, marker.strip() == "True"
+
+    first, imported_first = listed()
+    second, imported_second = listed()
+    assert imported_first and not imported_second and first == second and "eager (baseline)" in first
+    assert listed(CMGM_LIST_TEST="changed")[1]
+    plugin = write_file(tmp_path, "extra.py", """
+        from cmgm_bench.registry import register
+
+        @register("listed-extra", description="registered by a file", modes=("fwd",))
+        def build(module, case):
+            return lambda x, y: module(x, y)
+        """)
+    table, imported = listed("--impl-file", str(plugin))
+    assert imported and "listed-extra" in table

@@ -67,25 +67,6 @@ def problems(frame: pd.DataFrame) -> list[str]:
     ]
 
 
-def implementations_table(impls) -> Table:
-    table = Table(title="registered implementations", header_style="bold")
-    for name in ("name", "description", "devices", "modes", "dtype", "available", "loaded from"):
-        table.add_column(name)
-    for impl in impls:
-        missing = impl.missing()
-        cells = (
-            impl.name + (" (baseline)" if impl.baseline else "") + ("" if impl.in_default_sweep else " (only when named)"),
-            impl.description,
-            ",".join(impl.devices),
-            ",".join(impl.modes),
-            impl.dtype,
-            f"no: {missing}" if missing else "yes",
-            impl.source,
-        )
-        table.add_row(*(Text(cell) for cell in cells))  # plain text: "[runtimes]" is not markup
-    return table
-
-
 def mapping_table(mapping: dict, title: str) -> Table:
     table = Table(title=title, show_header=False)
     table.add_column("key", style="bold")
