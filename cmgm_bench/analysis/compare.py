@@ -123,17 +123,31 @@ def replicate_spread(run: Run) -> float | None:
     return max(spreads) if spreads else None
 
 
-def _latency(base: Measurement, cand: Measurement, threshold: float, seed: int, run_spread: float, replicate_confidence: float):
+@dataclass(frozen=True)
+class Judged:
+    """One case's metric in both runs, the candidate's ratio to the base with its interval, and the verdict."""
+
+    base: float | None
+    cand: float | None
+    ratio: float | None
+    low: float | None
+    high: float | None
+    verdict: str
+
+
+def _latency(base: Measurement, cand: Measurement, threshold: float, seed: int, run_spread: float, replicate_confidence: float
+             ) -> Judged:
     if len(base.samples_s) < 2 or len(cand.samples_s) < 2:
-        return None, None, None, None, None, "inconclusive"
+        return Judged(None, None, None, None, None, "inconclusive")
     if base.replicates >= 2 and cand.replicates >= 2:
         ratio, low, high = replicate_ratio_interval(base.replicate_samples, cand.replicate_samples, confidence=replicate_confidence)
-        return base.latency_ms, cand.latency_ms, ratio, low, high, _unless_contended(base, cand, verdict(ratio, low, high, threshold))
+        judged = _unless_contended(base, cand, verdict(ratio, low, high, threshold))
+        return Judged(base.latency_ms, cand.latency_ms, ratio, low, high, judged)
     ratio, low, high = bootstrap_ratio_of_medians(base.samples_s, cand.samples_s, seed=seed)
     judged = verdict(ratio, low / run_spread, high * run_spread, threshold)
     if judged == "inconclusive" and verdict(ratio, low, high, threshold) in ("slower", "faster"):
         judged = ONE_REPLICATE
-    return base.latency_ms, cand.latency_ms, ratio, low / run_spread, high * run_spread, _unless_contended(base, cand, judged)
+    return Judged(base.latency_ms, cand.latency_ms, ratio, low / run_spread, high * run_spread, _unless_contended(base, cand, judged))
 
 
 def _unless_contended(base: Measurement, cand: Measurement, judged: str) -> str:
@@ -149,12 +163,12 @@ def _memory(base_mb: float | None, cand_mb: float | None, running: bool, thresho
     return ratio, ratio > 1 + threshold and cand_mb - base_mb > MEMORY_NOISE_FLOOR_MB
 
 
-def _instructions(base: Measurement, cand: Measurement, threshold: float):
+def _instructions(base: Measurement, cand: Measurement, threshold: float) -> Judged:
     b, c = base.instructions, cand.instructions
     if not b or not c:
         raise UsageError("--metric instructions: a run has no instruction counts (run with --count-instructions)")
     ratio = c / b
-    return b, c, ratio, ratio, ratio, verdict(ratio, ratio, ratio, threshold)
+    return Judged(b, c, ratio, ratio, ratio, verdict(ratio, ratio, ratio, threshold))
 
 
 def compare_runs(
@@ -190,16 +204,16 @@ def compare_runs(
         b, c = base_cases[key], cand_cases[key]
         running = b.timed and c.timed
         if not running:
-            numbers = (b.latency_ms, c.latency_ms, None, None, None, "n/a")
+            judged = Judged(b.latency_ms, c.latency_ms, None, None, None, "n/a")
         elif metric == "instructions":
-            numbers = _instructions(b, c, threshold)
+            judged = _instructions(b, c, threshold)
         else:
-            numbers = _latency(b, c, threshold, seed=index, run_spread=run_spread, replicate_confidence=1 - FAMILY_ERROR / len(shared))
+            judged = _latency(b, c, threshold, seed=index, run_spread=run_spread, replicate_confidence=1 - FAMILY_ERROR / len(shared))
         peak = _memory(b.peak_mem_mb, c.peak_mem_mb, running, mem_threshold)
         resident = _memory(b.resident_mb, c.resident_mb, running, mem_threshold)
         cases.append(
             CaseComparison(
-                key, *numbers, b.status.value, c.status.value,
+                key, judged.base, judged.cand, judged.ratio, judged.low, judged.high, judged.verdict, b.status.value, c.status.value,
                 accuracy=accuracy_regression(b, c),
                 memory_ratio=peak[0], resident_ratio=resident[0], memory_regressed=peak[1] or resident[1],
             )
