@@ -180,12 +180,11 @@ def run_cases(plan: Plan, writer: RunWriter, runners: dict, on_case_start, on_ca
             check_one_machine_model([*seen.values(), measurement], plan.config.allow_mixed_hosts)
             seen[measurement.machine] = measurement
         measurement = adopt_worker_ceilings(writer, measurement)
-        device_ceilings = ceilings.of_machine(writer.meta, case.device, measurement.machine)
-        raised = dict(device_ceilings.get("raised", {}))
-        measurement = ceilings.account(device_ceilings, measurement)
-        if device_ceilings.get("raised", {}) != raised:  # shares of earlier cases follow the new ceiling
+        measurement, raised = ceilings.account(ceilings.of_machine(writer.meta, case.device, measurement.machine), measurement)
+        if raised is not None:  # the case beat its ceiling: stored raised, and earlier cases' shares follow it
+            ceilings.store(writer.meta, case.device, measurement.machine, raised)
             writer.replace_all([
-                ceilings.account(ceilings.of_machine(writer.meta, m.case.device, m.machine), m) for m in writer.measurements
+                ceilings.account(ceilings.of_machine(writer.meta, m.case.device, m.machine), m)[0] for m in writer.measurements
             ])
         writer.append(measurement)
         if on_case_done:

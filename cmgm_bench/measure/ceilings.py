@@ -150,20 +150,31 @@ def all_of(meta: dict) -> list[tuple[str | None, str, dict]]:
     ]
 
 
-def account(ceilings: dict, measurement):
-    """The measurement with ``pct_peak`` against the effective ceiling of its dtype, first raising that
-    ceiling to the measurement's rate if it beats it (noted under ``ceilings["raised"]``)."""
+def account(ceilings: dict, measurement) -> tuple[object, dict | None]:
+    """``(measurement with pct_peak, raised)``: the share of the effective ceiling of its dtype, and, where the
+    measurement's rate beats that ceiling, a copy of ``ceilings`` with it raised to the rate (noted under
+    ``"raised"``; its share is then 100 %), else ``None``. ``ceilings`` itself is not changed."""
     achieved = measurement.gflops_per_s
-    peaks = ceilings.setdefault("matmul_gflops", {})
+    peaks = ceilings.get("matmul_gflops", {})
     dtype = measurement.case.dtype
     peak = peaks.get(dtype)
     if achieved is None or not peak:
-        return measurement.with_(pct_peak=None)
-    if achieved > peak:
-        case = measurement.case
-        ceilings.setdefault("raised", {})[dtype] = {"from": peak, "to": achieved, "by": f"{case.impl} {case.mode} {case.shape_label}"}
-        peaks[dtype] = peak = achieved
-    return measurement.with_(pct_peak=100 * achieved / peak)
+        return measurement.with_(pct_peak=None), None
+    if achieved <= peak:
+        return measurement.with_(pct_peak=100 * achieved / peak), None
+    case = measurement.case
+    note = {"from": peak, "to": achieved, "by": f"{case.impl} {case.mode} {case.shape_label}"}
+    raised = {**ceilings, "matmul_gflops": {**peaks, dtype: achieved}, "raised": {**ceilings.get("raised", {}), dtype: note}}
+    return measurement.with_(pct_peak=100.0), raised
+
+
+def store(meta: dict, device: str, machine: str | None, values: dict) -> None:
+    """Put ``values`` where :func:`of_machine` finds the ceilings of ``device`` on ``machine``."""
+    primary = meta.setdefault("ceilings", {})
+    if device not in primary or primary[device].get("machine") in (None, machine) or machine is None:
+        primary[device] = values
+    else:
+        meta.setdefault("machine_ceilings", {}).setdefault(machine, {})[device] = values
 
 
 def floor_ms(ceilings: dict, case) -> float | None:
