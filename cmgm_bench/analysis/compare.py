@@ -38,8 +38,9 @@ from cmgm_bench.results.store import Run
 
 METRICS = ("latency", "instructions")
 DEFAULT_THRESHOLDS = {"latency": 0.05, "instructions": 0.01}
-# This project's shared 2-vCPU hosts swing 3x in speed (per call, for minutes); widened by 2x, one case in 40 of
-# ten A/A compares at 28x28 was still confidently wrong (docs/performance.md#replicates).
+# A one-replicate interval covers the samples of one process at one time, not a shared machine's slow periods
+# between runs: widened less than the speed swings measured there, A/A compares were still confidently wrong
+# (docs/performance.md#replicates has the figures).
 DEFAULT_RUN_SPREAD = 3.0
 ONE_REPLICATE = "inconclusive (one replicate)"
 # Over replicates, the intervals of all compared cases hold together with 95 % (Bonferroni): a gate fails on any

@@ -1,12 +1,11 @@
 """The CPU allocator every timing process uses: glibc's thresholds pinned, freed memory kept, huge pages.
 
 A CMGM call at PGNet's shape allocates and frees several 8 x N x N float32 maps
-(20 MiB each at 28x28, 170 MiB at 48x48). With glibc's defaults each call got
-much of that memory afresh from the kernel and faulted it in, 4 KiB at a time:
-eager fwd took ~10,000-25,000 page faults per call at 28x28 and ~330,000 at
-48x48, half of its time at 48x48, and how many depended on the process's heap
-history, so the same case moved by 14-22 % from process to process on the
-2-vCPU EPYC (docs/performance.md#page-faults). Timing processes therefore:
+(tens to hundreds of MiB each). With glibc's defaults each call got much of
+that memory afresh from the kernel and faulted it in, 4 KiB at a time, and how
+much depended on the process's heap history, so the same case moved from
+process to process by far more than the changes a gate must see
+(docs/performance.md#page-faults has the counts). Timing processes therefore:
 
 * pin glibc's mmap threshold at 32 MiB, its steady-state ceiling (left alone,
   glibc raises it as large blocks are freed, so a run's first cases would be

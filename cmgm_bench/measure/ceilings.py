@@ -3,7 +3,7 @@
 Measured once at the start of a run with the threads the run uses, and stored
 in ``results.json`` so that ``pct_peak`` and ``floor_ms`` can be recomputed.
 
-Each rate is the best of several short timings (this host drifts between
+Each rate is the best of several short timings (a shared machine drifts between
 fast and slow periods; the fast one is the machine's ceiling). Two matmul
 ceilings per dtype: the *native* rate of a matmul in that dtype, and the
 *effective* one, the best rate the machine reaches for that dtype's
