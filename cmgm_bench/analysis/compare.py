@@ -51,14 +51,20 @@ MEMORY_NOISE_FLOOR_MB = 1.0
 
 
 @dataclass
-class CaseComparison:
-    key: tuple
+class Judged:
+    """One case's metric in both runs, the candidate's ratio to the base with its interval, and the verdict."""
+
     base: float | None
     cand: float | None
     ratio: float | None
     low: float | None
     high: float | None
     verdict: str
+
+
+@dataclass
+class CaseComparison(Judged):
+    key: tuple
     base_status: str
     cand_status: str
     accuracy: str | None = None  # what regressed, if anything
@@ -122,18 +128,6 @@ def replicate_spread(run: Run) -> float | None:
         if len(medians) >= 2:
             spreads.append(max(medians) / min(medians))
     return max(spreads) if spreads else None
-
-
-@dataclass(frozen=True)
-class Judged:
-    """One case's metric in both runs, the candidate's ratio to the base with its interval, and the verdict."""
-
-    base: float | None
-    cand: float | None
-    ratio: float | None
-    low: float | None
-    high: float | None
-    verdict: str
 
 
 def _latency(base: Measurement, cand: Measurement, threshold: float, seed: int, run_spread: float, replicate_confidence: float
@@ -214,7 +208,7 @@ def compare_runs(
         resident = _memory(b.resident_mb, c.resident_mb, running, mem_threshold)
         cases.append(
             CaseComparison(
-                key, judged.base, judged.cand, judged.ratio, judged.low, judged.high, judged.verdict, b.status.value, c.status.value,
+                **asdict(judged), key=key, base_status=b.status.value, cand_status=c.status.value,
                 accuracy=accuracy_regression(b, c),
                 memory_ratio=peak[0], resident_ratio=resident[0], memory_regressed=peak[1] or resident[1],
             )
