@@ -1,0 +1,58 @@
+"""What a call costs after its thread pool sat idle: back to back against after a gap, per OpenMP wait policy.
+
+Times one implementation's step at one shape with 2 threads, alternating a call right after the previous one
+and a call after ``--gap-ms`` of sleep, in this process; run it once per environment to compare OpenMP's wait
+policies (``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT`` must be set before the runtime loads, so each its own process).
+
+    python scripts/studies/after_idle_study.py --impl fused --res 11 --threads 2 --gap-ms 50 --pairs 300
+    OMP_WAIT_POLICY=active python scripts/studies/after_idle_study.py ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+
+from cmgm_bench import registry
+from cmgm_bench.config.cases import Case
+from cmgm_bench.machine.process_setup import prepare_process
+from cmgm_bench.measure.prepare import prepare_case
+from cmgm_bench.workload.modes import autograd_context
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--impl", default="fused")
+    parser.add_argument("--mode", default="fwd")
+    parser.add_argument("--res", type=int, default=11)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--gap-ms", type=float, default=50.0)
+    parser.add_argument("--pairs", type=int, default=300)
+    args = parser.parse_args()
+    prepare_process(args.threads)
+    case = Case(args.impl, "cpu", registry.get(args.impl).dtype, args.mode, 1, args.res, args.res, 8, 64)
+    step = prepare_case(case, registry.get(args.impl), seed=0).step
+    back_to_back, after_gap = [], []
+    with autograd_context(args.mode):
+        for _ in range(20):
+            step()
+        for _ in range(args.pairs):
+            time.sleep(args.gap_ms / 1e3)
+            started = time.perf_counter()
+            step()
+            after_gap.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            step()
+            back_to_back.append(time.perf_counter() - started)
+    quiet, idle = statistics.median(back_to_back) * 1e3, statistics.median(after_gap) * 1e3
+    policy = ", ".join(f"{k}={os.environ[k]}" for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT") if k in os.environ) or "default"
+    print(f"{args.impl} {args.mode} {args.res}x{args.res}, {torch.get_num_threads()} threads, {policy}: back to back "
+          f"{quiet:.3f} ms, after {args.gap_ms:g} ms idle {idle:.3f} ms ({idle / quiet:.2f}x), medians of {args.pairs}")
+
+
+if __name__ == "__main__":
+    main()
