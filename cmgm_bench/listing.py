@@ -2,7 +2,7 @@
 
 Listing the implementations means importing them, and they import torch: seconds on a busy
 2-vCPU machine for a table that changes only when the code or the environment does. The rows
-are kept in ``$CMGM_BENCH_CACHE`` (default ``~/.cache/cmgm-bench``) under a key of everything
+are kept in the cache folder (:func:`cmgm_bench.cache.cache_dir`) under a key of everything
 they are computed from: the interpreter, the source files of this package and of every
 entry point's package (path, size, modification time), the installed distributions (their
 ``*.dist-info`` names carry the versions), ``PATH`` and the compiler it finds (``$CXX`` or
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from cmgm_bench import registry
+from cmgm_bench.cache import cache_dir
 
 FIELDS = ("name", "baseline", "in_default_sweep", "description", "devices", "modes", "dtype", "missing", "source")
 
@@ -51,11 +52,6 @@ def cache_key() -> str:
     compiler = shutil.which(os.environ.get("CXX", "c++"))
     parts += [os.environ.get("PATH", ""), str(compiler), *(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("CMGM_"))]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
-
-
-def cache_dir() -> Path:
-    default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cmgm-bench"
-    return Path(os.environ.get("CMGM_BENCH_CACHE") or default)
 
 
 def rows(compute: Callable[[], list[dict]] = computed_rows) -> list[dict]:

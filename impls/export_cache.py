@@ -12,7 +12,7 @@ temporary name and renamed into place, so an interrupted export leaves
 nothing behind and two processes exporting the same key both end with a
 whole file.
 
-The cache directory is ``$CMGM_BENCH_CACHE`` or ``~/.cache/cmgm-bench``.
+The cache directory is :func:`cmgm_bench.cache.cache_dir` (``$CMGM_BENCH_CACHE`` or ``~/.cache/cmgm-bench``).
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ from typing import Callable
 
 import torch
 
+from cmgm_bench.cache import cache_dir
+
 ONNX_OPSET = 18
 RUNTIMES_HINT = "pip install -e '.[runtimes]'"
 
@@ -49,11 +51,6 @@ def version(distribution: str) -> str:
         return importlib.metadata.version(distribution)
     except importlib.metadata.PackageNotFoundError:
         return "absent"
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("CMGM_BENCH_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cmgm-bench"
-    return Path(root)
 
 
 class InferenceGraph(torch.nn.Module):

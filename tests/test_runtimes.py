@@ -15,6 +15,7 @@ import torch
 from typer.testing import CliRunner
 
 from cmgm_bench import registry
+from cmgm_bench.cache import cache_dir
 from cmgm_bench.config.cases import Case
 from cmgm_bench.machine import cpu_features
 from cmgm_bench.cli import app
@@ -143,7 +144,7 @@ def test_exports_are_cached_by_shape_and_mode(tmp_path):
     paths = {export_cache.onnx_file(module, case)[0] for case in cases}
     assert len(paths) == 4 and all(path.stat().st_size > 0 for path in paths)
     assert export_cache.onnx_file(module, cases[0])[1]["onnx_cache"] == "hit"
-    assert not list(export_cache.cache_dir().glob("onnx/.partial-*"))
+    assert not list(cache_dir().glob("onnx/.partial-*"))
 
 
 def test_onnx_runtime_on_cuda_gets_the_runs_arithmetic_and_records_it():
