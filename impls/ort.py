@@ -136,7 +136,6 @@ def build_session(module, case, accelerator: str | None = None):
     notes.update(
         runtime=f"onnxruntime {onnxruntime.__version__}",
         provider=ran_on,
-        variant=variant_of(ran_on, session.get_provider_options()),
         intra_op_threads=options.intra_op_num_threads,
         inter_op_threads=options.inter_op_num_threads,
         graph_optimization="ORT_ENABLE_ALL",
@@ -162,7 +161,7 @@ def _register(name: str, accelerator: str | None, devices: tuple[str, ...], desc
         session, notes = build_session(module, case, accelerator)
         want_map = case.mode != "feature"
         runner = cpu_runner(session, want_map) if case.device == "cpu" else cuda_runner(session, case, want_map)
-        return Built(fn=runner, notes=notes, variant=notes.pop("variant"))
+        return Built(fn=runner, notes=notes, variant=variant_of(notes["provider"], session.get_provider_options()))
 
     return build
 

@@ -85,18 +85,18 @@ class RayExecutor:
             )
         return slots
 
-    def _submit(self, case: Case, runner, dtypes: list[str]):
-        config = runner.config
+    def _submit(self, case: Case):
+        config = self.runners[case.device].config
         options = {"max_retries": 1, "retry_exceptions": False}
         if case.device.startswith("cuda"):
             options.update(num_gpus=1, num_cpus=1)
         else:
             options.update(num_cpus=config.threads or 1, resources={SLOT_RESOURCE: 1})
-        return self.task.options(**options).remote(case.as_dict(), dict(config.settings), dtypes, self.cpu_slots, "ray")
+        return self.task.options(**options).remote(case.as_dict(), dict(config.settings), self.dtypes[case.device], self.cpu_slots,
+                                                   "ray")
 
     def measurements(self, cases: list[Case], on_case_start=None) -> Iterator[tuple[Case, Measurement]]:
         """Run ``cases``, at most the cluster's capacity at once; yield each as it finishes."""
-        runners, dtypes = self.runners, self.dtypes
         pending = list(cases)
         window = min((self.capacity(device) for device in {case.device for case in cases}), default=1)
         running: dict = {}  # object ref -> (case, submitted at)
@@ -106,27 +106,29 @@ class RayExecutor:
                     case = pending.pop(0)
                     if on_case_start:
                         on_case_start(case, len(cases) - len(pending) - 1)
-                    running[self._submit(case, runners[case.device], dtypes[case.device])] = (case, time.monotonic())
+                    running[self._submit(case)] = (case, time.monotonic())
                 done, _ = self.ray.wait(list(running), num_returns=1, timeout=POLL_S)
                 for ref in done:
                     case, _ = running.pop(ref)
-                    yield case, self._result(ref, case, runners[case.device])
-                yield from self._cancel_overdue(running, runners)
+                    yield case, self._result(ref, case)
+                yield from self._cancel_overdue(running)
         finally:  # Ctrl-C or an error in the driver: nothing keeps running for a run that stopped
             for ref in running:
                 self.ray.cancel(ref, force=True)
 
-    def _result(self, ref, case: Case, runner) -> Measurement:
+    def _result(self, ref, case: Case) -> Measurement:
         try:
             return from_record(self.ray.get(ref))
         except self.ray.exceptions.RayError as exc:  # the worker or its node died twice
-            return runner.failed(case, Status.ERROR, f"lost the Ray worker (retried once): {one_line(exc)}", {"executor": "ray"})
+            message = f"lost the Ray worker (retried once): {one_line(exc)}"
+            return self.runners[case.device].failed(case, Status.ERROR, message, {"executor": "ray"})
 
-    def _cancel_overdue(self, running: dict, runners: dict) -> Iterator[tuple[Case, Measurement]]:
+    def _cancel_overdue(self, running: dict) -> Iterator[tuple[Case, Measurement]]:
         for ref, (case, submitted) in list(running.items()):
-            limit = runners[case.device].config.timeout_s
+            runner = self.runners[case.device]
+            limit = runner.config.timeout_s
             if limit is not None and time.monotonic() - submitted > limit + STARTUP_ALLOWANCE_S:
                 self.ray.cancel(ref, force=True)
                 running.pop(ref)
                 message = f"timed out after {limit + STARTUP_ALLOWANCE_S:g} s (Ray task cancelled)"
-                yield case, runners[case.device].failed(case, Status.TIMEOUT, message, {"executor": "ray"})
+                yield case, runner.failed(case, Status.TIMEOUT, message, {"executor": "ray"})

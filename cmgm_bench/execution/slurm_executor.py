@@ -62,8 +62,8 @@ class SlurmExecutor:
         self.partition = config.slurm_partition
         self.runners, self.dtypes = runners, dtypes
 
-    def _submit(self, case: Case, runner, dtypes: list[str]):
-        config = runner.config
+    def _submit(self, case: Case):
+        config = self.runners[case.device].config
         minutes = math.ceil(((config.timeout_s or DEFAULT_JOB_MINUTES * 60) + STARTUP_ALLOWANCE_S) / 60)
         parameters = {"name": f"cmgm-{case.impl}", "timeout_min": minutes, "cpus_per_task": config.threads or 1}
         if case.device.startswith("cuda"):
@@ -73,11 +73,11 @@ class SlurmExecutor:
         if self.partition:
             parameters["slurm_partition"] = self.partition
         self.executor.update_parameters(**parameters)
-        return self.executor.submit(measure_case, case.as_dict(), dict(config.settings), dtypes, 1, "slurm", str(self.folder))
+        return self.executor.submit(measure_case, case.as_dict(), dict(config.settings), self.dtypes[case.device], 1, "slurm",
+                                    str(self.folder))
 
     def measurements(self, cases: list[Case], on_case_start=None) -> Iterator[tuple[Case, Measurement]]:
         """Run ``cases`` (``--cpu-slots`` at a time on the local cluster); yield each as it finishes."""
-        runners, dtypes = self.runners, self.dtypes
         pending = [(case, 0) for case in cases]
         window = self.cpu_slots if self.cluster == "local" else len(cases)
         running: dict = {}  # job -> (case, attempt, started)
@@ -89,9 +89,9 @@ class SlurmExecutor:
                     if attempt == 0 and on_case_start:
                         on_case_start(case, started_count)
                         started_count += 1
-                    running[self._submit(case, runners[case.device], dtypes[case.device])] = (case, attempt, time.monotonic())
+                    running[self._submit(case)] = (case, attempt, time.monotonic())
                 for job, (case, attempt, started) in list(running.items()):
-                    runner = runners[case.device]
+                    runner = self.runners[case.device]
                     limit = runner.config.timeout_s
                     if job.done():
                         running.pop(job)

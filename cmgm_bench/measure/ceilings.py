@@ -56,12 +56,12 @@ def matmul_gflops(device: str, dtype: str) -> tuple[float, int] | None:
     (:func:`matmul_size_limits`); the rate is the best of blocked samples at that side.
     """
     largest, long_call_s = matmul_size_limits(device)
+    clock = clock_for(device)
     n = 256
     try:
         while True:
             a = torch.randn(n, n, device=device).to(_DTYPES[dtype])
             b = torch.randn(n, n, device=device).to(_DTYPES[dtype])
-            clock = clock_for(device)
             clock.time_call(lambda: torch.mm(a, b))  # the first call of a side loads its kernel
             seconds = clock.time_call(lambda: torch.mm(a, b))
             if n >= largest or seconds >= long_call_s:
@@ -99,12 +99,13 @@ def measure(device: str, dtypes, machine: str | None = None) -> dict:
     dtypes, copy GB/s, how they were measured, and the model of the machine they were measured on."""
     matmuls = {dtype: matmul_gflops(device, dtype) for dtype in sorted(set(dtypes) | {"float32"})}
     native = {dtype: None if found is None else found[0] for dtype, found in matmuls.items()}
+    clock = clock_for(device)
     return {
         "machine": machine,
         "matmul_gflops": effective(native),
         "matmul_gflops_native": native,
         "matmul_side": {dtype: None if found is None else found[1] for dtype, found in matmuls.items()},
-        "method": f"best of blocked samples ({clock_for(device).name}, blocks of >= {clock_for(device).min_block_s * 1e3:g} ms)"
+        "method": f"best of blocked samples ({clock.name}, blocks of >= {clock.min_block_s * 1e3:g} ms)"
                   " of a square matmul, the side doubled from 256",
         "emulated": emulated(native),
         "copy_gbytes_per_s": copy_gbytes_per_s(device),

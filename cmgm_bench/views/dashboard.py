@@ -88,7 +88,7 @@ def build_page_data(points_by_metric: dict[str, pd.DataFrame]) -> tuple[list[dic
                 "impl": first["impl"], "x": times, "y": series["value"].astype(float).tolist(),
                 "commit": [str(c or "?") for c in series["commit"]],
                 "iqr": [None if pd.isna(v) else float(v) for v in series["iqr"]],
-                "contention": [None if pd.isna(v) else float(v) for v in series.get("contention", pd.Series([None] * len(series)))],
+                "contention": [None if pd.isna(v) else float(v) for v in series["contention"]],
                 "torch": [str(v) for v in series["torch_version"]],
             })
             judged = _judged(series, metric)
