@@ -13,7 +13,6 @@ The CLI (:mod:`cmgm_bench.cli`) is a thin layer over these functions.
 from __future__ import annotations
 
 import math
-
 from pathlib import Path
 from typing import Callable
 

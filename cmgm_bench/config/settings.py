@@ -67,8 +67,7 @@ PRESET_HELP = (
 # Settings that may differ when a run is resumed: they do not change what a case measures.
 RESUMABLE_CHANGES = {
     "isolate", "timeout", "memory_guard", "strict", "fail_on_contention", "report", "impl_file", "executor", "ray_address",
-        "allow_mixed_hosts",
-    "slurm_cluster", "slurm_partition",
+    "allow_mixed_hosts", "slurm_cluster", "slurm_partition",
     "repeats",  # more replicates of the same cases: --resume RUN --repeats 3 adds rounds
 }
 

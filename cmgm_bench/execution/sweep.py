@@ -14,7 +14,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-
 from cmgm_bench import registry
 from cmgm_bench.config import settings as settings_module
 from cmgm_bench.config.cases import Case

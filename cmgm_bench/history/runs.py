@@ -215,9 +215,9 @@ def read_points(engine: Engine, metric: str = "latency", impls=(), modes=(), sha
 
 def mark_changes(points: pd.DataFrame) -> pd.DataFrame:
     """``points`` with a ``change`` column: the steps found in each series, and torch version changes."""
-    marks = pd.Series("", index=points.index)
-    from cmgm_bench.history.changepoints import find_steps
+    from cmgm_bench.history.changepoints import find_steps  # ruptures: only for what shows the steps
 
+    marks = pd.Series("", index=points.index)
     for _, series in points.groupby(["case_key", "machine"], sort=False):
         for step in find_steps(series["value"].astype(float).to_numpy()):
             marks[series.index[step.index]] = f"step x{step.ratio:.3f} ({step.confidence:.0%})"

@@ -69,17 +69,21 @@ def library_isa_cap() -> str | None:
     return None
 
 
+def _native(*features: str) -> bool:
+    """Whether the CPU has any of ``features`` and the libraries are not kept below AVX-512 (:func:`library_isa_cap`)."""
+    return any(has(feature) for feature in features) and library_isa_cap() is None
+
+
 def native_bfloat16() -> bool:
-    """Whether bfloat16 arithmetic runs natively (AVX512-BF16 or AMX-BF16) rather than emulated: the CPU has it
-    and the libraries are not kept below AVX-512 (:func:`library_isa_cap`)."""
-    return (has("avx512_bf16") or has("amx_bf16")) and library_isa_cap() is None
+    """Whether bfloat16 arithmetic runs natively (AVX512-BF16 or AMX-BF16) rather than emulated."""
+    return _native("avx512_bf16", "amx_bf16")
 
 
 def emulated_dtypes() -> tuple[str, ...]:
     """The reduced-precision dtypes whose matmuls this CPU emulates below its float32 rate: bfloat16 without
     AVX512-BF16 or AMX-BF16 (:func:`native_bfloat16`), float16 without AMX-FP16 (AVX512-FP16 alone does not make
     PyTorch's float16 matmul faster than float32's: measured equal on a CPU with it)."""
-    native = {"bfloat16": native_bfloat16(), "float16": has("amx_fp16") and library_isa_cap() is None}
+    native = {"bfloat16": native_bfloat16(), "float16": _native("amx_fp16")}
     return tuple(dtype for dtype, fast in native.items() if not fast)
 
 
