@@ -329,3 +329,20 @@ def test_a_history_command_leaves_no_connection_to_the_database_open(real_runs, 
         result = history(*args, "--db", str(db))
         assert result.exit_code == 0, result.output
         assert str(db.resolve()) not in open_files(), args
+
+
+def test_a_case_is_filed_under_the_machine_model_it_ran_on(real_runs):
+    """One name for a machine model, from the run's environment or the case's host: a case that ran on this run's
+    machine joins the run's series, one an executor ran on another model gets that model's series."""
+    from cmgm_bench.history.runs import case_values
+    from cmgm_bench.measure.measurement import machine_model
+
+    run = load_run(real_runs[0])
+    environment = run.meta["environment"]
+    here = machine_model(environment)
+    assert here.startswith(environment["cpu_model"]) and environment["cpu_instruction_sets"] in here
+    elsewhere = {**run.measurements[0].host, "cpu_model": "Other CPU", "cpu_family_model": "25/1", "cpu_instruction_sets": "avx2_fma"}
+    run.measurements[0] = dataclasses.replace(run.measurements[0], host=elsewhere)
+    machines = [row["machine"] for row in case_values(run, run_id=1)]
+    assert machines[0] == "Other CPU 25/1 [avx2_fma]" == run.measurements[0].machine
+    assert machines[1:] == [here] * (len(machines) - 1) and all(m.machine == here for m in run.measurements[1:])

@@ -18,7 +18,7 @@ from cmgm_bench.config.cases import Case
 from cmgm_bench.errors import UsageError
 from cmgm_bench.measure import ceilings
 from cmgm_bench.execution.sweep import check_one_machine_model
-from cmgm_bench.measure.measurement import Measurement, Status
+from cmgm_bench.measure.measurement import Measurement, Status, machine_model
 from cmgm_bench.results.store import RunWriter, load_run
 from tests.helpers import FAST, require_tool
 from tests.helpers import assert_ceilings_from_the_workers, assert_retried_once_then_an_error, killer_sweep, not_in_the_driver
@@ -54,7 +54,7 @@ def test_a_sweep_through_ray_gives_the_local_executors_cases_and_columns(tmp_pat
     assert len((remote / "cases.jsonl").read_text().splitlines()) == 4
     measured = load_run(remote).measurements
     assert all(m.notes["executor"] == "ray" and m.host["hostname"] for m in measured)
-    assert all(m.host["cpu_model"] == m.machine for m in measured)
+    assert all(m.machine == machine_model(m.host) and m.machine.startswith(m.host["cpu_model"]) for m in measured)
     assert_ceilings_from_the_workers(remote, measured)
 
 

@@ -91,7 +91,7 @@ def measure_case(case_fields: dict, settings: dict, dtypes: list[str], slots: in
     lock, cores = _pin_to_slot(slots, threads) if case.device == "cpu" else (None, None)
     host = env.host_description(case.device)
     try:
-        measured, seconds = worker_ceilings(case.device, dtypes, machine_model(host), cache_dir)
+        measured, seconds = worker_ceilings(case.device, dtypes, machine_model(host, case.device), cache_dir)
         runner = CaseRunner(config, measured)
         measurement = run_isolated(case, runner, threads) if config.isolate else runner.run(case)
     finally:

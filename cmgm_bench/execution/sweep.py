@@ -145,7 +145,7 @@ def run_plan(
             "options": {**config.summary(), **({"narrowed": plan.narrowed} if plan.narrowed else {})},
             "baseline": registry.baseline_name(),
             "ceilings": {} if remote else {
-                device: ceilings.measure(device, run_dtypes(plan, device), machine_model(env.host_description(device)))
+                device: ceilings.measure(device, run_dtypes(plan, device), machine_model(env.host_description(device), device))
                 for device in devices
             },
         }

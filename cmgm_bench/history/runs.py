@@ -24,6 +24,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from cmgm_bench.config.cases import DEFAULT_ALLOCATOR, shape_label
 from cmgm_bench.errors import UsageError
 from cmgm_bench.history.database import cases_table, runs_table, safe_url
+from cmgm_bench.measure.measurement import machine_model
 from cmgm_bench.results.store import Run, to_record
 
 # metric name -> (column in the database, unit, the relative change that counts by default)
@@ -46,13 +47,7 @@ class Added:
     cases: int
 
 
-def machine_model(environment: dict, device: str = "cpu") -> str:
-    """``AMD EPYC 25/17 [avx2_fma,avx512f,avx512_bf16]`` (+ `` / GPU`` for a CUDA case): what a series is measured on."""
-    cpu = f"{environment.get('cpu_model') or 'unknown CPU'} {environment.get('cpu_family_model') or ''}".strip()
-    sets = environment.get("cpu_instruction_sets")
-    model = f"{cpu} [{sets}]" if sets else cpu
-    gpu = environment.get("gpu_name")
-    return f"{model} / {gpu}" if device.startswith("cuda") and gpu else model
+CPU_KEYS = ("cpu_model", "cpu_family_model", "cpu_instruction_sets")  # what tells one machine model from another
 
 
 def case_key(row: dict) -> str:
@@ -90,10 +85,9 @@ def case_values(run: Run, run_id: int) -> list[dict]:
     for measurement in run.measurements:
         row = to_record(measurement)["row"]  # the results row, JSON-safe (no NaN)
         row["threads"] = row.get("threads") or environment.get("threads")
-        machine = machine_model(environment, measurement.case.device)
-        recorded = measurement.machine  # where an executor ran the case on another machine model
-        if recorded and not recorded.startswith(str(environment.get("cpu_model"))):
-            machine = recorded
+        host = measurement.host  # where an executor ran the case on another machine model
+        ran_elsewhere = host is not None and any(host[key] != environment.get(key) for key in CPU_KEYS if key in host)
+        machine = machine_model(host if ran_elsewhere else environment, measurement.case.device)
         values.append({
             "run_id": run_id, "case_key": case_key(row), "machine": machine,
             **{name: row[name] for name in ("impl", "device", "dtype", "mode", "batch", "dim", "height", "width", "heads")},

@@ -92,6 +92,9 @@ def collect(device: str = "cpu", argv: list[str] | None = None) -> dict:
 
 
 def host_description(device: str) -> dict:
-    """Where a case ran: host name, CPU model, GPU model (``None`` on the CPU); stored in its notes."""
+    """Where a case ran (``Measurement.host``): host name, CPU model, family/model and instruction sets, GPU model
+    (``None`` on the CPU); ``measurement.machine_model`` names the machine from it."""
     gpu = torch.cuda.get_device_name(device) if device.startswith("cuda") and torch.cuda.is_available() else None
-    return {"hostname": platform.node(), "cpu_model": cpu_features.describe()["cpu_model"], "gpu_name": gpu}
+    cpu = cpu_features.describe()
+    return {"hostname": platform.node(), **{key: cpu[key] for key in ("cpu_model", "cpu_family_model", "cpu_instruction_sets")},
+            "gpu_name": gpu}

@@ -58,9 +58,15 @@ class AccuracyErrors:
         return worst_relative_error(dataclasses.asdict(self))
 
 
-def machine_model(host: dict) -> str:
-    """The model of the machine a host description (``Measurement.host``) names: ``CPU model`` or ``CPU model / GPU``."""
-    return host["cpu_model"] + (f" / {host['gpu_name']}" if host.get("gpu_name") else "")
+def machine_model(description: Mapping[str, Any], device: str = "cpu") -> str:
+    """What a series or a case is measured on: ``AMD EPYC 25/17 [avx2_fma,avx512f,avx512_bf16]``, plus `` / GPU``
+    for a CUDA case. ``description``: a run's environment or a case's ``Measurement.host`` (both carry
+    ``cpu_model``, ``cpu_family_model``, ``cpu_instruction_sets``, ``gpu_name``; older hosts only the model)."""
+    cpu = f"{description.get('cpu_model') or 'unknown CPU'} {description.get('cpu_family_model') or ''}".strip()
+    sets = description.get("cpu_instruction_sets")
+    model = f"{cpu} [{sets}]" if sets else cpu
+    gpu = description.get("gpu_name")
+    return f"{model} / {gpu}" if device.startswith("cuda") and gpu else model
 
 
 def worst_relative_error(values: Mapping[str, Any]) -> float:
@@ -97,7 +103,7 @@ class Measurement:
     out_dtype: str | None = None
     variant: str | None = None
     source: str | None = None
-    host: Mapping[str, Any] | None = None  # where the case ran: hostname, cpu_model, gpu_name (machine.env)
+    host: Mapping[str, Any] | None = None  # where the case ran: hostname, CPU model and instruction sets, GPU (machine.env)
     notes: Mapping[str, Any] = field(default_factory=dict)  # the implementation's and the phases' free-form record
     traceback: str | None = None
 
@@ -128,7 +134,7 @@ class Measurement:
     @property
     def machine(self) -> str | None:
         """The model of the machine the case ran on, where an executor recorded it (``CPU model / GPU``)."""
-        return machine_model(self.host) if self.host else None
+        return machine_model(self.host, self.case.device) if self.host else None
 
     @property
     def contended(self) -> bool:
