@@ -178,7 +178,7 @@ def sanity(out: Path, device: str) -> list[str]:
         return ["no run finished a single case"]
     for folder in runs:
         run = load_run(folder)
-        environment, settings = run.meta.get("environment", {}), run.meta.get("settings", {})
+        environment, settings = run.meta.environment, run.meta.settings
         if not environment.get("git_commit"):
             problems.append(f"{folder.name}: no commit recorded (set CMGM_BENCH_GIT_COMMIT where the tree has no .git)")
         recorded = environment.get("tf32_matmul")

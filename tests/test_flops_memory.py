@@ -239,13 +239,14 @@ def test_emulated_dtype_uses_the_float32_ceiling_and_no_share_exceeds_100():
     from cmgm_bench.config.cases import Case
     from cmgm_bench.measure import ceilings as ceilings_module
     from cmgm_bench.measure.measurement import Measurement, Status
+    from cmgm_bench.results.run_meta import RunMeta
     from cmgm_bench.views.report import ceiling_notes
 
     native = {"float32": 150.0, "bfloat16": 0.9, "float16": 1.1}
-    device = {"matmul_gflops": ceilings_module.effective(native), "matmul_gflops_native": native,
-              "emulated": ceilings_module.emulated(native), "copy_gbytes_per_s": 20.0}
-    assert device["matmul_gflops"] == {"float32": 150.0, "bfloat16": 150.0, "float16": 150.0}
-    assert device["emulated"] == ["bfloat16", "float16"]
+    device = ceilings_module.Ceilings(matmul_gflops=ceilings_module.effective(native), matmul_gflops_native=native,
+                                      emulated=tuple(ceilings_module.emulated(native)), copy_gbytes_per_s=20.0)
+    assert device.matmul_gflops == {"float32": 150.0, "bfloat16": 150.0, "float16": 150.0}
+    assert device.emulated == ("bfloat16", "float16")
     # a case's rate is its FLOPs over its median sample: 1 ms samples, FLOPs = rate x 1e6
     rates = [("bfloat16", 120.0), ("float32", 90.0), ("float32", 180.0), ("float32", 100.0)]
     cases = [Measurement(Case(f"case{index}", "cpu", dtype, "fwd", 1, 4, 4, 2, 8), Status.OK, samples_s=[1e-3], flops=int(rate * 1e6))
@@ -257,10 +258,11 @@ def test_emulated_dtype_uses_the_float32_ceiling_and_no_share_exceeds_100():
         shares.append(accounted.pct_peak)
     assert shares[0] == pytest.approx(80.0)  # not 120 / 0.9 = 13333 %
     assert shares[2] == pytest.approx(100.0) and shares[3] == pytest.approx(100 * 100 / 180)
-    assert device["raised"]["float32"] == {"from": 150.0, "to": pytest.approx(180.0), "by": "case2 fwd B1 8x4x4 h2"}
-    assert "raised" not in measured and measured["matmul_gflops"]["float32"] == 150.0  # accounting changes no ceilings
+    assert device.raised["float32"] == {"from": 150.0, "to": pytest.approx(180.0), "by": "case2 fwd B1 8x4x4 h2"}
+    assert not measured.raised and measured.matmul_gflops["float32"] == 150.0  # accounting changes no ceilings
     assert all(share <= 100 for share in shares)
-    lines = ceiling_notes({"ceilings": {"cpu": device}})
+    assert ceilings_module.Ceilings.from_json(json.loads(json.dumps(device.to_json()))) == device  # as run.json keeps them
+    lines = ceiling_notes(RunMeta(ceilings={"cpu": device}))
     assert "- cpu bfloat16 matmul: 0.9 GFLOP/s, no native support; % peak uses the float32 ceiling (150.0 GFLOP/s)." in lines
     assert any("`case2 fwd B1 8x4x4 h2` ran at 180.0 GFLOP/s" in line for line in lines)
 
@@ -270,27 +272,29 @@ def test_cases_of_two_machine_models_are_accounted_against_their_own_ceilings(tm
     per machine model, each case's share uses its machine's, and the report shows both tables and rooflines."""
     from cmgm_bench.measure import ceilings as ceilings_module
     from cmgm_bench.measure.measurement import Measurement, Status
+    from cmgm_bench.results.run_meta import RunMeta
     from cmgm_bench.results.store import RunWriter
 
     def measured(gflops):
-        return {"matmul_gflops": {"float32": gflops}, "matmul_gflops_native": {"float32": gflops}, "emulated": [],
-                "copy_gbytes_per_s": 20.0}
+        return ceilings_module.Ceilings(matmul_gflops={"float32": gflops}, matmul_gflops_native={"float32": gflops},
+                                        copy_gbytes_per_s=20.0)
 
-    meta = {"environment": {"cpu_model": "CPU A"}, "baseline": "eager"}
-    assert ceilings_module.adopt(meta, "cpu", "CPU A", measured(100.0))
-    assert ceilings_module.adopt(meta, "cpu", "CPU B", measured(400.0))
-    assert not ceilings_module.adopt(meta, "cpu", "CPU B", measured(7.0))  # a second worker of a known model: the first is kept
-    assert not ceilings_module.adopt(meta, "cpu", "CPU A", measured(7.0))
-    assert ceilings_module.of_machine(meta, "cpu", "CPU A")["matmul_gflops"]["float32"] == 100.0
-    assert ceilings_module.of_machine(meta, "cpu", "CPU B")["matmul_gflops"]["float32"] == 400.0
-    assert ceilings_module.of_machine(meta, "cpu", "CPU C") == {}
+    meta = RunMeta(environment={"cpu_model": "CPU A"}, baseline="eager")
+    assert meta.adopt_ceilings("cpu", "CPU A", measured(100.0))
+    assert meta.adopt_ceilings("cpu", "CPU B", measured(400.0))
+    assert not meta.adopt_ceilings("cpu", "CPU B", measured(7.0))  # a second worker of a known model: the first is kept
+    assert not meta.adopt_ceilings("cpu", "CPU A", measured(7.0))
+    assert meta.ceilings_of("cpu", "CPU A").matmul_gflops["float32"] == 100.0
+    assert meta.ceilings_of("cpu", "CPU B").matmul_gflops["float32"] == 400.0
+    assert meta.ceilings_of("cpu", "CPU C") is None
+    assert RunMeta.from_json(json.loads(json.dumps(meta.to_json()))) == meta  # as run.json keeps them
 
     def case_on(model, impl):  # 50 GFLOP/s: 1 ms samples, 5e7 FLOPs
         return Measurement(Case(impl, "cpu", "float32", "fwd", 1, 4, 4, 2, 8), Status.OK, samples_s=[1e-3, 1e-3, 1e-3], flops=50_000_000,
                            host={"hostname": model, "cpu_model": model, "gpu_name": None})
 
     cases = [case_on(model, impl) for model in ("CPU A", "CPU B") for impl in ("eager", "sdpa")]
-    accounted = [ceilings_module.account(ceilings_module.of_machine(meta, "cpu", m.machine), m)[0] for m in cases]
+    accounted = [ceilings_module.account(meta.ceilings_of("cpu", m.machine), m)[0] for m in cases]
     assert [m.pct_peak for m in accounted] == pytest.approx([50.0, 50.0, 12.5, 12.5])
     writer = RunWriter(tmp_path / "run", meta, accounted)
     writer.finish()

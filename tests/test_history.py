@@ -50,11 +50,11 @@ def derived_run(source: Path, out: Path, index: int, scale: float, torch_version
     """``source`` as if run ``index`` hours later at commit ``c<index>``, every sample times ``scale``, on a machine
     whose cores were ``contention`` busy with other work."""
     run = load_run(source)
-    environment = dict(run.meta["environment"])
+    environment = dict(run.meta.environment)
     environment.update(start_time=f"2031-01-01T{index:02d}:00:00+00:00", git_commit=f"c{index:039d}", git_branch="main")
     if torch_version:
         environment["torch_version"] = torch_version
-    writer = RunWriter(out, {**run.meta, "environment": environment},
+    writer = RunWriter(out, dataclasses.replace(run.meta, environment=environment),
                        [dataclasses.replace(m, samples_s=tuple(s * scale for s in m.samples_s), contention=contention)
                         for m in run.measurements])
     writer.finish()
@@ -102,7 +102,7 @@ def test_add_and_show_real_runs(real_runs, db_url):
     for series in by_case.values():
         assert [r["started_at"] for r in series] == sorted(r["started_at"] for r in series)  # newest last
         assert all(r["latency"] > 0 and r["iqr"] >= 0 for r in series)
-        assert {r["commit"] for r in series} == {load_run(real_runs[0]).meta["environment"]["git_commit"]}
+        assert {r["commit"] for r in series} == {load_run(real_runs[0]).meta.environment["git_commit"]}
     truth = {m.case.impl: m.latency_ms for m in load_run(real_runs[1]).measurements}
     assert by_case["eager cpu float32 fwd B1 64x4x4 h8 t1"][-1]["latency"] == pytest.approx(truth["eager"])
     assert {r["case"].split()[0] for r in shown(db_url, "--impl", "sdpa")} == {"sdpa"}
@@ -338,7 +338,7 @@ def test_a_case_is_filed_under_the_machine_model_it_ran_on(real_runs):
     from cmgm_bench.measure.measurement import machine_model
 
     run = load_run(real_runs[0])
-    environment = run.meta["environment"]
+    environment = run.meta.environment
     here = machine_model(environment)
     assert here.startswith(environment["cpu_model"]) and environment["cpu_instruction_sets"] in here
     elsewhere = {**run.measurements[0].host, "cpu_model": "Other CPU", "cpu_family_model": "25/1", "cpu_instruction_sets": "avx2_fma"}

@@ -186,7 +186,7 @@ def compare_runs(
     if run_spread is None:
         measured = [spread for spread in (replicate_spread(base), replicate_spread(cand)) if spread is not None]
         run_spread = max(measured) if measured else DEFAULT_RUN_SPREAD
-    differences = environment_differences(base.meta["environment"], cand.meta["environment"])
+    differences = environment_differences(base.meta.environment, cand.meta.environment)
     if differences and not allow_env_mismatch:
         key, (a, b) = next(iter(differences.items()))
         raise UsageError(f"the runs differ in {key} ({a!r} vs {b!r}); pass --allow-env-mismatch to compare anyway")

@@ -3,8 +3,10 @@
 An executor is built once per run from the configuration, the run directory, a
 :class:`~cmgm_bench.measure.case_runner.CaseRunner` per device (its configuration and
 ceilings; remote executors also use it to record a case that never came back) and the
-run's dtypes per device (the ceilings a remote worker measures). It yields each case's
-measurement as soon as it is back, in any order; the sweep appends it to the journal.
+run's dtypes per device (the ceilings a remote worker measures). It yields each case
+as soon as it is back, in any order, as :class:`Finished`: the measurement, and the
+ceilings of the machine a remote worker measured it on; the sweep stores those and
+appends the measurement to the journal.
 The configuration was validated once (:class:`~cmgm_bench.config.run_config.RunConfig`).
 """
 
@@ -12,10 +14,11 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Callable, Iterator, Protocol
+from typing import Callable, Iterator, NamedTuple, Protocol
 
 from cmgm_bench.config.cases import Case
 from cmgm_bench.config.run_config import RunConfig
+from cmgm_bench.measure.ceilings import Ceilings
 from cmgm_bench.measure.measurement import Measurement
 
 # --executor NAME -> "module:class"; a remote executor's module imports its cluster library only when chosen
@@ -26,10 +29,18 @@ EXECUTORS = {
 }
 
 
+class Finished(NamedTuple):
+    """A case back from an executor."""
+
+    case: Case
+    measurement: Measurement
+    ceilings: Ceilings | None = None  # a remote worker's: the ceilings of the machine the case ran on
+
+
 class Executor(Protocol):
     def measurements(self, cases: list[Case], on_case_start: Callable[[Case, int], None] | None = None
-                     ) -> Iterator[tuple[Case, Measurement]]:
-        """Measure ``cases``; yield each with its measurement as it finishes (``on_case_start(case, index)`` as one starts)."""
+                     ) -> Iterator[Finished]:
+        """Measure ``cases``; yield each as it finishes (``on_case_start(case, index)`` as one starts)."""
 
 
 def executor_for(config: RunConfig, out_dir: Path, runners: dict, dtypes: dict) -> Executor:

@@ -35,6 +35,7 @@ from pathlib import Path
 from cmgm_bench.config.cases import Case
 from cmgm_bench.measure import allocator
 from cmgm_bench.measure.case_runner import CaseRunner
+from cmgm_bench.measure.ceilings import Ceilings
 from cmgm_bench.measure.measurement import Measurement, Status
 from cmgm_bench.results.store import from_record, to_record
 
@@ -51,8 +52,8 @@ def run_isolated(case: Case, runner: CaseRunner, threads: int) -> Measurement:
     if missing:
         return runner.failed(case, Status.UNSUPPORTED, missing)
     limit = None if config.timeout_s is None else config.timeout_s + STARTUP_ALLOWANCE_S
-    spec = {"case": case.as_dict(), "settings": dict(config.settings), "ceilings": runner.ceilings, "threads": threads,
-            "parent": os.getpid(), "limit_s": limit}
+    spec = {"case": case.as_dict(), "settings": dict(config.settings), "threads": threads, "parent": os.getpid(), "limit_s": limit,
+            "ceilings": runner.ceilings and runner.ceilings.to_json()}
     remove_orphaned_folders()
     with tempfile.TemporaryDirectory(prefix=f"{FOLDER_PREFIX}{os.getpid()}-") as tmp:
         spec_path, record_path = Path(tmp) / "spec.json", Path(tmp) / "record.json"
@@ -126,7 +127,7 @@ def _child(spec_path: str, record_path: str) -> None:
         raise SystemExit(f"{case.allocator} was preloaded but is not in the process (LD_PRELOAD did not take)")
     config = RunConfig.from_settings(spec["settings"])  # loads the --impl-file plug-ins too
     prepare_process(spec["threads"], config.tf32, config.cudnn_benchmark)
-    measurement = CaseRunner(config, spec["ceilings"]).run(case)
+    measurement = CaseRunner(config, Ceilings.from_json(spec["ceilings"]) if spec["ceilings"] else None).run(case)
     measurement = measurement.with_(notes={**measurement.notes, "allocator": allocator.policy()})
     Path(record_path).write_text(json.dumps(to_record(measurement)))
 

@@ -11,10 +11,10 @@ import torch
 
 from cmgm_bench.config.cases import Case
 from cmgm_bench.config.run_config import RunConfig
+from cmgm_bench.execution.executor import Finished
 from cmgm_bench.execution.isolate import run_isolated
 from cmgm_bench.machine import env
 from cmgm_bench.measure import allocator, failures
-from cmgm_bench.measure.measurement import Measurement
 
 
 class LocalExecutor:
@@ -28,7 +28,7 @@ class LocalExecutor:
         self.isolate = config.isolate
         self.runners = runners
 
-    def measurements(self, cases: list[Case], on_case_start=None) -> Iterator[tuple[Case, Measurement]]:
+    def measurements(self, cases: list[Case], on_case_start=None) -> Iterator[Finished]:
         unusable: set[str] = set()  # devices whose context in this process failed
         for index, case in enumerate(cases):
             if on_case_start:
@@ -42,4 +42,4 @@ class LocalExecutor:
                 notes["device_context"] = "unusable after this case; later cases ran each in a fresh process"
                 print(f"warning: the {case.device} context failed with {case.impl} {case.mode} {case.shape_label} "
                       f"({measurement.error}); the remaining cases run each in a fresh process", file=sys.stderr)
-            yield case, measurement.with_(host=env.host_description(case.device), notes=notes)
+            yield Finished(case, measurement.with_(host=env.host_description(case.device), notes=notes))

@@ -26,9 +26,9 @@ from typing import Iterator
 from cmgm_bench.config.cases import Case
 from cmgm_bench.errors import UsageError
 from cmgm_bench.measure.failures import one_line
-from cmgm_bench.measure.measurement import Measurement, Status
-from cmgm_bench.execution.remote_case import measure_case
-from cmgm_bench.results.store import from_record
+from cmgm_bench.measure.measurement import Status
+from cmgm_bench.execution.executor import Finished
+from cmgm_bench.execution.remote_case import finished, measure_case
 
 INSTALL_HINT = "--executor ray needs Ray: pip install -e '.[ray]'"
 SLOT_RESOURCE = "cmgm_timing_slot"
@@ -95,7 +95,7 @@ class RayExecutor:
         return self.task.options(**options).remote(case.as_dict(), dict(config.settings), self.dtypes[case.device], self.cpu_slots,
                                                    "ray")
 
-    def measurements(self, cases: list[Case], on_case_start=None) -> Iterator[tuple[Case, Measurement]]:
+    def measurements(self, cases: list[Case], on_case_start=None) -> Iterator[Finished]:
         """Run ``cases``, at most the cluster's capacity at once; yield each as it finishes."""
         pending = list(cases)
         window = min((self.capacity(device) for device in {case.device for case in cases}), default=1)
@@ -110,20 +110,20 @@ class RayExecutor:
                 done, _ = self.ray.wait(list(running), num_returns=1, timeout=POLL_S)
                 for ref in done:
                     case, _ = running.pop(ref)
-                    yield case, self._result(ref, case)
+                    yield self._result(ref, case)
                 yield from self._cancel_overdue(running)
         finally:  # Ctrl-C or an error in the driver: nothing keeps running for a run that stopped
             for ref in running:
                 self.ray.cancel(ref, force=True)
 
-    def _result(self, ref, case: Case) -> Measurement:
+    def _result(self, ref, case: Case) -> Finished:
         try:
-            return from_record(self.ray.get(ref))
+            return finished(case, self.ray.get(ref))
         except self.ray.exceptions.RayError as exc:  # the worker or its node died twice
             message = f"lost the Ray worker (retried once): {one_line(exc)}"
-            return self.runners[case.device].failed(case, Status.ERROR, message, {"executor": "ray"})
+            return Finished(case, self.runners[case.device].failed(case, Status.ERROR, message, {"executor": "ray"}))
 
-    def _cancel_overdue(self, running: dict) -> Iterator[tuple[Case, Measurement]]:
+    def _cancel_overdue(self, running: dict) -> Iterator[Finished]:
         for ref, (case, submitted) in list(running.items()):
             runner = self.runners[case.device]
             limit = runner.config.timeout_s
@@ -131,4 +131,4 @@ class RayExecutor:
                 self.ray.cancel(ref, force=True)
                 running.pop(ref)
                 message = f"timed out after {limit + STARTUP_ALLOWANCE_S:g} s (Ray task cancelled)"
-                yield case, runner.failed(case, Status.TIMEOUT, message, {"executor": "ray"})
+                yield Finished(case, runner.failed(case, Status.TIMEOUT, message, {"executor": "ray"}))

@@ -4,9 +4,9 @@ The worker rebuilds the run's configuration from its raw settings (loading the
 ``--impl-file`` plug-ins there too), pins itself to a timing slot's cores where
 a node times several cases at once, measures the ceilings of the machine it
 runs on (once per worker process, or once per host and run where a shared
-folder is given, as for Slurm jobs), and returns the case's JSON record with
-those ceilings in its notes; the driver moves them to the run's metadata and
-appends the record to the journal.
+folder is given, as for Slurm jobs), and returns the case's JSON record and
+those ceilings (:func:`finished` reads them back in the driver, which keeps the
+ceilings in the run's metadata and appends the record to the journal).
 """
 
 from __future__ import annotations
@@ -18,8 +18,11 @@ import time
 from pathlib import Path
 
 from cmgm_bench.config.cases import Case
+from cmgm_bench.execution.executor import Finished
+from cmgm_bench.measure.ceilings import Ceilings
+from cmgm_bench.results.store import from_record
 
-_measured_ceilings: dict[tuple, dict] = {}  # this worker process's, per device, dtypes and cores
+_measured_ceilings: dict[tuple, Ceilings] = {}  # this worker process's, per device, dtypes and cores
 
 
 def _pin_to_slot(slots: int, threads: int) -> tuple[object, list[int]] | tuple[None, None]:
@@ -42,7 +45,7 @@ def _pin_to_slot(slots: int, threads: int) -> tuple[object, list[int]] | tuple[N
     raise RuntimeError(f"no free timing slot of {slots} on this node")
 
 
-def worker_ceilings(device: str, dtypes: list[str], machine: str, cache_dir: str | None) -> tuple[dict, float | None]:
+def worker_ceilings(device: str, dtypes: list[str], machine: str, cache_dir: str | None) -> tuple[Ceilings, float | None]:
     """This machine's ceilings for ``device`` at the current threads and cores, and the seconds measuring
     them took (``None`` when this worker or, with ``cache_dir``, another job on this host measured them)."""
     import torch
@@ -56,7 +59,7 @@ def worker_ceilings(device: str, dtypes: list[str], machine: str, cache_dir: str
         name = f"ceilings-{platform.node()}-{device}-{'_'.join(dtypes)}-{key[2]}t-{cores[0]}to{cores[-1]}.json"
         cache = Path(cache_dir) / name.replace(":", "_").replace("/", "_")
         if key not in _measured_ceilings and cache.exists():
-            _measured_ceilings[key] = json.loads(cache.read_text())
+            _measured_ceilings[key] = Ceilings.from_json(json.loads(cache.read_text()))
     if key in _measured_ceilings:
         return _measured_ceilings[key], None
     started = time.perf_counter()
@@ -64,14 +67,15 @@ def worker_ceilings(device: str, dtypes: list[str], machine: str, cache_dir: str
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         partial = cache.with_suffix(f".{os.getpid()}.tmp")
-        partial.write_text(json.dumps(measured))
+        partial.write_text(json.dumps(measured.to_json()))
         partial.replace(cache)
     return measured, time.perf_counter() - started
 
 
 def measure_case(case_fields: dict, settings: dict, dtypes: list[str], slots: int, executor: str,
                  cache_dir: str | None = None) -> dict:
-    """Measure one case in a worker process (a Ray task, a Slurm job) and return its record.
+    """Measure one case in a worker process (a Ray task, a Slurm job); return its record and this machine's
+    ceilings (``{"record": ..., "ceilings": ...}``, JSON as they travel; :func:`finished` reads them).
 
     ``dtypes``: the run's dtypes on the case's device (the ceilings measured). ``cache_dir``: a folder
     the jobs share, where each host's ceilings are kept for the run's later jobs.
@@ -98,9 +102,14 @@ def measure_case(case_fields: dict, settings: dict, dtypes: list[str], slots: in
         if lock is not None:
             os.sched_setaffinity(0, affinity)
             lock.close()
-    notes = {**measurement.notes, "executor": executor, "ceilings": measured}
+    notes = {**measurement.notes, "executor": executor}
     if seconds is not None:
         notes["ceilings_s"] = seconds
     if cores is not None:
         notes["cpu_set"] = cores
-    return to_record(measurement.with_(host=host, notes=notes))
+    return {"record": to_record(measurement.with_(host=host, notes=notes)), "ceilings": measured.to_json()}
+
+
+def finished(case: Case, returned: dict) -> Finished:
+    """What :func:`measure_case` returned, read back in the driver: the case, its measurement, the ceilings."""
+    return Finished(case, from_record(returned["record"]), Ceilings.from_json(returned["ceilings"]))

@@ -29,10 +29,10 @@ from typing import Iterator
 
 from cmgm_bench.config.cases import Case
 from cmgm_bench.errors import UsageError
-from cmgm_bench.execution.remote_case import measure_case
+from cmgm_bench.execution.executor import Finished
+from cmgm_bench.execution.remote_case import finished, measure_case
 from cmgm_bench.measure.failures import one_line
-from cmgm_bench.measure.measurement import Measurement, Status
-from cmgm_bench.results.store import from_record
+from cmgm_bench.measure.measurement import Status
 
 INSTALL_HINT = "--executor slurm needs submitit: pip install -e '.[slurm]'"
 STARTUP_ALLOWANCE_S = 120.0  # a job waits in the queue, then imports torch and the plug-ins
@@ -76,7 +76,7 @@ class SlurmExecutor:
         return self.executor.submit(measure_case, case.as_dict(), dict(config.settings), self.dtypes[case.device], 1, "slurm",
                                     str(self.folder))
 
-    def measurements(self, cases: list[Case], on_case_start=None) -> Iterator[tuple[Case, Measurement]]:
+    def measurements(self, cases: list[Case], on_case_start=None) -> Iterator[Finished]:
         """Run ``cases`` (``--cpu-slots`` at a time on the local cluster); yield each as it finishes."""
         pending = [(case, 0) for case in cases]
         window = self.cpu_slots if self.cluster == "local" else len(cases)
@@ -96,18 +96,18 @@ class SlurmExecutor:
                     if job.done():
                         running.pop(job)
                         try:
-                            yield case, from_record(job.result())
+                            yield finished(case, job.result())
                         except Exception as exc:  # the job raised, died or was cancelled
                             if attempt == 0:
                                 pending.insert(0, (case, 1))
                             else:
-                                yield case, runner.failed(case, Status.ERROR, f"the Slurm job failed twice: {one_line(exc)}",
-                                                          {"executor": "slurm"})
+                                yield Finished(case, runner.failed(case, Status.ERROR, f"the Slurm job failed twice: {one_line(exc)}",
+                                                                   {"executor": "slurm"}))
                     elif limit is not None and time.monotonic() - started > limit + STARTUP_ALLOWANCE_S:
                         job.cancel(check=False)
                         running.pop(job)
                         message = f"timed out after {limit + STARTUP_ALLOWANCE_S:g} s (Slurm job cancelled)"
-                        yield case, runner.failed(case, Status.TIMEOUT, message, {"executor": "slurm"})
+                        yield Finished(case, runner.failed(case, Status.TIMEOUT, message, {"executor": "slurm"}))
                 if running:
                     time.sleep(POLL_S)
         finally:  # Ctrl-C or an error in the driver: nothing keeps running for a run that stopped

@@ -27,6 +27,7 @@ from cmgm_bench.machine.process_setup import prepare_process
 from cmgm_bench.measure import heap, instructions
 from cmgm_bench.measure.case_runner import CaseRunner
 from cmgm_bench.measure.measurement import Measurement, machine_model
+from cmgm_bench.results.run_meta import RunMeta
 from cmgm_bench.results.store import RunWriter, load_run
 
 
@@ -101,13 +102,13 @@ def default_sweep_cases(config: RunConfig) -> tuple[list[Case], str | None]:
 def plan_resume(run_dir: Path, given: dict) -> Plan:
     """The plan of an interrupted run: its stored settings, its finished measurements."""
     run = load_run(run_dir)
-    if "settings" not in run.meta:
+    if not run.meta.settings:
         raise UsageError(f"--resume {run_dir}: the run has no stored settings")
-    config = RunConfig.from_settings(settings_module.resumed(run.meta["settings"], given, run_dir))
+    config = RunConfig.from_settings(settings_module.resumed(run.meta.settings, given, run_dir))
     check_executor(config)
     cases, narrowed = default_sweep_cases(config)
     plan = Plan(config, cases, Path(run_dir), narrowed=narrowed)
-    stored = run.meta.get("environment", {})
+    stored = run.meta.environment
     here = env.collect(config.device)
     for key in env.MACHINE_KEYS:
         if key in stored and stored[key] != here.get(key):
@@ -136,21 +137,21 @@ def run_plan(
     devices = sorted({case.device for case in plan.cases}) or [config.device]
     if plan.done:
         meta = load_run(plan.out_dir).meta
-        meta.setdefault("resumed", []).append(env.collect(devices[0], argv)["start_time"])
+        meta.resumed.append(env.collect(devices[0], argv)["start_time"])
     else:
-        meta = {
-            "environment": env.collect(devices[0], argv),
-            "settings": dict(config.settings),
-            "sweep": {k: list(v) for k, v in dataclasses.asdict(config.sweep).items()},
-            "options": {**config.summary(), **({"narrowed": plan.narrowed} if plan.narrowed else {})},
-            "baseline": registry.baseline_name(),
-            "ceilings": {} if remote else {
+        meta = RunMeta(
+            environment=env.collect(devices[0], argv),
+            settings=dict(config.settings),
+            sweep={k: list(v) for k, v in dataclasses.asdict(config.sweep).items()},
+            options={**config.summary(), **({"narrowed": plan.narrowed} if plan.narrowed else {})},
+            baseline=registry.baseline_name(),
+            ceilings={} if remote else {
                 device: ceilings.measure(device, run_dtypes(plan, device), machine_model(env.host_description(device), device))
                 for device in devices
             },
-        }
+        )
     writer = RunWriter(plan.out_dir, meta, plan.done)
-    runners = {device: CaseRunner(config, meta["ceilings"].get(device, {})) for device in devices}
+    runners = {device: CaseRunner(config, meta.ceilings.get(device)) for device in devices}
     try:
         with heap.frozen(), interrupts.watched() as interrupted:  # each case's collection scans only its own objects
             run_cases(plan, writer, runners, on_case_start, on_case_done, interrupted)
@@ -174,33 +175,21 @@ def run_cases(plan: Plan, writer: RunWriter, runners: dict, on_case_start, on_ca
     dtypes = {device: run_dtypes(plan, device) for device in runners}
     finished = executor_for(plan.config, plan.out_dir, runners, dtypes).measurements(plan.todo, on_case_start)
     seen = {m.machine: m for m in writer.measurements if m.machine}  # one finished case per machine model
-    for case, measurement in finished:
+    meta = writer.meta
+    for case, measurement, worker_ceilings in finished:
         if measurement.machine and measurement.machine not in seen:
             check_one_machine_model([*seen.values(), measurement], plan.config.allow_mixed_hosts)
             seen[measurement.machine] = measurement
-        measurement = adopt_worker_ceilings(writer, measurement)
-        measurement, raised = ceilings.account(ceilings.of_machine(writer.meta, case.device, measurement.machine), measurement)
+        if worker_ceilings is not None and meta.adopt_ceilings(case.device, measurement.machine, worker_ceilings):
+            writer.write_meta()  # the first case from a machine model brings that model's ceilings
+        measurement, raised = ceilings.account(meta.ceilings_of(case.device, measurement.machine), measurement)
         if raised is not None:  # the case beat its ceiling: stored raised, and earlier cases' shares follow it
-            ceilings.store(writer.meta, case.device, measurement.machine, raised)
-            writer.replace_all([
-                ceilings.account(ceilings.of_machine(writer.meta, m.case.device, m.machine), m)[0] for m in writer.measurements
-            ])
+            meta.store_ceilings(case.device, measurement.machine, raised)
+            writer.replace_all([ceilings.account(meta.ceilings_of(m.case.device, m.machine), m)[0] for m in writer.measurements])
         writer.append(measurement)
         if on_case_done:
             on_case_done(case, measurement)
         interrupted.check()
-
-
-def adopt_worker_ceilings(writer: RunWriter, measurement: Measurement) -> Measurement:
-    """Move the ceilings a remote worker measured on its machine from the case's notes into the run's
-    metadata (the first of each machine model is kept); the case keeps only the time they took."""
-    notes = dict(measurement.notes)
-    measured = notes.pop("ceilings", None)
-    if measured is None:
-        return measurement
-    if ceilings.adopt(writer.meta, measurement.case.device, measurement.machine, measured):
-        writer.write_meta()
-    return measurement.with_(notes=notes)
 
 
 def check_one_machine_model(measurements: list[Measurement], allowed: bool) -> None:
@@ -220,7 +209,7 @@ def add_instruction_counts(writer: RunWriter, plan: Plan) -> None:
     # once per case, not per replicate
     todo = list({m.case.key: m.case for m in writer.measurements if m.timed and not m.instructions}.values())
     counts = dict(zip((case.key for case in todo), instructions.count(todo, plan.config.seed, list(plan.config.impl_files))))
-    writer.meta["instruction_counts"] = instructions.describe()
+    writer.meta.instruction_counts = instructions.describe()
     writer.replace_all([m.with_(instructions=counts[m.case.key]) if m.case.key in counts else m for m in writer.measurements])
 
 

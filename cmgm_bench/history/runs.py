@@ -80,7 +80,7 @@ def torch_changes(versions) -> list[int]:
 
 def case_values(run: Run, run_id: int) -> list[dict]:
     """The rows of ``cases`` that stand for ``run``'s measurements: series keys, metric values, the full results row."""
-    environment = run.meta.get("environment", {})
+    environment = run.meta.environment
     values = []
     for measurement in run.measurements:
         row = to_record(measurement)["row"]  # the results row, JSON-safe (no NaN)
@@ -103,7 +103,7 @@ def case_values(run: Run, run_id: int) -> list[dict]:
 
 def stored_run_id(engine: Engine, run: Run) -> int | None:
     """The database id of ``run`` where it was added before."""
-    identity = run_identity(run.meta.get("environment") or {})
+    identity = run_identity(run.meta.environment)
     with engine.connect() as connection:
         return connection.execute(sa.select(runs_table.c.id).where(runs_table.c.identity == identity)).scalar()
 
@@ -125,7 +125,7 @@ def add_run(engine: Engine, run: Run, commit: str | None = None, branch: str | N
 
 
 def _add_run_once(engine: Engine, run: Run, commit: str | None, branch: str | None) -> Added:
-    environment = run.meta.get("environment") or {}
+    environment = run.meta.environment
     if not environment.get("start_time"):
         raise UsageError(f"{run.path}: the run records no start time; not a cmgm-bench run directory")
     if not run.measurements:
@@ -151,7 +151,7 @@ def _add_run_once(engine: Engine, run: Run, commit: str | None, branch: str | No
             torch_version=environment.get("torch_version"),
             cuda_version=environment.get("cuda_version"),
             environment=environment,
-            settings=run.meta.get("settings") or {},
+            settings=run.meta.settings,
         )).inserted_primary_key[0]
         connection.execute(cases_table.insert(), case_values(run, run_id))
     return Added(run_id, "stored", len(run.measurements))

@@ -48,7 +48,7 @@ def check_run(engine, run: Run, metric: str = "latency", window: int = 10, thres
     """One row per case of ``run`` with a value of ``metric``: its verdict against the history (:data:`VERDICT_COLUMNS`)."""
     column, _, default_threshold = metric_spec(metric)
     threshold = default_threshold if threshold is None else threshold
-    environment = run.meta.get("environment", {})
+    environment = run.meta.environment
     started, torch_version = environment.get("start_time", ""), environment.get("torch_version")
     history = read_points(engine, metric, branch=branch)
     own = stored_run_id(engine, run)

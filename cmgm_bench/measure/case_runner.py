@@ -62,9 +62,9 @@ class _Draft:
 
 
 class CaseRunner:
-    def __init__(self, config: RunConfig, ceilings: dict | None = None):
+    def __init__(self, config: RunConfig, ceilings: ceilings_module.Ceilings | None = None):
         self.config = config
-        self.ceilings = ceilings or {}
+        self.ceilings = ceilings
         self._references: collections.OrderedDict = collections.OrderedDict()
 
     def known_fields(self, case: Case, impl) -> dict:

@@ -13,16 +13,19 @@ float32, so the effective ceiling is never below float32's. ``pct_peak`` uses
 the effective ceiling; a case that still beats it raises it to the case's own
 rate (noted in the run), so no share is ever above 100 %.
 
-Each device's ceilings name the machine model they were measured on
-(``"machine"``). The local executor measures them in the driver; a remote
-executor's worker measures its own machine's (once per worker process) and
-sends them with the case: ``results.json``'s ``ceilings`` holds the first
-machine model's per device, ``machine_ceilings`` those of any other model
-(a run with ``--allow-mixed-hosts``), and each case is accounted against the
-ceilings of the machine it ran on.
+Each device's :class:`Ceilings` name the machine model they were measured on.
+The local executor measures them in the driver; a remote executor's worker
+measures its own machine's (once per worker process) and returns them beside
+the case; the run's metadata keeps them per machine model
+(:class:`~cmgm_bench.results.run_meta.RunMeta`), and each case is accounted
+against the ceilings of the machine it ran on.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Mapping
 
 import torch
 
@@ -94,69 +97,53 @@ def emulated(native: dict) -> list[str]:
     return sorted(dtype for dtype, value in native.items() if dtype != "float32" and (value or 0.0) < floor)
 
 
-def measure(device: str, dtypes, machine: str | None = None) -> dict:
+@dataclass(frozen=True)
+class Ceilings:
+    """One device's measured ceilings on one machine model (``run.json``'s ``ceilings``; docs/design.md, "Contracts")."""
+
+    matmul_gflops: Mapping[str, float | None] = field(default_factory=dict)  # effective, per dtype
+    matmul_gflops_native: Mapping[str, float | None] = field(default_factory=dict)
+    copy_gbytes_per_s: float | None = None
+    machine: str | None = None  # the machine model they were measured on (None: an older run)
+    matmul_side: Mapping[str, int | None] = field(default_factory=dict)
+    method: str | None = None  # how they were measured (None: an older run)
+    emulated: tuple[str, ...] = ()
+    raised: Mapping[str, dict] = field(default_factory=dict)  # dtype -> {"from", "to", "by"}: a case beat the ceiling
+
+    @classmethod
+    def from_json(cls, values: Mapping) -> "Ceilings":
+        known = {f.name for f in dataclasses.fields(cls)}
+        found = {key: value for key, value in values.items() if key in known}
+        return cls(**{**found, "emulated": tuple(found.get("emulated") or ())})
+
+    def to_json(self) -> dict:
+        return {**dataclasses.asdict(self), "emulated": list(self.emulated)}
+
+
+def measure(device: str, dtypes, machine: str | None = None) -> Ceilings:
     """Native and effective matmul GFLOP/s per dtype (float32 always), the side each was measured at, emulated
     dtypes, copy GB/s, how they were measured, and the model of the machine they were measured on."""
     matmuls = {dtype: matmul_gflops(device, dtype) for dtype in sorted(set(dtypes) | {"float32"})}
     native = {dtype: None if found is None else found[0] for dtype, found in matmuls.items()}
     clock = clock_for(device)
-    return {
-        "machine": machine,
-        "matmul_gflops": effective(native),
-        "matmul_gflops_native": native,
-        "matmul_side": {dtype: None if found is None else found[1] for dtype, found in matmuls.items()},
-        "method": f"best of blocked samples ({clock.name}, blocks of >= {clock.min_block_s * 1e3:g} ms)"
-                  " of a square matmul, the side doubled from 256",
-        "emulated": emulated(native),
-        "copy_gbytes_per_s": copy_gbytes_per_s(device),
-    }
+    return Ceilings(
+        machine=machine,
+        matmul_gflops=effective(native),
+        matmul_gflops_native=native,
+        matmul_side={dtype: None if found is None else found[1] for dtype, found in matmuls.items()},
+        method=f"best of blocked samples ({clock.name}, blocks of >= {clock.min_block_s * 1e3:g} ms)"
+               " of a square matmul, the side doubled from 256",
+        emulated=tuple(emulated(native)),
+        copy_gbytes_per_s=copy_gbytes_per_s(device),
+    )
 
 
-def of_machine(meta: dict, device: str, machine: str | None) -> dict:
-    """The ceilings of ``device`` on ``machine`` stored in a run's metadata (``{}`` where none are yet)."""
-    primary = meta.get("ceilings", {}).get(device)
-    if primary is not None and (machine is None or primary.get("machine") in (None, machine)):  # None: an older run
-        return primary
-    return meta.get("machine_ceilings", {}).get(machine, {}).get(device, {})
-
-
-def adopt(meta: dict, device: str, machine: str, measured: dict) -> bool:
-    """Store the ceilings a worker measured on ``machine``, unless that machine model's are stored already;
-    whether they were stored."""
-    primary = meta.setdefault("ceilings", {})
-    if device not in primary:
-        primary[device] = {**measured, "machine": machine}
-        return True
-    if primary[device].get("machine") == machine:
-        return False
-    others = meta.setdefault("machine_ceilings", {}).setdefault(machine, {})
-    if device in others:
-        return False
-    others[device] = {**measured, "machine": machine}
-    return True
-
-
-def several_machines(meta: dict) -> bool:
-    """Whether a run's cases of one device ran on several machine models, each with its own ceilings."""
-    return bool(meta.get("machine_ceilings"))
-
-
-def all_of(meta: dict) -> list[tuple[str | None, str, dict]]:
-    """Every stored ``(machine, device, ceilings)`` of a run, the first machine model's first."""
-    stored = [(values.get("machine"), device, values) for device, values in meta.get("ceilings", {}).items()]
-    return stored + [
-        (machine, device, values)
-        for machine, devices in meta.get("machine_ceilings", {}).items()
-        for device, values in devices.items()
-    ]
-
-
-def account(ceilings: dict, measurement) -> tuple[object, dict | None]:
+def account(ceilings: Ceilings | None, measurement) -> tuple[object, Ceilings | None]:
     """``(measurement with pct_peak, raised)``: the share of the effective ceiling of its dtype, and, where the
-    measurement's rate beats that ceiling, a copy of ``ceilings`` with it raised to the rate (noted under
-    ``"raised"``; its share is then 100 %), else ``None``. ``ceilings`` itself is not changed."""
+    measurement's rate beats that ceiling, the ceilings with it raised to the rate (noted under ``raised``; its
+    share is then 100 %), else ``None``."""
     achieved = measurement.gflops_per_s
-    peaks = ceilings.get("matmul_gflops", {})
+    peaks = ceilings.matmul_gflops if ceilings is not None else {}
     dtype = measurement.case.dtype
     peak = peaks.get(dtype)
     if achieved is None or not peak:
@@ -165,23 +152,16 @@ def account(ceilings: dict, measurement) -> tuple[object, dict | None]:
         return measurement.with_(pct_peak=100 * achieved / peak), None
     case = measurement.case
     note = {"from": peak, "to": achieved, "by": f"{case.impl} {case.mode} {case.shape_label}"}
-    raised = {**ceilings, "matmul_gflops": {**peaks, dtype: achieved}, "raised": {**ceilings.get("raised", {}), dtype: note}}
+    raised = dataclasses.replace(ceilings, matmul_gflops={**peaks, dtype: achieved}, raised={**ceilings.raised, dtype: note})
     return measurement.with_(pct_peak=100.0), raised
 
 
-def store(meta: dict, device: str, machine: str | None, values: dict) -> None:
-    """Put ``values`` where :func:`of_machine` finds the ceilings of ``device`` on ``machine``."""
-    primary = meta.setdefault("ceilings", {})
-    if device not in primary or primary[device].get("machine") in (None, machine) or machine is None:
-        primary[device] = values
-    else:
-        meta.setdefault("machine_ceilings", {}).setdefault(machine, {})[device] = values
-
-
-def floor_ms(ceilings: dict, case) -> float | None:
+def floor_ms(ceilings: Ceilings | None, case) -> float | None:
     """The case's lower bound at this machine's ceilings: max(FLOPs / matmul ceiling, minimum bytes / copy bandwidth), in ms."""
-    peak = ceilings.get("matmul_gflops", {}).get(case.dtype)
-    bandwidth = ceilings.get("copy_gbytes_per_s")
+    if ceilings is None:
+        return None
+    peak = ceilings.matmul_gflops.get(case.dtype)
+    bandwidth = ceilings.copy_gbytes_per_s
     if not peak or not bandwidth:
         return None
     args = (case.mode, case.batch, case.tokens, case.dim, case.heads)

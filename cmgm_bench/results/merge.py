@@ -6,7 +6,6 @@ import copy
 from pathlib import Path
 
 from cmgm_bench.machine.env import COMPARABLE_KEYS
-from cmgm_bench.measure import ceilings
 from cmgm_bench.errors import UsageError
 from cmgm_bench.results.store import RunWriter, load_run
 
@@ -26,7 +25,7 @@ def merge_runs(dirs: list[Path], out: Path) -> RunWriter:
     seen: dict[tuple, Path] = {}
     measurements = []
     for run in runs:
-        differences = environment_differences(first.meta["environment"], run.meta["environment"])
+        differences = environment_differences(first.meta.environment, run.meta.environment)
         if differences:
             key, (a, b) = next(iter(differences.items()))
             raise UsageError(f"cannot merge {run.path} into {first.path}: {key} differs ({a!r} vs {b!r})")
@@ -37,12 +36,12 @@ def merge_runs(dirs: list[Path], out: Path) -> RunWriter:
             seen[key] = run.path
             measurements.append(measurement)
     meta = copy.deepcopy(first.meta)
-    meta["merged_from"] = [str(run.path) for run in runs]
-    if "settings" in meta:
-        meta["settings"]["shard"] = None
+    meta.merged_from = [str(run.path) for run in runs]
+    if meta.settings:
+        meta.settings["shard"] = None
     for run in runs[1:]:
-        for machine, device, values in ceilings.all_of(run.meta):
-            ceilings.adopt(meta, device, machine, values)
+        for machine, device, values in run.meta.all_ceilings():
+            meta.adopt_ceilings(device, machine, values)
     writer = RunWriter(out, meta, measurements)
     writer.finish()
     return writer

@@ -22,15 +22,14 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping
 
 import pandas as pd
 
 from cmgm_bench.config.cases import KEY_COLUMNS, Case
 from cmgm_bench.errors import UsageError
 from cmgm_bench.measure.measurement import AccuracyErrors, Measurement, merge_replicates
-
-# The version of the files' layout; a file without one is version 1 (the same layout).
-SCHEMA_VERSION = 1
+from cmgm_bench.results.run_meta import SCHEMA_VERSION, RunMeta
 
 COLUMNS = (
     *KEY_COLUMNS,
@@ -142,7 +141,7 @@ class Run:
     """A run as read back: its metadata (environment, sweep, ceilings) and its measurements."""
 
     path: Path
-    meta: dict
+    meta: RunMeta
     measurements: list[Measurement] = field(default_factory=list)
 
     def frame(self) -> pd.DataFrame:
@@ -154,8 +153,8 @@ class Run:
     @property
     def baseline(self) -> str | None:
         """The implementation speed-ups are relative to, as stored by the run (the registry's, for older runs)."""
-        if "baseline" in self.meta:
-            return self.meta["baseline"]
+        if self.meta.baseline is not None:
+            return self.meta.baseline
         from cmgm_bench import registry
 
         return registry.baseline_name()
@@ -201,9 +200,9 @@ def _json_safe(value):
 class RunWriter:
     """Writes one run directory: metadata first, then a journal line per case, the summaries at the end."""
 
-    def __init__(self, path: Path, meta: dict, measurements: list[Measurement] | None = None):
+    def __init__(self, path: Path, meta: RunMeta | Mapping, measurements: list[Measurement] | None = None):
         self.path = Path(path)
-        self.meta = {"schema_version": SCHEMA_VERSION, **meta}
+        self.meta = meta if isinstance(meta, RunMeta) else RunMeta.from_json(meta)
         self.measurements: list[Measurement] = list(measurements or [])
         self.path.mkdir(parents=True, exist_ok=True)
         self.journal = self.path / "cases.jsonl"
@@ -215,7 +214,7 @@ class RunWriter:
         _atomic_write(self.journal, "".join(json.dumps(to_record(m)) + "\n" for m in self.measurements))
 
     def write_meta(self) -> None:
-        _atomic_write(self.path / META_FILE, json.dumps(_json_safe(self.meta), indent=1))
+        _atomic_write(self.path / META_FILE, json.dumps(_json_safe(self.meta.to_json()), indent=1))
 
     def append(self, measurement: Measurement) -> None:
         try:
@@ -238,7 +237,7 @@ class RunWriter:
         run = Run(self.path, self.meta, combine_replicates(self.measurements))
         _atomic_write(self.path / "results.csv", run.frame().to_csv(index=False))
         cases = [to_record(m) for m in run.measurements]
-        _atomic_write(self.path / "results.json", json.dumps(_json_safe({**self.meta, "cases": cases}), indent=1))
+        _atomic_write(self.path / "results.json", json.dumps(_json_safe({**self.meta.to_json(), "cases": cases}), indent=1))
 
 
 def read_journal(path: Path) -> list[dict]:
@@ -297,4 +296,4 @@ def load_run(path: str | Path) -> Run:
         journaled = read_journal(journal)
         if len(journaled) > len(records):
             records, places = journaled, [f"{journal}, line {index + 1}" for index in range(len(journaled))]
-    return Run(folder, data, combine_replicates([from_record(record, place) for record, place in zip(records, places)]))
+    return Run(folder, RunMeta.from_json(data), combine_replicates([from_record(record, place) for record, place in zip(records, places)]))

@@ -21,8 +21,9 @@ import pandas as pd  # noqa: E402
 from cmgm_bench.analysis.speedups import speedups  # noqa: E402
 from cmgm_bench.config.cases import DEFAULT_ALLOCATOR, shape_label  # noqa: E402
 from cmgm_bench.errors import UsageError  # noqa: E402
-from cmgm_bench.measure import ceilings  # noqa: E402
+from cmgm_bench.measure.ceilings import Ceilings  # noqa: E402
 from cmgm_bench.measure.measurement import TIMED_STATUSES  # noqa: E402
+from cmgm_bench.results.run_meta import RunMeta  # noqa: E402
 from cmgm_bench.results.store import Run, atomic_write_bytes, load_run  # noqa: E402
 from cmgm_bench.views import markdown  # noqa: E402
 from cmgm_bench.views.terminal import contention_cell  # noqa: E402
@@ -110,7 +111,7 @@ def plot_memory(frame: pd.DataFrame, path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def plot_roofline(frame: pd.DataFrame, device: dict, path: Path, machine: str | None = None) -> Path | None:
+def plot_roofline(frame: pd.DataFrame, device: Ceilings, path: Path, machine: str | None = None) -> Path | None:
     """Each case at its arithmetic intensity (closed-form FLOPs / minimum bytes) against the
     machine's measured roofs (``device``: one device's ceilings): matmul per dtype (native solid,
     effective dashed) and copy bandwidth. ``machine``: the model named in the title (mixed hosts)."""
@@ -124,9 +125,9 @@ def plot_roofline(frame: pd.DataFrame, device: dict, path: Path, machine: str | 
     for (impl, dtype), group in timed.assign(intensity=intensity).groupby(["impl", "dtype"]):
         ax.scatter(group.intensity, group.gflops_per_s, s=18, label=f"{impl} ({dtype})")
     span = np.logspace(np.log10(intensity.min() / 3), np.log10(intensity.max() * 3), 50)
-    bandwidth = device.get("copy_gbytes_per_s")
-    native = device.get("matmul_gflops_native") or device.get("matmul_gflops") or {}
-    effective = device.get("matmul_gflops") or {}
+    bandwidth = device.copy_gbytes_per_s
+    native = device.matmul_gflops_native or device.matmul_gflops  # older runs stored only the effective rates
+    effective = device.matmul_gflops
     for index, dtype in enumerate(sorted(native)):
         for peaks, style, kind in ((native, "-", "native"), (effective, "--", "effective")):
             if peaks.get(dtype) and (kind == "native" or peaks[dtype] != native.get(dtype)):
@@ -141,10 +142,9 @@ def plot_roofline(frame: pd.DataFrame, device: dict, path: Path, machine: str | 
     return _save(fig, path)
 
 
-def rooflines(frame: pd.DataFrame, meta: dict, folder: Path) -> list[Path | None]:
+def rooflines(frame: pd.DataFrame, meta: RunMeta, folder: Path) -> list[Path | None]:
     """One roofline per machine model and device that has ceilings: the cases that ran there against them."""
-    stored = ceilings.all_of(meta)
-    mixed = ceilings.several_machines(meta)
+    stored, mixed = meta.all_ceilings(), meta.several_machines
     plots = []
     for index, (machine, device, values) in enumerate(stored):
         cases = frame[frame.device == device]
@@ -155,20 +155,19 @@ def rooflines(frame: pd.DataFrame, meta: dict, folder: Path) -> list[Path | None
     return plots
 
 
-def ceiling_notes(meta: dict) -> list[str]:
+def ceiling_notes(meta: RunMeta) -> list[str]:
     """One line per emulated dtype and per ceiling a case raised (naming the machine model in a mixed run)."""
     lines = []
-    stored = ceilings.all_of(meta)
-    mixed = ceilings.several_machines(meta)
-    for machine, where, values in stored:
+    mixed = meta.several_machines
+    for machine, where, values in meta.all_ceilings():
         device = f"{where} ({machine})" if mixed else where
-        native, effective = values.get("matmul_gflops_native") or {}, values.get("matmul_gflops") or {}
-        for dtype in values.get("emulated", []):
+        native, effective = values.matmul_gflops_native, values.matmul_gflops
+        for dtype in values.emulated:
             lines.append(
                 f"- {device} {dtype} matmul: {markdown.cell(native.get(dtype), '.1f')} GFLOP/s, no native support; "
                 f"% peak uses the float32 ceiling ({markdown.cell(effective.get(dtype), '.1f')} GFLOP/s)."
             )
-        for dtype, raise_ in values.get("raised", {}).items():
+        for dtype, raise_ in values.raised.items():
             lines.append(
                 f"- {device} {dtype}: `{raise_['by']}` ran at {raise_['to']:.1f} GFLOP/s, above the measured ceiling "
                 f"{raise_['from']:.1f}; the ceiling was raised to its rate."
@@ -176,20 +175,19 @@ def ceiling_notes(meta: dict) -> list[str]:
     return lines
 
 
-def ceiling_table(meta: dict) -> tuple[list[str], list[list[str]]]:
+def ceiling_table(meta: RunMeta) -> tuple[list[str], list[list[str]]]:
     """Headers and rows of the measured ceilings, one row per dtype and one for bandwidth per device
     (and per machine model, in a column of its own, when the run's cases ran on several)."""
-    stored = ceilings.all_of(meta)
-    mixed = ceilings.several_machines(meta)
+    mixed = meta.several_machines
     rows = []
-    for machine, device, values in stored:
-        native, side = values.get("matmul_gflops_native") or {}, values.get("matmul_side") or {}  # no side: older runs
+    for machine, device, values in meta.all_ceilings():
+        native, side = values.matmul_gflops_native, values.matmul_side or {}  # no side: older runs
         where = [machine, device] if mixed else [device]
         rows += [
             [*where, dtype, markdown.cell(side.get(dtype), "d"), markdown.cell(native.get(dtype), ".1f"), markdown.cell(value, ".1f")]
-            for dtype, value in sorted((values.get("matmul_gflops") or {}).items())
+            for dtype, value in sorted(values.matmul_gflops.items())
         ]
-        rows.append([*where, "copy bandwidth (GB/s)", "", "", markdown.cell(values.get("copy_gbytes_per_s"), ".1f")])
+        rows.append([*where, "copy bandwidth (GB/s)", "", "", markdown.cell(values.copy_gbytes_per_s, ".1f")])
     headers = (["machine"] if mixed else []) + ["device", "matmul dtype", "matmul side", "native GFLOP/s", "effective GFLOP/s (% peak)"]
     return headers, rows
 
@@ -258,7 +256,7 @@ def _write(run: Run) -> Path:
         ("Speed-up", plot_speedups(frame, baseline, run.path / "speedup.png")),
         ("Peak memory", plot_memory(frame, run.path / "memory_vs_tokens.png")),
     ] + [("Roofline", path) for path in rooflines(frame, run.meta, run.path)]
-    environment = run.meta["environment"]
+    environment = run.meta.environment
     env_rows = [[key, markdown.cell(environment.get(key))] for key in (
         "start_time", "command_line", "git_commit", "torch_version", "device", "cpu_model", "cpu_instruction_sets", "gpu_name",
         "cuda_version", "cudnn_version", "threads", "cpu_allocator", "inductor_isa_check", "tf32_matmul",
