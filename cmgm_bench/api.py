@@ -12,14 +12,13 @@ The CLI (:mod:`cmgm_bench.cli`) is a thin layer over these functions.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Callable
 
 from cmgm_bench.analysis.compare import Comparison, compare_runs
 from cmgm_bench.config.cases import Case
+from cmgm_bench.config.race_config import RaceConfig
 from cmgm_bench.config.run_config import RunConfig, check_cuda_options, single_cases
-from cmgm_bench.errors import UsageError
 from cmgm_bench.execution.paired import PairedResult
 from cmgm_bench.execution.paired import race as race_one_shape
 from cmgm_bench.execution.sweep import Plan, make_plan, plan_resume, run_plan
@@ -71,26 +70,17 @@ def race(
     heads="8",
     dim="64",
     threads: int | None = None,
-    seed: int = 0,
-    max_time: float = 10.0,
-    min_pairs: int = 20,
-    threshold: float = 0.05,
-    gap_ms: float = 0.0,
-    until_decided: bool = False,
     impl_files=(),
     tf32: bool = False,
     cudnn_benchmark: bool = False,
+    **race_options,
 ) -> list[PairedResult]:
-    """Race two implementations call by call in this process, one result per shape (as ``ab``)."""
-    if not (max_time > 0 and threshold > 0 and gap_ms >= 0 and min_pairs >= 2) or math.inf in (max_time, threshold, gap_ms):
-        raise UsageError("--max-time, --threshold must be positive, --gap-ms not negative and --min-pairs at least 2")
+    """Race two implementations call by call in this process, one result per shape (as ``ab``); ``race_options``:
+    the fields of :class:`RaceConfig` (``max_time``, ``min_pairs``, ``threshold``, ``gap_ms``, ``until_decided``, ``seed``)."""
+    config = RaceConfig(**race_options)
     check_cuda_options(device, tf32, cudnn_benchmark)
     cases = single_cases([base_impl, cand_impl], device=device, mode=mode, batch=batch, res=res, heads=heads, dim=dim,
                          impl_files=impl_files)
     prepare_process(threads, tf32, cudnn_benchmark)  # as run sets up: threads, CUDA arithmetic, allocator pinned
     shapes = {case.key[1:]: case for case in cases if case.impl == cand_impl}  # the candidate's case of each shape
-    return [
-        race_one_shape(base, shapes[base.key[1:]], seed=seed, max_time_s=max_time, min_pairs=min_pairs,
-                       threshold=threshold, gap_s=gap_ms / 1e3, until_decided=until_decided)
-        for base in cases if base.impl == base_impl
-    ]
+    return [race_one_shape(base, shapes[base.key[1:]], config) for base in cases if base.impl == base_impl]

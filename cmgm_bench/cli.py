@@ -18,6 +18,7 @@ from cmgm_bench.cli_common import ClickUsageError, FormatOption, fail_with_usage
 from cmgm_bench.cli_history import history_app
 from cmgm_bench.config import settings
 from cmgm_bench.config.cases import split_list
+from cmgm_bench.config.race_config import GATE_RACE, RaceConfig
 from cmgm_bench.config.settings import DEFAULTS, PRESET_HELP
 from cmgm_bench.errors import UsageError
 from cmgm_bench.measure import contention
@@ -284,17 +285,17 @@ def ab_command(
     heads: HeadsOption = "8",
     dim: DimOption = "64",
     threads: ThreadsOption = None,
-    seed: SeedOption = 0,
-    max_time: Annotated[float, typer.Option(help="Seconds of interleaved timing per shape.")] = 10.0,
-    min_pairs: Annotated[int, typer.Option(help="Pairs to take at least.")] = 20,
-    threshold: Annotated[float, typer.Option(help="Relative change that counts.")] = 0.05,
+    seed: SeedOption = RaceConfig.seed,
+    max_time: Annotated[float, typer.Option(help="Seconds of interleaved timing per shape.")] = RaceConfig.max_time,
+    min_pairs: Annotated[int, typer.Option(help="Pairs to take at least.")] = RaceConfig.min_pairs,
+    threshold: Annotated[float, typer.Option(help="Relative change that counts.")] = RaceConfig.threshold,
     gap_ms: Annotated[float, typer.Option(help=(
         "Idle milliseconds before each timed call, so that the other implementation's spinning worker threads "
         "are parked: about 50 when racing runtimes with their own thread pools (ONNX Runtime, OpenVINO) "
-        "against PyTorch on more than one thread."))] = 0.0,
+        "against PyTorch on more than one thread."))] = RaceConfig.gap_ms,
     until_decided: Annotated[bool, typer.Option(help=(
         "Stop each shape's race as soon as its verdict is decided (slower, faster or same), looking at 40, 80, 160, ... "
-        "quads with the error rate split over the looks; --max-time is then the limit."))] = False,
+        "quads with the error rate split over the looks; --max-time is then the limit."))] = RaceConfig.until_decided,
     tf32: Tf32Option = False,
     cudnn_benchmark: CudnnBenchmarkOption = False,
     fail_on_regression: Annotated[bool, typer.Option(help="Exit 1 if the candidate is slower on any shape.")] = False,
@@ -329,9 +330,11 @@ def gate_command(
     instructions: Annotated[bool, typer.Option(help="Count instructions (needs valgrind); --no-instructions races only.")] = True,
     res: ResOption = "28",
     threads: Annotated[int, typer.Option(help="torch intra-op threads for both checks.")] = 1,
-    max_time: Annotated[float, typer.Option(help="Seconds of interleaved timing per race (the limit with --until-decided).")] = 20.0,
-    threshold: Annotated[float, typer.Option(help="Relative change of wall time that counts in the race.")] = 0.05,
-    until_decided: Annotated[bool, typer.Option(help="Stop each race once its verdict is settled (sequential interval).")] = True,
+    max_time: Annotated[float, typer.Option(help="Seconds of interleaved timing per race (the limit with --until-decided).")] = (
+        GATE_RACE.max_time),
+    threshold: Annotated[float, typer.Option(help="Relative change of wall time that counts in the race.")] = GATE_RACE.threshold,
+    until_decided: Annotated[bool, typer.Option(help="Stop each race once its verdict is settled (sequential interval).")] = (
+        GATE_RACE.until_decided),
     work_dir: Annotated[Optional[Path], typer.Option(help=(
         "Folder for the base worktree and the counted runs (default: a temporary one)."))] = None,
     summary: Annotated[Optional[Path], typer.Option(help=(
@@ -348,7 +351,7 @@ def gate_command(
         result = run_gate(
             base_ref, work_dir or Path(scratch), impls=split_list(impl) if impl else None, instructions=instructions,
             instr_res=instr_res, instr_threshold=instr_threshold, mode=mode, threads=threads,
-            res=res, max_time=max_time, threshold=threshold, until_decided=until_decided,
+            res=res, race=RaceConfig(max_time=max_time, threshold=threshold, until_decided=until_decided),
         )
     text = summary_markdown(result, "working tree")
     typer.echo(text)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import re
+import dataclasses
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from pathlib import Path
 
 from cmgm_bench import api, registry
 from cmgm_bench.analysis.compare import Comparison
+from cmgm_bench.config.race_config import GATE_RACE, RaceConfig
 from cmgm_bench.errors import UsageError
 from cmgm_bench.execution.paired import PairedResult
 from cmgm_bench.views import compare_output, markdown
@@ -117,7 +119,7 @@ def count_instructions(checkout: Path, impls: list[str], out: Path, *, res: str,
     return out
 
 
-def race_revisions(base_checkout: Path, repo: Path, impls: list[str], **race_options) -> list[PairedResult]:
+def race_revisions(base_checkout: Path, repo: Path, impls: list[str], race: RaceConfig, **case_options) -> list[PairedResult]:
     """Race ``base:NAME`` (the base revision's file) against ``head:NAME`` (the working tree's) per implementation."""
     registry.load_entry_points()
     results = []
@@ -132,12 +134,13 @@ def race_revisions(base_checkout: Path, repo: Path, impls: list[str], **race_opt
             registry.load_file(str(base_checkout / relative), prefix=BASE_PREFIX)
             registry.load_file(str(repo / relative), prefix=HEAD_PREFIX)
             loaded.add(relative)
-        results += api.race(BASE_PREFIX + impl, HEAD_PREFIX + impl, **race_options)
+        results += api.race(BASE_PREFIX + impl, HEAD_PREFIX + impl, **case_options, **dataclasses.asdict(race))
     return results
 
 
 def run_gate(base_ref: str, work: Path, *, repo: Path | None = None, impls: list[str] | None = None, instructions: bool = True,
-             instr_res: str = "8,11,28", instr_threshold: float = 0.01, mode: str = "fwd", threads: int = 1, **race_options) -> GateResult:
+             instr_res: str = "8,11,28", instr_threshold: float = 0.01, mode: str = "fwd", threads: int = 1, res: str = "28",
+             race: RaceConfig = GATE_RACE) -> GateResult:
     """Both checks of ``base_ref`` against the working tree; ``work`` holds the worktree and the counted runs."""
     repo = repository_root(repo or Path.cwd())
     base_commit = _git(repo, "rev-parse", "--verify", f"{base_ref}^{{commit}}")
@@ -153,7 +156,7 @@ def run_gate(base_ref: str, work: Path, *, repo: Path | None = None, impls: list
             base_run = count_instructions(base_checkout, names, work / "base-run", res=instr_res, mode=mode, threads=threads)
             head_run = count_instructions(repo, names, work / "head-run", res=instr_res, mode=mode, threads=threads)
             result.instructions = api.compare(base_run, head_run, metric="instructions", threshold=instr_threshold)
-        result.races = race_revisions(base_checkout, repo, names, mode=mode, threads=threads, **race_options)
+        result.races = race_revisions(base_checkout, repo, names, race, mode=mode, threads=threads, res=res)
     finally:
         _git(repo, "worktree", "remove", "--force", str(base_checkout))
     return result

@@ -2,6 +2,8 @@
 
 import json
 import shutil
+import subprocess
+import sys
 import textwrap
 
 import pytest
@@ -164,17 +166,46 @@ def test_paired_race_of_identical_code_is_same():
         assert 1 / 1.05 <= low <= float(row["median pair ratio"]) <= high <= 1.05
 
 
-def test_paired_race_times_under_the_same_allocator_settings_as_run(monkeypatch):
-    """run pins glibc's mmap threshold before timing; ab must too, or the two disagree."""
-    from cmgm_bench.measure import allocator
-    from cmgm_bench.execution import paired
-    from cmgm_bench.config.cases import Case
+MMAP_PROBE = """
+import ctypes, json
+from cmgm_bench.registry import register
 
-    pinned = []
-    monkeypatch.setattr(allocator, "pin_for_timing", lambda: pinned.append(True))
-    case = Case("eager", "cpu", "float32", "fwd", 1, 5, 5, 2, 16)
-    paired.race(case, case, max_time_s=0.0, min_pairs=2)
-    assert pinned
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+
+@register("mmapprobe", description="records whether glibc maps a 24 MiB block for each call", modes=("fwd",))
+def build(module, case):
+    def forward(x, y):
+        before = libc.mallinfo2().hblkhd  # bytes in mmapped blocks
+        block = libc.malloc(24 << 20)
+        mapped = libc.mallinfo2().hblkhd - before
+        libc.free(block)
+        with open({path!r}, "a") as handle:
+            handle.write(json.dumps(mapped) + "\\n")
+        return module(x, y)
+    return forward
+"""
+
+
+@pytest.mark.slow
+def test_paired_race_times_under_the_same_allocator_settings_as_run(tmp_path):
+    """run pins glibc's mmap threshold at 32 MiB before timing, so a call's 24 MiB of scratch comes from the heap
+    instead of a fresh mapping faulted in on every call; ab must time under the same settings, from its first call."""
+    seen = tmp_path / "mapped.jsonl"
+    probe = tmp_path / "mmapprobe.py"
+    probe.write_text(MMAP_PROBE.format(path=str(seen)))
+    result = subprocess.run([sys.executable, "-m", "cmgm_bench", "ab", "mmapprobe", "eager", "--impl-file", str(probe), "--res", "4",
+                             "--heads", "2", "--dim", "16", "--threads", "1", "--max-time", "0.01", "--min-pairs", "2", "--format", "json"],
+                            capture_output=True, text=True, timeout=300)  # a fresh process: glibc's thresholds as it starts
+    assert result.returncode == 0, result.stderr
+    mapped = [json.loads(line) for line in seen.read_text().splitlines()]
+    assert len(mapped) >= 3 and mapped == [0] * len(mapped)  # glibc's default (128 KiB) maps it: 25 MiB on the first call
 
 
 def race_contention(row: dict) -> float | None:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from cmgm_bench import registry
 from cmgm_bench.measure import allocator, contention
 from cmgm_bench.config.cases import Case
+from cmgm_bench.config.race_config import RaceConfig
 from cmgm_bench.workload.modes import autograd_context
 from cmgm_bench.measure.prepare import prepare_case
 from cmgm_bench.stats import FIRST_LOOK_QUADS, blocked_median_interval, interim_look, paired_ratios, sequential_confidence, verdict
@@ -46,20 +47,10 @@ class PairedResult:
     calls_per_sample: tuple[int, int] = (1, 1)  # base's, candidate's: each timed sample is a block of back-to-back calls
 
 
-def race(
-    base_case: Case,
-    cand_case: Case,
-    *,
-    seed: int = 0,
-    max_time_s: float = 10.0,
-    min_pairs: int = 20,
-    threshold: float = 0.05,
-    gap_s: float = 0.0,
-    until_decided: bool = False,
-) -> PairedResult:
+def race(base_case: Case, cand_case: Case, config: RaceConfig = RaceConfig()) -> PairedResult:
     """Time two cases of one shape interleaved, as validated by the caller (``config.run_config.single_cases``).
 
-    ``gap_s`` of idle time before each timed call lets the worker threads of the
+    ``config.gap_ms`` of idle time before each timed call lets the worker threads of the
     call before it stop spinning: two runtimes with their own thread pools
     (ONNX Runtime's, OpenMP's) otherwise time each other's spinning as much as
     their own work when they use more than one thread (docs/performance.md#thread-pools).
@@ -69,10 +60,12 @@ def race(
     (eager ``feature`` 36 ms instead of 16 ms on the CPU machine), so the two
     commands disagreed about the same implementation.
 
-    ``until_decided``: look at the verdict at 40, 80, 160, ... quads, each look at the
+    ``config.until_decided``: look at the verdict at 40, 80, 160, ... quads, each look at the
     confidence :func:`stats.sequential_confidence` leaves it, and stop at the first
-    look that decides (slower, faster or same); ``max_time_s`` is then the limit.
+    look that decides (slower, faster or same); ``config.max_time`` is then the limit.
     """
+    seed, min_pairs, threshold, until_decided = config.seed, config.min_pairs, config.threshold, config.until_decided
+    max_time_s, gap_s = config.max_time, config.gap_ms / 1e3
     allocator.pin_for_timing()
     base = prepare_case(base_case, registry.get(base_case.impl), seed)
     cand = prepare_case(cand_case, registry.get(cand_case.impl), seed)

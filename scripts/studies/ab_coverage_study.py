@@ -27,6 +27,7 @@ import torch
 
 from cmgm_bench import registry
 from cmgm_bench.config.cases import Case
+from cmgm_bench.config.race_config import RaceConfig
 from cmgm_bench.execution.paired import race
 from cmgm_bench.measure import instructions
 
@@ -51,7 +52,7 @@ def study(res: int, races: int, seconds: float, until_decided: bool, threshold: 
     base = Case("eager", "cpu", "float32", "fwd", 1, res, res, 8, 64)
     plus = Case("eager-plus10", *base.key[1:])
     for label, cand in (("A/A", base), ("slowed", plus)):
-        results = [race(base, cand, max_time_s=seconds, threshold=threshold, until_decided=until_decided) for _ in range(races)]
+        results = [race(base, cand, RaceConfig(max_time=seconds, threshold=threshold, until_decided=until_decided)) for _ in range(races)]
         truth = 1.0 if cand is base else statistics.median(r.ratio for r in results)
         covered = sum(r.low <= truth <= r.high for r in results)
         verdicts = {v: sum(r.verdict == v for r in results) for v in ("slower", "faster", "same", "inconclusive")}

@@ -26,6 +26,7 @@ from cmgm_bench import registry
 from cmgm_bench.measure import instructions
 from cmgm_bench.config.cases import Case
 from cmgm_bench.analysis.compare import DEFAULT_THRESHOLDS
+from cmgm_bench.config.race_config import RaceConfig
 from cmgm_bench.execution.paired import race
 from cmgm_bench.stats import verdict
 
@@ -56,7 +57,7 @@ def main():
         registry.load_file(str(variant))
         shape = Case("eager", "cpu", "float32", "fwd", 1, args.res, args.res, 8, 64)
         for label, cand in (("identical", "eager"), ("slowed", "eager-plus10")):
-            results = [race(shape, Case(cand, *shape.key[1:]), max_time_s=args.seconds) for _ in range(args.trials)]
+            results = [race(shape, Case(cand, *shape.key[1:]), RaceConfig(max_time=args.seconds)) for _ in range(args.trials)]
             verdicts = [r.verdict for r in results]
             ratios = ", ".join(f"{r.ratio:.3f}" for r in results)
             print(f"paired {label}: {verdicts.count('slower')}/{args.trials} slower; ratios {ratios}")
