@@ -78,7 +78,7 @@ def repository_root(start: Path) -> Path:
 
 
 def _impl_file(repo: Path, impl: registry.Implementation) -> str | None:
-    """``impls/eager.py``: an implementation's file relative to a checkout, where it is one of the checkout's."""
+    """``cmgm_bench_impls/eager.py``: an implementation's file relative to a checkout, where it is one of the checkout's."""
     source = Path(impl.source)
     return f"{source.parent.name}/{source.name}" if (repo / source.parent.name / source.name).is_file() else None
 
@@ -167,7 +167,7 @@ def summary_markdown(result: GateResult, head: str) -> str:
     verdict = "**regression**" if result.regressed else "no regression"
     lines = [f"## cmgm-bench gate: {result.base_commit[:10]} -> {head}: {verdict}", ""]
     if not result.impls:
-        return "\n".join(lines + ["No implementation changed (nothing under impls/ or the model); nothing to gate.", ""])
+        return "\n".join(lines + ["No implementation changed (nothing under cmgm_bench_impls/ or the model); nothing to gate.", ""])
     lines += [f"Implementations: {markdown.text(', '.join(result.impls))}", ""]
     if result.instructions is not None:
         flag = " (regression)" if result.instructions_regressed else ""

@@ -1,6 +1,6 @@
 """The fused kernels' operators of this checkout against those of another revision, interleaved in one process.
 
-Builds the other revision's ``impls/csrc`` sources (taken with ``git show``) under an
+Builds the other revision's ``cmgm_bench_impls/builders/csrc`` sources (taken with ``git show``) under an
 operator namespace of its own, checks both give bit-identical results, and times them
 in alternating blocks: the median over rounds of the per-call time ratio (this / other).
 
@@ -19,18 +19,22 @@ from pathlib import Path
 import torch
 from torch.utils import cpp_extension
 
-from impls import kernels
+from cmgm_bench_impls.builders import kernels
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+CSRC, OLD_CSRC = "cmgm_bench_impls/builders/csrc", "impls/csrc"  # where the kernels are, and were before the package's rename
 
 
 def build_revision(rev: str, target: str):
     """The operators of ``rev``'s kernels for ``target``, in the namespace ``cmgm_rev_<rev>``."""
     folder = Path(tempfile.mkdtemp(prefix=f"csrc_{rev}_"))
-    listing = subprocess.run(["git", "-C", str(REPO), "ls-tree", "--name-only", f"{rev}:impls/csrc"],
+    csrc = CSRC if subprocess.run(["git", "-C", str(REPO), "cat-file", "-e", f"{rev}:{CSRC}"]).returncode == 0 else OLD_CSRC
+    listing = subprocess.run(["git", "-C", str(REPO), "ls-tree", "--name-only", f"{rev}:{csrc}"],
                              capture_output=True, text=True, check=True).stdout.split()
     for name in listing:
-        source = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:impls/csrc/{name}"], capture_output=True, check=True).stdout
+        source = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:{csrc}/{name}"], capture_output=True, check=True).stdout
         (folder / name).write_bytes(source)
     namespace = f"cmgm_rev_{rev}_{target.replace('-', '_')}"
     cpp_extension.load(

@@ -77,16 +77,16 @@ def test_a_results_file_of_a_newer_schema_is_refused(tmp_path):
 
 
 def test_eager_from_another_checkout_runs_that_checkouts_model(tmp_path):
-    """ab's cross-revision gate loads ../base/impls/eager.py: it must time the base checkout's model, not ours."""
+    """ab's cross-revision gate loads ../base/cmgm_bench_impls/eager.py: it must time the base checkout's model, not ours."""
     checkout = tmp_path / "base"
-    (checkout / "impls").mkdir(parents=True)
+    (checkout / "cmgm_bench_impls").mkdir(parents=True)
     (checkout / "cmgm_bench" / "workload").mkdir(parents=True)
-    shutil.copy(ROOT / "impls" / "eager.py", checkout / "impls" / "eager.py")
+    shutil.copy(ROOT / "cmgm_bench_impls" / "eager.py", checkout / "cmgm_bench_impls" / "eager.py")
     model = (ROOT / "cmgm_bench" / "workload" / "model.py").read_text()
     changed = model.replace("return self.conv2(fused) + fused, attn", "return 2 * (self.conv2(fused) + fused), attn")
     assert changed != model
     (checkout / "cmgm_bench" / "workload" / "model.py").write_text(changed)
-    registry.load_file(f"base-rev={checkout / 'impls' / 'eager.py'}")
+    registry.load_file(f"base-rev={checkout / 'cmgm_bench_impls' / 'eager.py'}")
     case = Case("base-rev", "cpu", "float32", "feature", 1, 4, 5, 2, 16)
     with torch.no_grad():
         theirs, _ = prepare_case(case, registry.get("base-rev"), seed=0).step()

@@ -67,7 +67,7 @@ def test_tf32_and_cudnn_options_are_recorded(tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the failure path without CUDA")
 def test_graph_capture_failure_is_unsupported_with_reason():
-    from impls.cudagraph import capture
+    from cmgm_bench_impls.cudagraph import capture
 
     with pytest.raises(registry.Unsupported, match="CUDA graph capture failed"):
         capture(lambda x, y: (x, y), torch.ones(2), torch.ones(2))
@@ -301,21 +301,21 @@ def test_the_memory_estimate_keeps_mixed_precision_maps_in_float32():
 
 
 def test_only_a_missing_flash_kernel_makes_sdpa_flash_unsupported():
-    from impls.sdpa_flash import flash_unavailable
+    from cmgm_bench_impls.sdpa_flash import flash_unavailable
 
     assert flash_unavailable(RuntimeError("No available kernel. Aborting execution."))
     assert not flash_unavailable(RuntimeError("CUDA error: an illegal memory access was encountered in flash_fwd_kernel"))
 
 
 def test_out_of_memory_during_graph_capture_is_oom_not_unsupported(tmp_path):
-    from impls.cudagraph import capture_failure
+    from cmgm_bench_impls.cudagraph import capture_failure
 
     oom = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
     assert capture_failure(oom) is oom
     assert isinstance(capture_failure(RuntimeError("operation not permitted when stream is capturing")), registry.Unsupported)
     row = plugin_row(tmp_path, "capture-oom", """
         import torch
-        from impls.cudagraph import capture_failure
+        from cmgm_bench_impls.cudagraph import capture_failure
         from cmgm_bench.registry import register
 
         @register("capture-oom", description="capture runs out of memory", modes=("fwd",))

@@ -14,8 +14,8 @@ from cmgm_bench.measure.accuracy import reference_outputs, relative_error, toler
 from cmgm_bench.results.store import to_row
 from tests.helpers import require_tool, assert_module_outputs_near_float64, assert_near_float64, measure_config
 from cmgm_bench.machine import cpu_features
-from impls import kernels
-from impls.fused import FusedCMGM
+from cmgm_bench_impls.builders import kernels
+from cmgm_bench_impls.fused import FusedCMGM
 
 @pytest.fixture(autouse=True)
 def _compiler():

@@ -232,7 +232,7 @@ def test_the_sdpa_backend_that_ran_is_observed(tmp_path):
         """
         from torch.nn.attention import SDPBackend, sdpa_kernel
         from cmgm_bench.registry import register
-        from impls.sdpa import build as build_sdpa
+        from cmgm_bench_impls.sdpa import build as build_sdpa
 
         @register("sdpa-math", description="sdpa forced onto the math backend", modes=("feature",))
         def build(module, case):

@@ -23,8 +23,8 @@ from cmgm_bench.workload.reference import make_inputs, reference_module
 from cmgm_bench.measure.accuracy import reference_outputs, relative_error, tolerance_for
 from cmgm_bench.measure.case_runner import CaseRunner
 from cmgm_bench.results.store import to_row
-from impls import export_cache
-from impls.ov import core
+from cmgm_bench_impls.builders import export_cache
+from cmgm_bench_impls.ov import core
 from tests.helpers import FAST, require_tool
 from tests.helpers import assert_module_outputs_near_float64
 from tests.test_impls import QUICK
@@ -150,7 +150,7 @@ def test_exports_are_cached_by_shape_and_mode(tmp_path):
 def test_onnx_runtime_on_cuda_gets_the_runs_arithmetic_and_records_it():
     """ONNX Runtime's CUDA defaults are TF32 on and an exhaustive cuDNN search; a run records both off unless asked,
     so the provider is configured from the run's flags, and the variant is built from what the session reports."""
-    from impls.ort import cuda_provider_options, variant_of
+    from cmgm_bench_impls.ort import cuda_provider_options, variant_of
 
     plain = cuda_provider_options(0, 1234, tf32=False, cudnn_benchmark=False)
     assert plain == {"device_id": 0, "user_compute_stream": "1234", "use_tf32": "0", "cudnn_conv_algo_search": "HEURISTIC"}
@@ -163,7 +163,7 @@ def test_onnx_runtime_on_cuda_gets_the_runs_arithmetic_and_records_it():
 
 def test_an_aot_inductor_package_is_keyed_by_the_tf32_flags(monkeypatch):
     """A package compiled with TF32 allowed keeps TF32 kernels: a run without it must not load that package."""
-    from impls import aot_inductor
+    from cmgm_bench_impls import aot_inductor
 
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "a GPU")
     case = Case("aot-inductor", "cuda", "float32", "fwd", 1, 4, 4, 2, 8)

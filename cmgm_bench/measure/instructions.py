@@ -50,7 +50,7 @@ PORTABLE_ISA = {
     "DNNL_MAX_CPU_ISA": "AVX",  # oneDNN's AVX kernels (no FMA): 5x faster in valgrind than its SSE4.1 ones
     "ATEN_CPU_CAPABILITY": "default",
     "GLIBC_TUNABLES": "glibc.cpu.hwcaps=-AVX2,-FMA,-FMA4",
-    # This repository's own C++ kernels (impls/kernels.py) would pick their widest target from
+    # This repository's own C++ kernels (cmgm_bench_impls/builders/kernels.py) would pick their widest target from
     # /proc/cpuinfo, which valgrind does not hide: AVX-512 code dies with SIGILL in valgrind 3.19.
     "CMGM_FUSED_TARGET": "portable",
 }

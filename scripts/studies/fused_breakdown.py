@@ -19,8 +19,8 @@ import torch.nn.functional as F
 
 from cmgm_bench.measure import allocator
 from cmgm_bench.workload.reference import make_inputs, reference_module
-from impls import kernels as kernel_builds
-from impls.fused import FusedCMGM
+from cmgm_bench_impls.builders import kernels as kernel_builds
+from cmgm_bench_impls.fused import FusedCMGM
 
 
 def main() -> None:

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from cmgm_bench.measure import allocator
 from cmgm_bench.workload.reference import reference_module
-from impls.fused import FusedCMGM
+from cmgm_bench_impls.fused import FusedCMGM
 
 # Lavin & Gray's transforms, for correlation (what conv2d computes): Y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A.
 F2 = {

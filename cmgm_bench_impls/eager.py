@@ -1,7 +1,7 @@
 """``eager``: the reference module (:mod:`cmgm_bench.workload.model`) as written, float32.
 
 A regression gate races two revisions of it (``ab base head --impl-file
-base=../base/impls/eager.py --impl-file head=impls/eager.py``). Importing
+base=../base/cmgm_bench_impls/eager.py --impl-file head=cmgm_bench_impls/eager.py``). Importing
 ``cmgm_bench`` from either file gives the installed package, so this file
 loads the model of the checkout it lives in, by path: each name times its own
 revision's code.

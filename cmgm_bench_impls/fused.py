@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from cmgm_bench.machine import cpu_features
 from cmgm_bench.registry import Built, Unsupported, register
-from impls import kernels
+from cmgm_bench_impls.builders import kernels
 
 KERNEL_HEADS = (1, 2, 4, 8, 16)
 

@@ -11,7 +11,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from cmgm_bench.registry import Unsupported, register
-from impls.sdpa import forward as sdpa_forward
+from cmgm_bench_impls.sdpa import forward as sdpa_forward
 
 
 @register(

@@ -22,7 +22,7 @@ import torch
 from cmgm_bench.machine import cpu_features
 
 from cmgm_bench.registry import Built, Unsupported, register
-from impls import export_cache
+from cmgm_bench_impls.builders import export_cache
 
 PACKAGES = ("openvino", "onnx", "onnxscript")
 

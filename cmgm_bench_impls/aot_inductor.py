@@ -17,7 +17,7 @@ import torch
 
 from cmgm_bench.machine import cpu_features
 from cmgm_bench.registry import Built, register
-from impls import export_cache, kernels
+from cmgm_bench_impls.builders import export_cache, kernels
 
 
 def compiler_problem() -> str | None:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from cmgm_bench.registry import Built, Unsupported, register
-from impls import export_cache
+from cmgm_bench_impls.builders import export_cache
 
 PACKAGES = ("onnxruntime", "onnx", "onnxscript")
 

@@ -1,1 +1,0 @@
-"""Built-in CMGM implementations; each module registers itself with `cmgm_bench.registry`."""
