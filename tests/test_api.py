@@ -16,7 +16,7 @@ from cmgm_bench.config.cases import Case
 from cmgm_bench.errors import UsageError
 from cmgm_bench.measure.measurement import AccuracyErrors, Measurement, Status
 from cmgm_bench.measure.prepare import prepare_case
-from cmgm_bench.results.store import from_record, load_run, to_record, to_row
+from cmgm_bench.results.store import RunWriter, from_record, load_run, to_record, to_row
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,6 +64,20 @@ def test_a_measurement_round_trips_through_its_record_and_derives_latency():
     again = from_record(json.loads(json.dumps(to_record(measured))))
     assert again.case == case and again.samples_s == measured.samples_s and again.notes == measured.notes
     assert again.errors.grad_rel_err == 0.5 and again.errors.attn_rel_err is None  # NaN is stored as null
+
+
+def test_an_older_run_json_reads_into_typed_fields_and_keeps_what_this_version_no_longer_writes(tmp_path):
+    """The committed CI baseline was written when run.json also held ``sweep`` and ``options``: it reads into
+    RunMeta's fields (its ceilings typed) and a run written from it keeps those keys as they were."""
+    shutil.copytree(ROOT / "results" / "baselines" / "ci", tmp_path / "run")
+    stored = json.loads((tmp_path / "run" / "results.json").read_text())
+    meta = load_run(tmp_path / "run").meta
+    assert meta.settings == stored["settings"] and meta.environment == stored["environment"]
+    assert meta.ceilings["cpu"].matmul_gflops == stored["ceilings"]["cpu"]["matmul_gflops"]
+    assert meta.other["sweep"] == stored["sweep"] and meta.other["options"] == stored["options"]
+    RunWriter(tmp_path / "again", meta, load_run(tmp_path / "run").measurements).finish()
+    written = json.loads((tmp_path / "again" / "run.json").read_text())
+    assert {key: written[key] for key in ("sweep", "options", "settings")} == {key: stored[key] for key in ("sweep", "options", "settings")}
 
 
 def test_a_results_file_of_a_newer_schema_is_refused(tmp_path):

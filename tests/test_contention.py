@@ -56,7 +56,7 @@ def timed_case(threads: int = 2):
     import torch
 
     torch.set_num_threads(threads)
-    config = measure_config(StopRule(min_samples=10, max_time_s=0.5, target_rel_iqr=0.0), measure_memory=False)
+    config = measure_config(StopRule(min_samples=10, max_time_s=0.5, target_rel_iqr=0.0), memory=False)
     return CaseRunner(config).run(TWO_THREADS)
 
 

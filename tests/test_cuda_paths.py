@@ -49,7 +49,7 @@ def test_cold_cache_flushes_before_every_sample_and_is_recorded(tmp_path):
     import json
 
     data = json.loads((out / "results.json").read_text())
-    assert data["cases"][0]["notes"]["cold_cache"] is True and data["options"]["cold_cache"] is True
+    assert data["cases"][0]["notes"]["cold_cache"] is True and data["settings"]["cold_cache"] is True
 
 
 @pytest.mark.cuda
@@ -61,8 +61,8 @@ def test_tf32_and_cudnn_options_are_recorded(tmp_path):
     assert result.exit_code == 0, result.output
     import json
 
-    options = json.loads((out / "results.json").read_text())["options"]
-    assert options["tf32"] is True and options["cudnn_benchmark"] is True
+    settings = json.loads((out / "results.json").read_text())["settings"]
+    assert settings["tf32"] is True and settings["cudnn_benchmark"] is True
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the failure path without CUDA")
@@ -102,7 +102,7 @@ def test_gpu_only_implementations_are_unsupported_on_the_cpu(tmp_path):
 
 # -- on a GPU ----------------------------------------------------------------------------------
 
-QUICK = measure_config(stop_rule=StopRule(min_samples=3, max_time_s=0.05), measure_memory=True)
+QUICK = measure_config(stop_rule=StopRule(min_samples=3, max_time_s=0.05), memory=True)
 
 
 @pytest.fixture(autouse=True)

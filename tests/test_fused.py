@@ -32,7 +32,7 @@ def target_kernels(request):
     return kernels.load(request.param)[0]
 
 
-QUICK = measure_config(measure_memory=False)
+QUICK = measure_config(memory=False)
 
 
 def test_the_kernels_build_for_every_target_this_cpu_runs():

@@ -17,7 +17,7 @@ from tests.helpers import measure_config
 from tests.helpers import FAST, require_tool, write_file
 
 ROOT = Path(__file__).resolve().parent.parent
-QUICK = measure_config(measure_memory=False)
+QUICK = measure_config(memory=False)
 
 
 def random_shapes(count, seed):
@@ -278,7 +278,7 @@ def test_a_reference_too_big_for_memory_covers_one_sample_or_none(monkeypatch, m
     case = Case("eager", "cpu", "float32", mode, 4, 6, 7, 2, 16)
     full = flops.estimated_peak_bytes(mode, 4, 42, 16, 2, "float64")
     monkeypatch.setattr(memory, "available_bytes", lambda device: full // 2)  # the batch does not fit, a sample does
-    measured = CaseRunner(measure_config(measure_memory=False, memory_guard=False)).run(case)
+    measured = CaseRunner(measure_config(memory=False, memory_guard=False)).run(case)
     assert measured.status == "ok" and measured.accuracy_scope == scope
     if scope == "none":
         assert measured.errors is None and "does not fit" in measured.notes["accuracy"]
@@ -287,4 +287,4 @@ def test_a_reference_too_big_for_memory_covers_one_sample_or_none(monkeypatch, m
         assert (measured.errors.attn_rel_err is None) == (mode == "feature")
     assert "accuracy" in measured.notes["phase_s"]
     monkeypatch.setattr(memory, "available_bytes", lambda device: None)
-    assert CaseRunner(measure_config(measure_memory=False)).run(case).accuracy_scope == "full"
+    assert CaseRunner(measure_config(memory=False)).run(case).accuracy_scope == "full"

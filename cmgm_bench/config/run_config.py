@@ -71,34 +71,44 @@ def check_threads(threads: int | None) -> None:
         raise UsageError(f"--threads: {threads} must be positive")
 
 
+def stop_rule_of(raw: Mapping) -> StopRule:
+    """The stop rule the settings ``min_samples``, ``max_time`` and ``target_rel_iqr`` make."""
+    return StopRule(min_samples=raw["min_samples"], max_time_s=raw["max_time"], target_rel_iqr=raw["target_rel_iqr"])
+
+
+_DEFAULT = settings_module.DEFAULTS
+
+
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything a run needs to know, validated. Build it with :meth:`from_settings` or :meth:`build`."""
+    """Everything a run needs to know, validated. Build it with :meth:`from_settings` or :meth:`build`.
+
+    Each field below ``stop_rule`` is the setting of the same name (:data:`settings.SETTINGS`), with its default."""
 
     sweep: Sweep
     impl_files: tuple[str, ...] = ()
-    threads: int | None = None
-    seed: int = 0
-    stop_rule: StopRule = field(default_factory=StopRule)
-    cold_cache: bool = False
-    tf32: bool = False
-    cudnn_benchmark: bool = False
-    measure_memory: bool = True
-    memory_guard: bool = True
-    timeout_s: float | None = None
-    isolate: bool = False
-    shard: str | None = None
-    strict: bool = False
-    fail_on_contention: bool = False
-    report: bool = True
-    count_instructions: bool = False
-    executor: str = "local"  # or "ray"
-    ray_address: str | None = None  # None: start a local Ray instance
-    slurm_cluster: str = "slurm"  # or "local": submitit's local executor
-    slurm_partition: str | None = None
-    cpu_slots: int = 1  # timed CPU cases at once per node (Ray)
-    allow_mixed_hosts: bool = False
-    repeats: int = 1  # replicates of each case, in separate rounds over the sweep
+    stop_rule: StopRule = field(default_factory=lambda: stop_rule_of(_DEFAULT))
+    threads: int | None = _DEFAULT["threads"]
+    seed: int = _DEFAULT["seed"]
+    cold_cache: bool = _DEFAULT["cold_cache"]
+    tf32: bool = _DEFAULT["tf32"]
+    cudnn_benchmark: bool = _DEFAULT["cudnn_benchmark"]
+    memory: bool = _DEFAULT["memory"]  # measure resident and peak memory
+    memory_guard: bool = _DEFAULT["memory_guard"]
+    timeout: float | None = _DEFAULT["timeout"]  # seconds per case
+    isolate: bool = _DEFAULT["isolate"]
+    shard: str | None = _DEFAULT["shard"]
+    strict: bool = _DEFAULT["strict"]
+    fail_on_contention: bool = _DEFAULT["fail_on_contention"]
+    report: bool = _DEFAULT["report"]
+    count_instructions: bool = _DEFAULT["count_instructions"]
+    executor: str = _DEFAULT["executor"]  # local, ray or slurm
+    ray_address: str | None = _DEFAULT["ray_address"]  # None: start a local Ray instance
+    slurm_cluster: str = _DEFAULT["slurm_cluster"]  # or "local": submitit's local executor
+    slurm_partition: str | None = _DEFAULT["slurm_partition"]
+    cpu_slots: int = _DEFAULT["cpu_slots"]  # timed CPU cases at once per node (Ray, local Slurm)
+    allow_mixed_hosts: bool = _DEFAULT["allow_mixed_hosts"]
+    repeats: int = _DEFAULT["repeats"]  # replicates of each case, in separate rounds over the sweep
     settings: Mapping = field(default_factory=dict, compare=False, repr=False)  # the raw form, stored for --resume
 
     @property
@@ -156,45 +166,11 @@ class RunConfig:
         )
         if raw["executor"] != "local" and sweep.allocators != (DEFAULT_ALLOCATOR,):
             raise UsageError(f"--allocator {','.join(sweep.allocators)}: only the pinned allocator runs with --executor {raw['executor']}")
-        config = cls(
-            sweep=sweep,
-            impl_files=tuple(raw["impl_file"]),
-            threads=raw["threads"],
-            seed=raw["seed"],
-            stop_rule=StopRule(min_samples=raw["min_samples"], max_time_s=raw["max_time"], target_rel_iqr=raw["target_rel_iqr"]),
-            cold_cache=raw["cold_cache"],
-            tf32=raw["tf32"],
-            cudnn_benchmark=raw["cudnn_benchmark"],
-            measure_memory=raw["memory"],
-            memory_guard=raw["memory_guard"],
-            timeout_s=raw["timeout"],
-            isolate=raw["isolate"],
-            shard=raw["shard"],
-            strict=raw["strict"],
-            fail_on_contention=raw["fail_on_contention"],
-            report=raw["report"],
-            count_instructions=raw["count_instructions"],
-            executor=raw["executor"],
-            ray_address=raw["ray_address"],
-            slurm_cluster=raw["slurm_cluster"],
-            slurm_partition=raw["slurm_partition"],
-            cpu_slots=raw["cpu_slots"],
-            allow_mixed_hosts=raw["allow_mixed_hosts"],
-            repeats=raw["repeats"],
-            settings=MappingProxyType(dict(raw)),
-        )
+        copied = {f.name for f in dataclasses.fields(cls)} & settings_module.SETTINGS.keys()  # same name, same value
+        config = cls(sweep=sweep, impl_files=tuple(raw["impl_file"]), stop_rule=stop_rule_of(raw),
+                     settings=MappingProxyType(dict(raw)), **{name: raw[name] for name in copied})
         config.cases()  # a bad --shard is a usage error now, not when the run starts
         return config
-
-    def summary(self) -> dict:
-        """What ``run.json`` records of the configuration besides the raw settings."""
-        return {
-            "seed": self.seed,
-            "stop_rule": dataclasses.asdict(self.stop_rule),
-            "cold_cache": self.cold_cache, "measure_memory": self.measure_memory, "memory_guard": self.memory_guard,
-            "tf32": self.tf32, "cudnn_benchmark": self.cudnn_benchmark, "timeout_s": self.timeout_s,
-        }
-
 
 def single_cases(impls: list[str], *, device: str, mode: str, batch, res, heads, dim, impl_files=()) -> list[Case]:
     """The cases of commands that time or count cases one at a time (``ab``, ``profile``, ``flops``): validated

@@ -9,45 +9,64 @@ change the sweep. Every key is a ``run`` option name with ``_`` for ``-``.
 from __future__ import annotations
 
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cmgm_bench.errors import UsageError
 
-DEFAULTS: dict = {
-    "impl": None,  # None: every registered implementation
-    "impl_file": [],
-    "device": "cpu",
-    "mode": "fwd",
-    "batch": "1",
-    "res": "11,28,48",
-    "heads": "8",
-    "dim": "64",
-    "allocator": "pinned",
-    "threads": None,
-    "seed": 0,
-    "max_time": 2.0,
-    "min_samples": 10,
-    "target_rel_iqr": 0.03,
-    "repeats": 1,
-    "cold_cache": False,
-    "tf32": False,
-    "cudnn_benchmark": False,
-    "memory": True,
-    "memory_guard": True,
-    "timeout": None,
-    "isolate": False,
-    "shard": None,
-    "strict": False,
-    "fail_on_contention": False,
-    "report": True,
-    "count_instructions": False,
-    "executor": "local",
-    "ray_address": None,
-    "slurm_cluster": "slurm",
-    "slurm_partition": None,
-    "cpu_slots": 1,
-    "allow_mixed_hosts": False,
+@dataclass(frozen=True)
+class Setting:
+    """One setting: its default, the types a TOML file may give it, and whether ``--resume`` may change it."""
+
+    default: Any
+    types: tuple[type, ...] = ()  # a TOML value's types (a bool's: bool; a list's: names or numbers)
+    resumable: bool = False  # may differ on --resume: it does not change what a case measures
+    listed: bool = False  # a list: "11,28" or [11, 28] in TOML
+
+
+_OPTIONAL_STR, _OPTIONAL_INT, _NUMBER = (str, type(None)), (int, type(None)), (int, float)
+
+# Every setting of a run, by its option name with ``_`` for ``-``: the one table the defaults, the TOML checks,
+# the resumable set and (through DEFAULTS) the Typer options and RunConfig's fields come from.
+SETTINGS: dict[str, Setting] = {
+    "impl": Setting(None, listed=True),  # None: every registered implementation of the default sweep
+    "impl_file": Setting([], resumable=True, listed=True),
+    "device": Setting("cpu", (str,)),
+    "mode": Setting("fwd", listed=True),
+    "batch": Setting("1", listed=True),
+    "res": Setting("11,28,48", listed=True),
+    "heads": Setting("8", listed=True),
+    "dim": Setting("64", listed=True),
+    "allocator": Setting("pinned", listed=True),
+    "threads": Setting(None, _OPTIONAL_INT),
+    "seed": Setting(0, (int,)),
+    "max_time": Setting(2.0, _NUMBER),
+    "min_samples": Setting(10, (int,)),
+    "target_rel_iqr": Setting(0.03, _NUMBER),
+    "repeats": Setting(1, (int,), resumable=True),  # more replicates of the same cases: --resume RUN --repeats 3 adds rounds
+    "cold_cache": Setting(False),
+    "tf32": Setting(False),
+    "cudnn_benchmark": Setting(False),
+    "memory": Setting(True),
+    "memory_guard": Setting(True, resumable=True),
+    "timeout": Setting(None, (int, float, type(None)), resumable=True),
+    "isolate": Setting(False, resumable=True),
+    "shard": Setting(None, _OPTIONAL_STR),
+    "strict": Setting(False, resumable=True),
+    "fail_on_contention": Setting(False, resumable=True),
+    "report": Setting(True, resumable=True),
+    "count_instructions": Setting(False),
+    "executor": Setting("local", (str,), resumable=True),
+    "ray_address": Setting(None, _OPTIONAL_STR, resumable=True),
+    "slurm_cluster": Setting("slurm", (str,), resumable=True),
+    "slurm_partition": Setting(None, _OPTIONAL_STR, resumable=True),
+    "cpu_slots": Setting(1, (int,)),
+    "allow_mixed_hosts": Setting(False, resumable=True),
 }
+
+DEFAULTS: dict = {name: setting.default for name, setting in SETTINGS.items()}
+RESUMABLE_CHANGES = {name for name, setting in SETTINGS.items() if setting.resumable}
 
 PRESETS: dict[str, dict] = {
     "quick": {"impl": "eager,sdpa", "res": "11,28", "max_time": 0.5},
@@ -64,48 +83,23 @@ PRESET_HELP = (
     "(with --count-instructions: under 90 s on 2 vCPUs)."
 )
 
-# Settings that may differ when a run is resumed: they do not change what a case measures.
-RESUMABLE_CHANGES = {
-    "isolate", "timeout", "memory_guard", "strict", "fail_on_contention", "report", "impl_file", "executor", "ray_address",
-    "allow_mixed_hosts", "slurm_cluster", "slurm_partition",
-    "repeats",  # more replicates of the same cases: --resume RUN --repeats 3 adds rounds
-}
-
-_LIST_KEYS = {"impl", "mode", "batch", "res", "heads", "dim", "allocator", "impl_file"}
-_TYPES = {
-    "device": (str,),
-    "threads": (int, type(None)),
-    "seed": (int,),
-    "max_time": (int, float),
-    "min_samples": (int,),
-    "target_rel_iqr": (int, float),
-    "repeats": (int,),
-    "timeout": (int, float, type(None)),
-    "shard": (str, type(None)),
-    "executor": (str,),
-    "ray_address": (str, type(None)),
-    "slurm_cluster": (str,),
-    "slurm_partition": (str, type(None)),
-    "cpu_slots": (int,),
-}
-
-
 def check_value(key: str, value, where: str):
     """Return ``value`` normalised for ``key``; a :class:`UsageError` naming the key if it is wrong."""
-    if key not in DEFAULTS:
+    if key not in SETTINGS:
         raise UsageError(f"{where}: unknown key {key!r}")
-    if key in _LIST_KEYS:
+    setting = SETTINGS[key]
+    if isinstance(setting.default, bool):
+        if not isinstance(value, bool):
+            raise UsageError(f"{where}: {key!r} must be true or false, not {value!r}")
+        return value
+    if setting.listed:
         items = list(value) if isinstance(value, (list, tuple)) else [value]
         if not all(isinstance(item, (str, int)) and not isinstance(item, bool) for item in items):
             raise UsageError(f"{where}: {key!r} must be a string, an integer or a list of them")
         if key == "impl_file":
             return [str(item) for item in items]
         return ",".join(str(item) for item in items)
-    if isinstance(DEFAULTS[key], bool):
-        if not isinstance(value, bool):
-            raise UsageError(f"{where}: {key!r} must be true or false, not {value!r}")
-        return value
-    types = _TYPES[key]
+    types = setting.types
     if isinstance(value, bool) or not isinstance(value, types):
         names = " or ".join(t.__name__ for t in types if t is not type(None))
         raise UsageError(f"{where}: {key!r} must be {names}, not {value!r}")

@@ -51,7 +51,7 @@ def run_isolated(case: Case, runner: CaseRunner, threads: int) -> Measurement:
     missing = allocator.missing(case.allocator)
     if missing:
         return runner.failed(case, Status.UNSUPPORTED, missing)
-    limit = None if config.timeout_s is None else config.timeout_s + STARTUP_ALLOWANCE_S
+    limit = None if config.timeout is None else config.timeout + STARTUP_ALLOWANCE_S
     spec = {"case": case.as_dict(), "settings": dict(config.settings), "threads": threads, "parent": os.getpid(), "limit_s": limit,
             "ceilings": runner.ceilings and runner.ceilings.to_json()}
     remove_orphaned_folders()

@@ -126,7 +126,7 @@ class RayExecutor:
     def _cancel_overdue(self, running: dict) -> Iterator[Finished]:
         for ref, (case, submitted) in list(running.items()):
             runner = self.runners[case.device]
-            limit = runner.config.timeout_s
+            limit = runner.config.timeout
             if limit is not None and time.monotonic() - submitted > limit + STARTUP_ALLOWANCE_S:
                 self.ray.cancel(ref, force=True)
                 running.pop(ref)

@@ -64,7 +64,7 @@ class SlurmExecutor:
 
     def _submit(self, case: Case):
         config = self.runners[case.device].config
-        minutes = math.ceil(((config.timeout_s or DEFAULT_JOB_MINUTES * 60) + STARTUP_ALLOWANCE_S) / 60)
+        minutes = math.ceil(((config.timeout or DEFAULT_JOB_MINUTES * 60) + STARTUP_ALLOWANCE_S) / 60)
         parameters = {"name": f"cmgm-{case.impl}", "timeout_min": minutes, "cpus_per_task": config.threads or 1}
         if case.device.startswith("cuda"):
             parameters["gpus_per_node"] = 1
@@ -92,7 +92,7 @@ class SlurmExecutor:
                     running[self._submit(case)] = (case, attempt, time.monotonic())
                 for job, (case, attempt, started) in list(running.items()):
                     runner = self.runners[case.device]
-                    limit = runner.config.timeout_s
+                    limit = runner.config.timeout
                     if job.done():
                         running.pop(job)
                         try:

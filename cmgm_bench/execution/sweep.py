@@ -7,7 +7,6 @@ missing; a Ctrl-C stops after saving every finished case.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -142,8 +141,7 @@ def run_plan(
         meta = RunMeta(
             environment=env.collect(devices[0], argv),
             settings=dict(config.settings),
-            sweep={k: list(v) for k, v in dataclasses.asdict(config.sweep).items()},
-            options={**config.summary(), **({"narrowed": plan.narrowed} if plan.narrowed else {})},
+            narrowed=plan.narrowed,
             baseline=registry.baseline_name(),
             ceilings={} if remote else {
                 device: ceilings.measure(device, run_dtypes(plan, device), machine_model(env.host_description(device), device))

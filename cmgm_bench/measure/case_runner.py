@@ -102,7 +102,7 @@ class CaseRunner:
         with draft.phase("setup"):  # the first case's import of Dynamo (~1 s), never cut short by --timeout:
             import torch._dynamo  # noqa: F401  a half-imported Dynamo would break every later case's clean-up
         try:
-            with deadline(self.config.timeout_s):
+            with deadline(self.config.timeout):
                 result = self._measure(case, impl, draft, scope)
         except CaseTimeout as exc:
             result = draft.ended(Status.TIMEOUT, str(exc))
@@ -219,7 +219,7 @@ class CaseRunner:
             # first two warm-up calls; warm-up then runs until its 0.1 s are spent.
             clock = clock_for(device)
             warm_start = time.perf_counter()
-            if config.measure_memory:
+            if config.memory:
                 with draft.phase("memory"):
                     peak = memory.peak_bytes(step, device)
                 if prepared.held_bytes:  # memory the calls use that was allocated before them (a graph's pool):
@@ -228,7 +228,7 @@ class CaseRunner:
             with draft.phase("sdpa_backend"):
                 fields["sdpa_backend"] = observed_sdpa_backend(step)
             with draft.phase("warm_up"):
-                warm_up(step, clock, min_calls=0 if config.measure_memory else 1,
+                warm_up(step, clock, min_calls=0 if config.memory else 1,
                         min_time_s=WARM_UP_S - (time.perf_counter() - warm_start))
             compiles = compile_count()
             flusher = CacheFlusher(device) if config.cold_cache else None
@@ -248,7 +248,7 @@ class CaseRunner:
                     f"recompiled {compile_count() - compiles} time(s) while being timed; the measurement is invalid"
                 )
 
-        if config.measure_memory:  # the implementation alive; what its release gives back is read after the clean-up
+        if config.memory:  # the implementation alive; what its release gives back is read after the clean-up
             with draft.phase("memory"):
                 draft.resident_alive = memory.resident_bytes(device)
         if not reference_first:  # the reference, then one more call to judge

@@ -1,9 +1,11 @@
 """A run's metadata (``run.json``) as a typed record, and where each machine's ceilings are kept in it.
 
 The fields are what the harness reads and writes; ``environment`` and ``settings``
-stay mappings (a description of the machine, the raw settings as a user wrote them).
+stay mappings (a description of the machine, the raw settings as a user wrote them:
+the whole configuration, from which ``RunConfig.from_settings`` rebuilds the rest).
 Keys this version does not know, from older or newer files of the same schema
-version, are kept in ``other`` and written back unchanged.
+version (older runs also stored ``sweep`` and ``options``, derived from the
+settings), are kept in ``other`` and written back unchanged.
 
 Ceilings (:class:`~cmgm_bench.measure.ceilings.Ceilings`) are kept per device for
 the first machine model (``ceilings``) and per machine model and device for any
@@ -27,9 +29,8 @@ class RunMeta:
     """``run.json``: what a run was, on what, with which settings, and the ceilings its cases are accounted against."""
 
     environment: dict = field(default_factory=dict)  # versions, CPU/GPU, threads, commit, host, command line
-    settings: dict = field(default_factory=dict)  # the raw settings (config.settings), the source of --resume
-    sweep: dict = field(default_factory=dict)
-    options: dict = field(default_factory=dict)  # the parsed options and what the plan narrowed
+    settings: dict = field(default_factory=dict)  # the raw settings (config.settings): the configuration, stored once
+    narrowed: str | None = None  # why the default sweep measured some implementations at its smallest grid only
     baseline: str | None = None  # None: a run older than the field (the registry's baseline)
     ceilings: dict[str, Ceilings] = field(default_factory=dict)  # device -> the first machine model's
     machine_ceilings: dict[str, dict[str, Ceilings]] = field(default_factory=dict)  # other model -> device -> ceilings
@@ -53,12 +54,13 @@ class RunMeta:
     def to_json(self) -> dict:
         data = {
             "schema_version": self.schema_version, "environment": self.environment, "settings": self.settings,
-            "sweep": self.sweep, "options": self.options, "baseline": self.baseline,
+            "baseline": self.baseline,
             "ceilings": {device: c.to_json() for device, c in self.ceilings.items()},
         }
         optional = {
             "machine_ceilings": {m: {d: c.to_json() for d, c in devices.items()} for m, devices in self.machine_ceilings.items()},
-            "resumed": self.resumed, "instruction_counts": self.instruction_counts, "merged_from": self.merged_from,
+            "narrowed": self.narrowed, "resumed": self.resumed, "instruction_counts": self.instruction_counts,
+            "merged_from": self.merged_from,
         }
         return {**data, **{key: value for key, value in optional.items() if value}, **self.other}
 
