@@ -108,14 +108,17 @@ def test_eager_from_another_checkout_runs_that_checkouts_model(tmp_path):
     torch.testing.assert_close(theirs, 2 * ours)
 
 
-def test_a_record_from_before_the_host_field_reads_its_host_from_the_notes():
-    """Journals written before ``Measurement.host`` kept where a case ran in ``notes["host"]``; they read the same."""
-    measurement = Measurement(Case("eager", "cpu", "float32", "fwd", 1, 4, 4, 2, 8), Status.OK, samples_s=(0.001, 0.002),
-                              host={"hostname": "node-1", "cpu_model": "CPU A", "gpu_name": None}, notes={"phase_s": {"setup": 0.5}})
+def test_a_record_from_before_the_typed_fields_reads_them_from_the_notes():
+    """Journals written before ``Measurement.host``, ``isolated`` and ``replicate_sizes`` kept them in the notes;
+    they read the same."""
+    measurement = Measurement(Case("eager", "cpu", "float32", "fwd", 1, 4, 4, 2, 8), Status.OK, samples_s=(0.001, 0.002, 0.003),
+                              host={"hostname": "node-1", "cpu_model": "CPU A", "gpu_name": None}, isolated=True,
+                              replicate_sizes=(2, 1), notes={"phase_s": {"setup": 0.5}})
     record = to_record(measurement)
-    assert record["host"]["cpu_model"] == "CPU A" and "host" not in record["notes"]
-    older = {**record, "notes": {**record["notes"], "host": record["host"]}}
-    del older["host"]
+    assert record["host"]["cpu_model"] == "CPU A" and record["isolated"] is True and record["replicate_sizes"] == [2, 1]
+    moved = ("host", "isolated", "replicate_sizes")
+    older = {**{k: v for k, v in record.items() if k not in moved}, "notes": {**record["notes"], **{k: record[k] for k in moved}}}
     for stored in (record, older):
         read = from_record(json.loads(json.dumps(stored)))
         assert read.host == measurement.host and read.machine == "CPU A" and dict(read.notes) == {"phase_s": {"setup": 0.5}}
+        assert read.isolated and read.replicate_sizes == (2, 1) and read.replicate_samples == [(0.001, 0.002), (0.003,)]

@@ -465,8 +465,8 @@ def test_after_a_device_context_fails_the_sweep_runs_the_rest_in_fresh_processes
     cases = [Case(name, "cpu", "float32", "fwd", 1, 4, 4, 2, 8) for name in ("sticky-failure", "eager", "sdpa")]
     measured = [finished.measurement for finished in LocalExecutor(config, tmp_path, {"cpu": CaseRunner(config)}).measurements(cases)]
     assert [m.status.value for m in measured] == ["error", "ok", "ok"] and probed == ["cpu"]  # probed once, after the failure
-    assert "later cases ran each in a fresh process" in measured[0].notes["device_context"] and not measured[0].notes.get("isolated")
-    assert all(m.notes.get("isolated") is True and "device_context" not in m.notes for m in measured[1:])
+    assert "later cases ran each in a fresh process" in measured[0].notes["device_context"] and not measured[0].isolated
+    assert all(m.isolated and "device_context" not in m.notes for m in measured[1:])
     assert capsys.readouterr().err.count("the remaining cases run each in a fresh process") == 1
 
 

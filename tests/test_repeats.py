@@ -77,7 +77,7 @@ def steady(run_dir, out):
     quiet machine."""
     run = load_run(run_dir)
     measurements = [dataclasses.replace(m, samples_s=tuple(m.replicate_samples[0]) * m.replicates, contention=0.0,
-                                        notes={**m.notes, "replicate_sizes": [len(m.replicate_samples[0])] * m.replicates})
+                                        replicate_sizes=[len(m.replicate_samples[0])] * m.replicates)
                     for m in run.measurements]
     RunWriter(out, run.meta, measurements).finish()
     return out

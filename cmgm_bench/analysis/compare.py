@@ -216,7 +216,7 @@ def compare_runs(
     only_base = [k for k in base_cases if k not in cand_cases]
     only_cand = [k for k in cand_cases if k not in base_cases]
     replicated = [k for k in shared if base_cases[k].replicates >= 2 and cand_cases[k].replicates >= 2]
-    shared_process = [k for k in replicated if not (base_cases[k].notes.get("isolated") and cand_cases[k].notes.get("isolated"))]
+    shared_process = [k for k in replicated if not (base_cases[k].isolated and cand_cases[k].isolated)]
     without_resident = sum(1 for key in shared if base_cases[key].timed and cand_cases[key].timed
                            and None in (base_cases[key].resident_mb, cand_cases[key].resident_mb))
     return Comparison(metric, threshold, cases, only_base, only_cand, differences,

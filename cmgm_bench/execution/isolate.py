@@ -65,27 +65,27 @@ def run_isolated(case: Case, runner: CaseRunner, threads: int) -> Measurement:
             text=True,
             env=allocator.child_environment(case.allocator),
         )
-        notes = {"isolated": True}
         try:
             _, stderr = child.communicate(timeout=limit)
         except subprocess.TimeoutExpired:
             child.kill()
             child.communicate()
-            return runner.failed(case, Status.TIMEOUT, f"timed out after {limit:g} s (child killed)", notes)
+            return runner.failed(case, Status.TIMEOUT, f"timed out after {limit:g} s (child killed)").with_(isolated=True)
         except BaseException:  # Ctrl-C or SIGTERM of this process: the child goes first, then the folder
             child.kill()
             child.wait()
             raise
         if child.returncode == 1 and WATCHDOG_MARK in (stderr or ""):
-            return runner.failed(case, Status.TIMEOUT, f"timed out after {limit:g} s (the child's own watchdog)", notes)
+            return runner.failed(case, Status.TIMEOUT, f"timed out after {limit:g} s (the child's own watchdog)").with_(isolated=True)
         if child.returncode < 0:
             name = signal.Signals(-child.returncode).name
-            return runner.failed(case, Status.ERROR, f"child process died with signal {name}", notes)
+            return runner.failed(case, Status.ERROR, f"child process died with signal {name}").with_(isolated=True)
         if child.returncode != 0 or not record_path.exists():
             last = (stderr or "").strip().splitlines()[-1:] or ["no output"]
-            return runner.failed(case, Status.ERROR, f"child process exited with code {child.returncode}: {last[0][:200]}", notes)
+            failed = runner.failed(case, Status.ERROR, f"child process exited with code {child.returncode}: {last[0][:200]}")
+            return failed.with_(isolated=True)
         measurement = from_record(json.loads(record_path.read_text()), record_path)
-    return measurement.with_(notes={**measurement.notes, **notes})
+    return measurement.with_(isolated=True)
 
 
 def remove_orphaned_folders() -> None:

@@ -104,12 +104,16 @@ class Measurement:
     variant: str | None = None
     source: str | None = None
     host: Mapping[str, Any] | None = None  # where the case ran: hostname, CPU model and instruction sets, GPU (machine.env)
+    isolated: bool = False  # ran in a child process of its own (--isolate, another allocator, after a CUDA failure)
+    replicate_sizes: tuple[int, ...] | None = None  # samples of each replicate in samples_s (run --repeats); None: one
     notes: Mapping[str, Any] = field(default_factory=dict)  # the implementation's and the phases' free-form record
     traceback: str | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "status", Status(self.status))
         object.__setattr__(self, "samples_s", tuple(self.samples_s))
+        if self.replicate_sizes is not None:
+            object.__setattr__(self, "replicate_sizes", tuple(self.replicate_sizes))
 
     def with_(self, **changes) -> "Measurement":
         return dataclasses.replace(self, **changes)
@@ -149,12 +153,12 @@ class Measurement:
     @property
     def replicates(self) -> int:
         """How many times the case ran (``run --repeats``): 1 for a plain measurement."""
-        return len(self.notes.get("replicate_sizes") or (None,))
+        return len(self.replicate_sizes or (None,))
 
     @property
     def replicate_samples(self) -> list[tuple[float, ...]]:
         """The samples of each replicate, in the order they ran (one group for a plain measurement)."""
-        sizes = self.notes.get("replicate_sizes")
+        sizes = self.replicate_sizes
         if not sizes:
             return [self.samples_s]
         starts = [sum(sizes[:index]) for index in range(len(sizes))]
@@ -163,7 +167,7 @@ class Measurement:
 
 def merge_replicates(parts: list[Measurement]) -> Measurement:
     """One measurement of a case from its replicates, in the order they ran: the samples of all of them
-    (``notes["replicate_sizes"]`` says which are whose), the worst status, the contention of the most contended
+    (``replicate_sizes`` says which are whose), the worst status, the contention of the most contended
     replicate, the other fields of the first."""
     if len(parts) == 1:
         return parts[0]
@@ -171,13 +175,13 @@ def merge_replicates(parts: list[Measurement]) -> Measurement:
     failed = next((part for part in parts if not part.timed), None)
     inaccurate = next((part for part in parts if part.status is Status.INACCURATE), None)
     worst = failed or inaccurate or first
-    sizes = [size for part in parts for size in (part.notes.get("replicate_sizes") or [len(part.samples_s)])]
+    sizes = tuple(size for part in parts for size in (part.replicate_sizes or [len(part.samples_s)]))
     most_contended = max(parts, key=lambda part: -1.0 if part.contention is None else part.contention)
-    notes = {**first.notes, "replicate_sizes": sizes}
+    notes = dict(first.notes)
     if "contention" in most_contended.notes:
         notes["contention"] = most_contended.notes["contention"]
     return first.with_(
         status=worst.status, error=worst.error, traceback=worst.traceback,
         samples_s=tuple(sample for part in parts for sample in part.samples_s),
-        contention=most_contended.contention, notes=notes,
+        contention=most_contended.contention, notes=notes, replicate_sizes=sizes, isolated=all(part.isolated for part in parts),
     )

@@ -70,7 +70,8 @@ REQUIRED_COLUMNS = (*(column for column in KEY_COLUMNS if column != "allocator")
 META_FILE = "run.json"
 _ERROR_FIELDS = tuple(f.name for f in dataclasses.fields(AccuracyErrors))
 _PLAIN_FIELDS = tuple(
-    f.name for f in dataclasses.fields(Measurement) if f.name not in ("case", "status", "samples_s", "errors", "host", "notes", "traceback")
+    f.name for f in dataclasses.fields(Measurement)
+    if f.name not in ("case", "status", "samples_s", "errors", "host", "notes", "traceback", "isolated", "replicate_sizes")
 )
 
 
@@ -92,7 +93,7 @@ def to_row(m: Measurement) -> dict:
 def to_record(m: Measurement) -> dict:
     """The JSON form of a measurement (a journal line, an entry of ``results.json``'s ``cases``)."""
     return _json_safe({"row": to_row(m), "samples_s": list(m.samples_s), "traceback": m.traceback, "host": m.host,
-                       "notes": dict(m.notes)})
+                       "isolated": m.isolated, "replicate_sizes": m.replicate_sizes, "notes": dict(m.notes)})
 
 
 def from_record(record: dict, where: Path | str = "") -> Measurement:
@@ -114,13 +115,18 @@ def _measurement(record: dict, row: dict) -> Measurement:
         errors = AccuracyErrors(**{name: row.get(name) for name in _ERROR_FIELDS})
     samples = tuple(float(sample) for sample in record.get("samples_s") or ())
     notes = dict(record.get("notes") or {})
-    host = record.get("host") or notes.pop("host", None)  # records written before the field kept it in the notes
+    # records written before these fields existed kept them in the notes
+    host = record.get("host") or notes.pop("host", None)
+    isolated = record.get("isolated") or notes.pop("isolated", False)
+    replicate_sizes = record.get("replicate_sizes") or notes.pop("replicate_sizes", None)
     return Measurement(
         case=Case.from_dict(row),
         status=row["status"],
         samples_s=samples,
         errors=errors,
         host=host,
+        isolated=bool(isolated),
+        replicate_sizes=replicate_sizes,
         notes=notes,
         traceback=record.get("traceback"),
         **{name: row.get(name) for name in _PLAIN_FIELDS},

@@ -48,7 +48,7 @@ def run(out: Path, args: list[str]) -> tuple[Run, float]:
 
 
 def first_replicate(run: Run) -> Run:
-    return Run(run.path, run.meta, [dataclasses.replace(m, samples_s=m.replicate_samples[0], notes={**m.notes, "replicate_sizes": None})
+    return Run(run.path, run.meta, [dataclasses.replace(m, samples_s=m.replicate_samples[0], replicate_sizes=None)
                                     for m in run.measurements])
 
 
