@@ -22,7 +22,6 @@ from cmgm_bench.config.race_config import GATE_RACE, RaceConfig
 from cmgm_bench.config.settings import DEFAULTS, PRESET_HELP
 from cmgm_bench.errors import UsageError
 from cmgm_bench.measure import contention
-from cmgm_bench.views.formats import OutputFormat
 
 # Each command imports the harness (torch, pandas, scipy) when it runs, not when this module loads:
 # --help, a bad option and `list` answer without waiting for imports they do not use.
@@ -253,21 +252,13 @@ def compare_command(
 ):
     """Compare two runs case by case: latency or instructions, accuracy and memory."""
     from cmgm_bench import api
-    from cmgm_bench.views import compare_output, terminal
+    from cmgm_bench.views import compare_output
 
     comparison = api.compare(
         base, cand, metric=metric, threshold=threshold, mem_threshold=mem_threshold, allow_env_mismatch=allow_env_mismatch,
         run_spread=run_spread,
     )
-    if output_format is OutputFormat.TABLE:
-        console = terminal.console()
-        console.print(compare_output.rich_table(comparison))
-        for line in compare_output.summary_lines(comparison):
-            console.print(line, markup=False)
-    else:
-        writers = {OutputFormat.MARKDOWN: compare_output.to_markdown, OutputFormat.JSON: compare_output.to_json,
-                   OutputFormat.CSV: compare_output.to_csv}
-        typer.echo(writers[output_format](comparison), nl=False)
+    compare_output.emit(comparison, output_format)
     if fail_on_regression and comparison.regressed:
         raise typer.Exit(1)
 
@@ -345,7 +336,8 @@ def gate_command(
     Prints one Markdown summary; exit 1 when either check finds a regression."""
     import tempfile
 
-    from cmgm_bench.gate import run_gate, summary_markdown
+    from cmgm_bench.gate import run_gate
+    from cmgm_bench.views.gate_summary import summary_markdown
 
     with tempfile.TemporaryDirectory(prefix="cmgm-gate-") as scratch:
         result = run_gate(

@@ -40,7 +40,6 @@ from cmgm_bench.analysis.compare import Comparison
 from cmgm_bench.config.race_config import GATE_RACE, RaceConfig
 from cmgm_bench.errors import UsageError
 from cmgm_bench.execution.paired import PairedResult
-from cmgm_bench.views import compare_output, markdown
 
 MODEL_FOLDER = "cmgm_bench/workload/"
 BASE_PREFIX, HEAD_PREFIX = "base:", "head:"
@@ -64,6 +63,11 @@ class GateResult:
     @property
     def regressed(self) -> bool:
         return self.instructions_regressed or self.race_regressed
+
+    @staticmethod
+    def impl_of(race: PairedResult) -> str:
+        """The implementation a race judged, without the revision prefix its head side was loaded under."""
+        return race.cand.impl.removeprefix(HEAD_PREFIX)
 
 
 def _git(repo: Path, *args: str) -> str:
@@ -160,22 +164,3 @@ def run_gate(base_ref: str, work: Path, *, repo: Path | None = None, impls: list
     finally:
         _git(repo, "worktree", "remove", "--force", str(base_checkout))
     return result
-
-
-def summary_markdown(result: GateResult, head: str) -> str:
-    """The pull request's comment: the verdict first, then the instruction counts and the races."""
-    verdict = "**regression**" if result.regressed else "no regression"
-    lines = [f"## cmgm-bench gate: {result.base_commit[:10]} -> {head}: {verdict}", ""]
-    if not result.impls:
-        return "\n".join(lines + ["No implementation changed (nothing under cmgm_bench_impls/ or the model); nothing to gate.", ""])
-    lines += [f"Implementations: {markdown.text(', '.join(result.impls))}", ""]
-    if result.instructions is not None:
-        flag = " (regression)" if result.instructions_regressed else ""
-        lines += [compare_output.to_markdown(result.instructions, heading="### Instruction counts" + flag), ""]
-    flag = " (regression)" if result.race_regressed else ""
-    lines += [f"### Paired race, base file against head file in one process{flag}", ""]
-    rows = [[r.cand.impl.removeprefix(HEAD_PREFIX), r.cand.label.split(" ", 1)[1], f"{r.base_ms:.3f}", f"{r.cand_ms:.3f}",
-             f"{r.ratio:.3f} [{r.low:.3f}, {r.high:.3f}]", r.verdict, r.pairs, f"{r.seconds:.1f}"] for r in result.races]
-    lines += [markdown.table(["impl", "case", "base ms", "head ms", "head/base [95% CI]", "verdict", "pairs", "s"], rows,
-                             ["l", "l", "r", "r", "r", "l", "r", "r"]), ""]
-    return "\n".join(lines)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+import typer
 from rich.table import Table
 
-from cmgm_bench.views import markdown
+from cmgm_bench.views import markdown, terminal
+from cmgm_bench.views.formats import OutputFormat
 from cmgm_bench.analysis.compare import ONE_REPLICATE, Comparison, case_label
 from cmgm_bench.measure.contention import CONTENDED, CONTENDED_SHARE
 
@@ -127,3 +129,17 @@ def to_json(comparison: Comparison) -> str:
 
 def to_csv(comparison: Comparison) -> str:
     return comparison.frame().to_csv(index=False)
+
+
+def emit(comparison: Comparison, output_format: OutputFormat) -> None:
+    """Print ``comparison`` in ``output_format``: a judgement, not one table, so its JSON is a document of its own
+    (the verdict, the cases, what only one run holds) and its terminal and Markdown forms end with the summary."""
+    output_format = OutputFormat(output_format)
+    if output_format is OutputFormat.TABLE:
+        console = terminal.console()
+        console.print(rich_table(comparison))
+        for line in summary_lines(comparison):
+            console.print(line, markup=False)
+        return
+    writers = {OutputFormat.MARKDOWN: to_markdown, OutputFormat.JSON: to_json, OutputFormat.CSV: to_csv}
+    typer.echo(writers[output_format](comparison), nl=False)
