@@ -76,6 +76,14 @@ class SlurmExecutor:
         return self.executor.submit(measure_case, case.as_dict(), dict(config.settings), self.dtypes[case.device], 1, "slurm",
                                     str(self.folder))
 
+    def _result(self, job):
+        """What the finished ``job`` returned (its exception raised). On a cluster, submitit waits up to 15 s for a
+        result file that a shared filesystem may show late; the local cluster shares this filesystem, so a job
+        that ended without one died (killed, out of memory) and says so at once."""
+        if self.cluster == "local" and not job.paths.result_pickle.exists():
+            raise RuntimeError(f"job {job.job_id} ended without a result (state {job.state})")
+        return job.result()
+
     def measurements(self, cases: list[Case], on_case_start=None) -> Iterator[Finished]:
         """Run ``cases`` (``--cpu-slots`` at a time on the local cluster); yield each as it finishes."""
         pending = [(case, 0) for case in cases]
@@ -96,7 +104,7 @@ class SlurmExecutor:
                     if job.done():
                         running.pop(job)
                         try:
-                            yield finished(case, job.result())
+                            yield finished(case, self._result(job))
                         except Exception as exc:  # the job raised, died or was cancelled
                             if attempt == 0:
                                 pending.insert(0, (case, 1))
