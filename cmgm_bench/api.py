@@ -25,7 +25,6 @@ from cmgm_bench.execution.sweep import Plan, make_plan, plan_resume, run_plan
 from cmgm_bench.machine.process_setup import prepare_process
 from cmgm_bench.measure.measurement import Measurement
 from cmgm_bench.results.store import Run, load_run
-from cmgm_bench.views.report import write_report
 
 
 def run(
@@ -49,6 +48,8 @@ def execute(plan: Plan, argv=None, on_case_start=None, on_case_done=None) -> Run
     """Run a plan (:func:`make_plan`, :func:`plan_resume`), write its report if configured, and read it back."""
     writer = run_plan(plan, argv, on_case_start=on_case_start, on_case_done=on_case_done)
     if plan.config.report:
+        from cmgm_bench.views.report import write_report  # matplotlib: only for a run that writes its report
+
         write_report(writer.path)
     return load_run(writer.path)
 

@@ -20,6 +20,7 @@ from tests.helpers import FAST, require_tool
 from tests.helpers import machine_share
 
 runner = CliRunner()
+pytestmark = pytest.mark.xdist_group("compare")  # one xdist worker makes the module's runs once, for every test
 SMALL = ["--impl", "eager", "--res", "4,6", "--threads", "1", "--max-time", "0.3", "--min-samples", "10", "--no-report"]
 
 MORE_WORK = """

@@ -18,7 +18,8 @@ from cmgm_bench.results.store import RunWriter, load_run, read_journal
 from tests.helpers import FAST, require_tool
 
 runner = CliRunner()
-pytestmark = pytest.mark.slow  # each test reads runs made in processes of their own
+# each test reads runs made in processes of their own; one xdist worker runs them all, so the module's run is made once
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("resident_memory")]
 SHAPE = ["--res", "28", "--threads", "1", *FAST, "--no-report"]
 
 
