@@ -21,6 +21,7 @@ from cmgm_bench.results.store import RunWriter, from_record, load_run, to_record
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_run_compare_and_race_from_python(tmp_path):
     config = cmgm_bench.RunConfig.build(impl="eager,sdpa", res="4,5", max_time=0.05, min_samples=3, report=False)
     result = cmgm_bench.run(config, out=tmp_path / "run")

@@ -14,6 +14,7 @@ from tests.helpers import FAST, write_file
 runner = CliRunner()
 
 
+@pytest.mark.slow
 def test_tiny_sweep_writes_both_files(tmp_path):
     out = tmp_path / "run"
     result = runner.invoke(app, ["run", "--impl", "eager", "--res", "5,3x4", "--batch", "1,2", "--threads", "1", "--out", str(out), *FAST])
@@ -100,6 +101,7 @@ def test_help_and_option_errors_answer_without_importing_the_harness(argv):
     assert done.stdout.strip().splitlines()[-1] == f"LOADED [] {expected_code}", done.stdout[-2000:] + done.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_list_answers_from_its_cache_until_what_it_depends_on_changes(tmp_path):
     """The second `list` prints the same table without importing the implementations (nor torch); a change of what
     the rows depend on (here a CMGM_* variable) lists afresh; --impl-file always lists afresh."""

@@ -64,6 +64,7 @@ def decided_unless_contended(verdict: str, contention, expected: str) -> None:
 WIDE = ["--threshold", "1.5"]
 
 
+@pytest.mark.slow
 def test_same_code_is_not_a_regression(runs):
     result = runner.invoke(app, ["compare", str(runs / "base"), str(runs / "same"), *WIDE, "--fail-on-regression"])
     assert result.exit_code == 0, result.output
@@ -71,6 +72,7 @@ def test_same_code_is_not_a_regression(runs):
     assert "2 case(s) with one replicate: their intervals are widened by the run-to-run spread x3.00" in " ".join(result.output.split())
 
 
+@pytest.mark.slow
 def test_clearly_more_work_under_the_same_name_exits_1(runs):
     result = runner.invoke(app, ["compare", str(runs / "base"), str(runs / "slow"), *WIDE, "--fail-on-regression", "--format", "json"])
     data = json.loads(result.output)
@@ -82,6 +84,7 @@ def test_clearly_more_work_under_the_same_name_exits_1(runs):
     assert all(case["ratio"] > 3 for case in data["cases"])
 
 
+@pytest.mark.slow
 def test_markdown_output_is_a_valid_table(runs):
     result = runner.invoke(app, ["compare", str(runs / "base"), str(runs / "slow"), "--format", "markdown"])
     assert result.exit_code == 0
@@ -91,12 +94,14 @@ def test_markdown_output_is_a_valid_table(runs):
     assert set(lines[1].replace("|", "").split()) <= {"---", "---:"}
 
 
+@pytest.mark.slow
 def test_csv_output_has_one_row_per_case(runs):
     result = runner.invoke(app, ["compare", str(runs / "base"), str(runs / "same"), "--format", "csv"])
     assert result.exit_code == 0
     assert len(result.output.strip().splitlines()) == 3
 
 
+@pytest.mark.slow
 def test_environment_mismatch_is_refused_unless_allowed(runs, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(runs / "same", other)
@@ -109,6 +114,7 @@ def test_environment_mismatch_is_refused_unless_allowed(runs, tmp_path):
     assert allowed.exit_code == 0 and "environment differs in torch_version" in allowed.output
 
 
+@pytest.mark.slow
 def test_accuracy_and_memory_regressions(runs, tmp_path):
     worse = tmp_path / "worse"
     shutil.copytree(runs / "same", worse)
@@ -134,6 +140,7 @@ def test_accuracy_and_memory_regressions(runs, tmp_path):
         (None, ["--metric", "instructions"], "no instruction counts"),
     ],
 )
+@pytest.mark.slow
 def test_bad_input(runs, tmp_path, setup, args, message):
     cand = runs / "same"
     if setup == "corrupt":
@@ -153,6 +160,7 @@ def test_bad_input(runs, tmp_path, setup, args, message):
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.quiet
 def test_paired_race_of_identical_code_is_same():
     """Two instances of identical code differ by up to ~0.5% (memory placement, see
@@ -213,6 +221,7 @@ def race_contention(row: dict) -> float | None:
     return None if row["contention"] == "-" else float(row["contention"].rstrip("%")) / 100
 
 
+@pytest.mark.slow
 @pytest.mark.quiet
 def test_paired_race_of_two_revision_files_catches_more_work(tmp_path):
     base = tmp_path / "base_eager.py"

@@ -95,6 +95,7 @@ def test_the_cases_own_threads_are_never_counted_as_contention():
         assert not measured.contended
 
 
+@pytest.mark.slow
 def test_run_fail_on_contention_exits_1_beside_a_busy_process(tmp_path, busy_neighbour):
     out = tmp_path / "run"
     result = runner.invoke(app, ["run", "--impl", "eager", "--res", "8", "--heads", "2", "--dim", "16", "--threads", "2",
@@ -114,6 +115,7 @@ def test_ab_beside_a_busy_process_decides_nothing(busy_neighbour):
     assert float(row["contention"].rstrip("%")) / 100 > contention.CONTENDED_SHARE
 
 
+@pytest.mark.slow
 def test_compare_gives_no_verdict_on_a_contended_case(tmp_path):
     """A candidate twice as slow is 'slower' when both sides were quiet, 'inconclusive (contended)' when either was not."""
     out = tmp_path / "base"

@@ -34,6 +34,7 @@ def test_clock_selection(monkeypatch):
     assert isinstance(timing.clock_for("cuda:1"), timing.CudaEventClock)
 
 
+@pytest.mark.slow
 def test_cold_cache_flushes_before_every_sample_and_is_recorded(tmp_path):
     calls = []
     samples = timing.collect_samples(lambda: None, timing.WallClock(), StopRule(min_samples=5, max_time_s=0.01),
@@ -91,6 +92,7 @@ def test_unsupported_raised_by_a_builder_becomes_a_row(tmp_path):
     assert row["status"] == "unsupported" and row["error"] == "no kernel for this GPU"
 
 
+@pytest.mark.slow
 def test_gpu_only_implementations_are_unsupported_on_the_cpu(tmp_path):
     out = tmp_path / "run"
     result = runner.invoke(app, ["run", "--impl", "cudagraph,sdpa-flash", "--mode", "fwd,feature", "--res", "4", "--out",

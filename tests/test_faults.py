@@ -155,6 +155,7 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_file(small_mount):
     assert not leftovers(point)
 
 
+@pytest.mark.slow
 def test_a_read_only_folder_is_one_line_for_every_writer(small_mount, tmp_path):
     point, remount = small_mount
     run_dir = tmp_path / "run"
@@ -176,6 +177,7 @@ def test_a_read_only_folder_is_one_line_for_every_writer(small_mount, tmp_path):
     one_line_error(runner.invoke(app, ["history", "add", str(other), "--db", str(db)]), "readonly database")
 
 
+@pytest.mark.slow
 def test_names_and_errors_from_a_run_are_shown_as_text_in_markdown(tmp_path):
     name = "x<img src=x onerror=alert(1)>"
     plugin = write_file(tmp_path, "html.py", f"""

@@ -83,6 +83,7 @@ def test_peak_is_at_least_the_outputs():
     assert peak_mb(batch, height, width) >= outputs_mb
 
 
+@pytest.mark.slow
 @needs_proc_and_glibc
 def test_peak_doubles_with_batch_and_quadruples_with_tokens():
     base = peak_mb(1, 24, 24)  # N = 576: the 10.6 MB maps dominate
@@ -305,6 +306,7 @@ def test_cases_of_two_machine_models_are_accounted_against_their_own_ceilings(tm
     assert (tmp_path / "run" / "roofline.png").exists() and (tmp_path / "run" / "roofline-2.png").exists()
 
 
+@pytest.mark.slow
 def test_a_case_beating_the_ceiling_is_capped_at_100_in_a_real_run(tmp_path, monkeypatch):
     """The measured ceiling set far too low: every share is still at most 100 and the report says why."""
     import json
@@ -325,6 +327,7 @@ def test_a_case_beating_the_ceiling_is_capped_at_100_in_a_real_run(tmp_path, mon
     assert "the ceiling was raised to its rate" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_memory_held_for_the_calls_is_resident_not_peak(tmp_path):
     """An implementation that keeps 50 MiB for its calls (as a CUDA graph keeps its pool, or a runtime its planned
     buffers): the harness reads it as resident memory, released with the implementation, never in a call's peak;

@@ -89,6 +89,7 @@ def shown(db: str, *args: str) -> list[dict]:
     return json.loads(result.output)
 
 
+@pytest.mark.slow
 def test_add_and_show_real_runs(real_runs, db_url):
     result = history("add", *map(str, real_runs), "--db", db_url)
     assert result.exit_code == 0, result.output
@@ -114,6 +115,7 @@ def test_add_and_show_real_runs(real_runs, db_url):
     assert sorted(r["memory"] for r in memory) == pytest.approx(sorted(stored.values()))
 
 
+@pytest.mark.slow
 def test_adding_a_run_twice_stores_it_once(real_runs, db_url):
     assert history("add", str(real_runs[0]), "--db", db_url).exit_code == 0
     again = history("add", str(real_runs[0]), "--db", db_url)
@@ -121,6 +123,7 @@ def test_adding_a_run_twice_stores_it_once(real_runs, db_url):
     assert len(shown(db_url)) == 2
 
 
+@pytest.mark.slow
 def test_two_processes_adding_at_once_both_land(real_runs, db_url, tmp_path):
     shared = derived_run(real_runs[0], tmp_path / "shared", 99, 1.0)  # both add this one: stored once
     batches = [[*(derived_run(real_runs[0], tmp_path / f"p{p}-{i}", 10 * p + i, 1.0) for i in range(4)), shared] for p in range(2)]
@@ -261,6 +264,7 @@ def browser_problem() -> str | None:
     return None
 
 
+@pytest.mark.slow
 def test_dashboard_page_in_a_headless_browser(real_runs, tmp_path):
     """Twelve runs with a planted 1.5x step at the seventh, then three runs of one commit: in Debian's Chromium the
     page opens on a summary naming the step with its commit, draws one chart per shape and metric with a line per

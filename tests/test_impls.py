@@ -52,9 +52,11 @@ COMPILED = ("compile", "compile-max", "aot-inductor")
 MAY_BE_UNSUPPORTED = {"fused-bf16": "no native bfloat16", "openvino-bf16": "no native bfloat16"}
 
 
-@pytest.mark.parametrize(
-    "name", [n for n, impl in registry.all_implementations().items() if n not in COMPILED and "cpu" in impl.devices]
-)
+@pytest.mark.parametrize("name", [
+    # the runtimes (an optional package each) export a graph per shape first: seconds a shape
+    pytest.param(n, marks=[pytest.mark.slow] if impl.requires is not None else [])
+    for n, impl in registry.all_implementations().items() if n not in COMPILED and "cpu" in impl.devices
+])
 def test_implementation_within_tolerance(name):
     runner = CaseRunner(QUICK)
     require_tool(registry.get(name).missing())
@@ -114,6 +116,7 @@ def test_unsupported_mode_and_device_give_rows_with_reasons(tmp_path):
     assert row["status"] == "unsupported" and "devices cpu" in row["error"]
 
 
+@pytest.mark.slow
 def test_wrong_implementation_is_inaccurate_and_strict_exits_1(tmp_path):
     impl_file = write_file(
         tmp_path,
@@ -160,6 +163,7 @@ def test_bad_implementation_file_exits_2_naming_the_file(tmp_path, text, message
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_the_documented_example_is_the_example_file_and_runs(tmp_path):
     example = (ROOT / "examples" / "my_impl.py").read_text()
     assert example.strip() in (ROOT / "docs" / "implementations.md").read_text()

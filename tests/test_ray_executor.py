@@ -90,6 +90,7 @@ def test_the_driver_killed_mid_sweep_resumes_only_the_missing_cases(tmp_path):
     assert sorted(heights) == [4, 5, 6, 7, 8, 9]  # each case once: the finished ones were not run again
 
 
+@pytest.mark.slow
 def test_no_ray_is_a_one_line_error_with_the_install_hint(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
     result = runner.invoke(app, ["run", *SWEEP, "--executor", "ray", "--out", str(tmp_path / "run")])

@@ -30,6 +30,7 @@ def repeated(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_replicates_run_in_rounds_and_make_one_row_per_case(repeated):
     journal = [record["row"]["impl"] for record in read_journal(repeated / "cases.jsonl")]
     assert journal == ["eager", "sdpa"] * 3  # round by round, not eager three times then sdpa
@@ -41,6 +42,7 @@ def test_replicates_run_in_rounds_and_make_one_row_per_case(repeated):
         assert sum(map(len, m.replicate_samples)) == len(m.samples_s) == frame.set_index("impl").samples[m.case.impl]
 
 
+@pytest.mark.slow
 def test_resume_runs_only_the_missing_replicates(repeated, tmp_path):
     copy = tmp_path / "run"
     copy.mkdir()
@@ -83,6 +85,7 @@ def steady(run_dir, out):
     return out
 
 
+@pytest.mark.slow
 def test_compare_judges_replicated_runs_over_their_replicates(repeated, tmp_path):
     base_dir = steady(repeated, tmp_path / "base")
     base = load_run(base_dir)

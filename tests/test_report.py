@@ -25,6 +25,7 @@ def run_dir(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_run_writes_a_report_listing_every_case_with_valid_plots(run_dir):
     report = (run_dir / "report.md").read_text()
     frame = pd.read_csv(run_dir / "results.csv")
@@ -37,6 +38,7 @@ def test_run_writes_a_report_listing_every_case_with_valid_plots(run_dir):
         assert data.startswith(PNG_MAGIC) and len(data) > 10_000
 
 
+@pytest.mark.slow
 def test_report_command_rewrites_the_report(run_dir):
     (run_dir / "report.md").unlink()
     result = runner.invoke(app, ["report", str(run_dir)])
@@ -50,6 +52,7 @@ def test_fitted_exponent_of_synthetic_quadratic_data():
     assert abs(fit_exponent(tokens, latency) - 2) < 0.05
 
 
+@pytest.mark.slow
 def test_show_filters_sorts_and_formats(run_dir):
     result = runner.invoke(app, ["show", str(run_dir), "--impl", "sdpa", "--mode", "feature", "--sort", "latency_ms", "--format", "csv"])
     assert result.exit_code == 0, result.output

@@ -46,6 +46,7 @@ def test_the_runtimes_are_installed_where_the_extra_is():
         require_tool(registry.get(name).missing())
 
 
+@pytest.mark.slow
 def test_a_changed_weight_changes_the_output(exported_impl):
     """The export cache is keyed by the weights: building again after a change never loads the old graph."""
     case = Case(exported_impl.name, "cpu", "float32", "fwd", 1, 5, 6, 2, 16)
@@ -70,6 +71,7 @@ def test_a_changed_weight_changes_the_output(exported_impl):
     assert again.notes[f"{kind}_cache"] == "hit"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("threads", [1, 2])
 def test_runtime_threads_follow_the_threads_option(tmp_path, threads):
     for name in ("onnxruntime", "openvino"):
@@ -136,6 +138,7 @@ def test_libraries_kept_below_avx512_have_no_native_bfloat16(monkeypatch):
     assert not cpu_features.native_bfloat16() and cpu_features.library_isa_cap() == "ATEN_CPU_CAPABILITY=avx2"
 
 
+@pytest.mark.slow
 def test_exports_are_cached_by_shape_and_mode(tmp_path):
     """Two modes and two shapes are four files; the same case again is a hit."""
     require_tool(registry.get("onnxruntime").missing())

@@ -166,6 +166,7 @@ def race_until_decided(rng, true_ratio: float, looks: int = 5) -> tuple[str, int
     return "inconclusive", len(ratios)
 
 
+@pytest.mark.slow
 def test_racing_until_decided_keeps_the_error_rate_and_stops_early_on_a_clear_difference():
     """Looking again and again must not inflate false alarms (the error rate is split over the looks);
     a 10% slowdown is decided long before the limit, A/A at worst runs to it."""

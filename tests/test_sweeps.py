@@ -33,6 +33,7 @@ def keys(frame):
     return sorted(map(tuple, frame[KEY].astype(str).values.tolist()))
 
 
+@pytest.mark.slow
 def test_an_implementation_that_raises_on_one_shape_is_one_error_row(tmp_path):
     path = impl_file(
         tmp_path,
@@ -57,6 +58,7 @@ def test_an_implementation_that_raises_on_one_shape_is_one_error_row(tmp_path):
     assert "Traceback" in failed.traceback and "picky cannot do 5x5" in failed.traceback
 
 
+@pytest.mark.slow
 def test_each_record_says_where_its_time_went(tmp_path):
     """The journal keeps per-phase wall times: a sweep that runs long can be explained afterwards."""
     path = impl_file(
@@ -139,6 +141,7 @@ print("ok")
 """
 
 
+@pytest.mark.slow
 def test_the_case_deadline_starts_after_dynamo_is_imported():
     """In a fresh process: a --timeout that fired inside the first case's import of Dynamo left it half-imported,
     the clean-up's ``torch._dynamo.reset()`` raised, and the run ended with no rows. The import comes first now."""
@@ -391,6 +394,7 @@ def test_appending_a_case_writes_one_journal_line_not_the_summaries(tmp_path, mo
     assert len(pd.read_csv(tmp_path / "run" / "results.csv")) == 1000
 
 
+@pytest.mark.slow
 def test_a_run_stops_before_mixing_machine_models_and_resumes_with_the_flag(tmp_path, monkeypatch):
     """Each case records its host; a case from a second machine model is refused (nothing of it stored)
     until --resume --allow-mixed-hosts keeps both. The host is faked: a new model at every case after the first."""

@@ -20,6 +20,7 @@ CPU_IMPLS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", CPU_IMPLS)
 @pytest.mark.parametrize("mode", ["fwd", "feature"])
 def test_bench(benchmark, name, mode):
