@@ -4,7 +4,7 @@ Times one implementation's step at one shape with 2 threads, alternating a call 
 and a call after ``--gap-ms`` of sleep, in this process; run it once per environment to compare OpenMP's wait
 policies (``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT`` must be set before the runtime loads, so each its own process).
 
-    python scripts/studies/after_idle_study.py --impl fused --res 11 --threads 2 --gap-ms 50 --pairs 300
+    python scripts/studies/after_idle_study.py --impl fused --res 11 --threads 2 --gap-ms 50 --pairs 300 [--burst 1]
     OMP_WAIT_POLICY=active python scripts/studies/after_idle_study.py ...
 """
 
@@ -32,6 +32,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--gap-ms", type=float, default=50.0)
     parser.add_argument("--pairs", type=int, default=300)
+    parser.add_argument("--burst", type=int, default=2, help=(
+        "Calls after each gap: the first is timed as after idle, the rest as back to back; 1 times calls that each "
+        "follow a gap (as ab --gap-ms does), 2 or more calls that come in bursts."))
     args = parser.parse_args()
     prepare_process(args.threads)
     case = Case(args.impl, "cpu", registry.get(args.impl).dtype, args.mode, 1, args.res, args.res, 8, 64)
@@ -42,16 +45,19 @@ def main() -> None:
             step()
         for _ in range(args.pairs):
             time.sleep(args.gap_ms / 1e3)
-            started = time.perf_counter()
-            step()
-            after_gap.append(time.perf_counter() - started)
-            started = time.perf_counter()
-            step()
-            back_to_back.append(time.perf_counter() - started)
+            for index in range(args.burst):
+                started = time.perf_counter()
+                step()
+                (after_gap if index == 0 else back_to_back).append(time.perf_counter() - started)
+        if not back_to_back:  # bursts of one call: the back-to-back figure from a burst of its own
+            for _ in range(args.pairs):
+                started = time.perf_counter()
+                step()
+                back_to_back.append(time.perf_counter() - started)
     quiet, idle = statistics.median(back_to_back) * 1e3, statistics.median(after_gap) * 1e3
     policy = ", ".join(f"{k}={os.environ[k]}" for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT") if k in os.environ) or "default"
-    print(f"{args.impl} {args.mode} {args.res}x{args.res}, {torch.get_num_threads()} threads, {policy}: back to back "
-          f"{quiet:.3f} ms, after {args.gap_ms:g} ms idle {idle:.3f} ms ({idle / quiet:.2f}x), medians of {args.pairs}")
+    print(f"{args.impl} {args.mode} {args.res}x{args.res}, {torch.get_num_threads()} threads, {policy}, bursts of {args.burst}: "
+          f"back to back {quiet:.3f} ms, after {args.gap_ms:g} ms idle {idle:.3f} ms ({idle / quiet:.2f}x), medians of {args.pairs}")
 
 
 if __name__ == "__main__":
