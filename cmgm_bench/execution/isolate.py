@@ -47,10 +47,15 @@ _PR_SET_PDEATHSIG = 1
 
 def run_isolated(case: Case, runner: CaseRunner, threads: int) -> Measurement:
     """Run ``case`` in a child process with ``runner``'s configuration and ceilings, under the case's allocator."""
-    config = runner.config
     missing = allocator.missing(case.allocator)
     if missing:
         return runner.failed(case, Status.UNSUPPORTED, missing)
+    return _in_child(case, runner, threads).with_(isolated=True)
+
+
+def _in_child(case: Case, runner: CaseRunner, threads: int) -> Measurement:
+    """The case's measurement from a child process, or the failure that ended the child."""
+    config = runner.config
     limit = None if config.timeout is None else config.timeout + STARTUP_ALLOWANCE_S
     spec = {"case": case.as_dict(), "settings": dict(config.settings), "threads": threads, "parent": os.getpid(), "limit_s": limit,
             "ceilings": runner.ceilings and runner.ceilings.to_json()}
@@ -70,22 +75,20 @@ def run_isolated(case: Case, runner: CaseRunner, threads: int) -> Measurement:
         except subprocess.TimeoutExpired:
             child.kill()
             child.communicate()
-            return runner.failed(case, Status.TIMEOUT, f"timed out after {limit:g} s (child killed)").with_(isolated=True)
+            return runner.failed(case, Status.TIMEOUT, f"timed out after {limit:g} s (child killed)")
         except BaseException:  # Ctrl-C or SIGTERM of this process: the child goes first, then the folder
             child.kill()
             child.wait()
             raise
         if child.returncode == 1 and WATCHDOG_MARK in (stderr or ""):
-            return runner.failed(case, Status.TIMEOUT, f"timed out after {limit:g} s (the child's own watchdog)").with_(isolated=True)
+            return runner.failed(case, Status.TIMEOUT, f"timed out after {limit:g} s (the child's own watchdog)")
         if child.returncode < 0:
             name = signal.Signals(-child.returncode).name
-            return runner.failed(case, Status.ERROR, f"child process died with signal {name}").with_(isolated=True)
+            return runner.failed(case, Status.ERROR, f"child process died with signal {name}")
         if child.returncode != 0 or not record_path.exists():
             last = (stderr or "").strip().splitlines()[-1:] or ["no output"]
-            failed = runner.failed(case, Status.ERROR, f"child process exited with code {child.returncode}: {last[0][:200]}")
-            return failed.with_(isolated=True)
-        measurement = from_record(json.loads(record_path.read_text()), record_path)
-    return measurement.with_(isolated=True)
+            return runner.failed(case, Status.ERROR, f"child process exited with code {child.returncode}: {last[0][:200]}")
+        return from_record(json.loads(record_path.read_text()), record_path)
 
 
 def remove_orphaned_folders() -> None:
