@@ -64,11 +64,10 @@ def race(base_case: Case, cand_case: Case, config: RaceConfig = RaceConfig()) ->
     confidence :func:`stats.sequential_confidence` leaves it, and stop at the first
     look that decides (slower, faster or same); ``config.max_time`` is then the limit.
     """
-    seed, min_pairs, threshold, until_decided = config.seed, config.min_pairs, config.threshold, config.until_decided
-    max_time_s, gap_s = config.max_time, config.gap_ms / 1e3
+    gap_s = config.gap_ms / 1e3
     allocator.pin_for_timing()
-    base = prepare_case(base_case, registry.get(base_case.impl), seed)
-    cand = prepare_case(cand_case, registry.get(cand_case.impl), seed)
+    base = prepare_case(base_case, registry.get(base_case.impl), config.seed)
+    cand = prepare_case(cand_case, registry.get(cand_case.impl), config.seed)
     clock = clock_for(base_case.device)
     base_times, cand_times = [], []
     look, decided = 0, None
@@ -79,14 +78,14 @@ def race(base_case: Case, cand_case: Case, config: RaceConfig = RaceConfig()) ->
         blocks = {id(base): calls_per_sample(base.step, clock), id(cand): calls_per_sample(cand.step, clock)}
         watch = contention.Watch()
         started = time.perf_counter()
-        while len(base_times) < min_pairs or time.perf_counter() - started < max_time_s:
+        while len(base_times) < config.min_pairs or time.perf_counter() - started < config.max_time:
             first, second = (base, cand) if len(base_times) % 2 == 0 else (cand, base)
             t_first = _after_gap(gap_s, clock, first.step, blocks[id(first)])
             t_second = _after_gap(gap_s, clock, second.step, blocks[id(second)])
             base_times.append(t_first if first is base else t_second)
             cand_times.append(t_second if first is base else t_first)
-            if until_decided and len(base_times) == 2 * FIRST_LOOK_QUADS * 2**look:
-                interval, judged = interim_look(paired_ratios(base_times, cand_times), look, threshold)
+            if config.until_decided and len(base_times) == 2 * FIRST_LOOK_QUADS * 2**look:
+                interval, judged = interim_look(paired_ratios(base_times, cand_times), look, config.threshold)
                 look += 1
                 if judged != "inconclusive":
                     decided = interval
@@ -96,13 +95,13 @@ def race(base_case: Case, cand_case: Case, config: RaceConfig = RaceConfig()) ->
     ratios = paired_ratios(base_times, cand_times)
     # a race that may stop early reports the interval of the confidence its looks left it
     ratio, low, high = decided or blocked_median_interval(
-        ratios, confidence=sequential_confidence(look) if until_decided else 0.95
+        ratios, confidence=sequential_confidence(look) if config.until_decided else 0.95
     )
     base_times.sort()
     cand_times.sort()
     middle = len(base_times) // 2
     share = None if reading is None else reading.share
-    judged = contention.CONTENDED if contention.is_contended(share) else verdict(ratio, low, high, threshold)
+    judged = contention.CONTENDED if contention.is_contended(share) else verdict(ratio, low, high, config.threshold)
     return PairedResult(
         base_case, cand_case, base_times[middle] * 1e3, cand_times[middle] * 1e3,
         ratio, low, high, judged, len(base_times), seconds, share, (blocks[id(base)], blocks[id(cand)]),
