@@ -27,9 +27,9 @@ pull request's own job, never ``pull_request_target``, and no secrets in that jo
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
-import dataclasses
 import subprocess
 import sys
 from dataclasses import dataclass, field

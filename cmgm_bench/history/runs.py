@@ -24,7 +24,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from cmgm_bench.config.cases import DEFAULT_ALLOCATOR, shape_label
 from cmgm_bench.errors import UsageError
 from cmgm_bench.history.database import cases_table, runs_table, safe_url
-from cmgm_bench.measure.measurement import machine_model
+from cmgm_bench.measure.measurement import CPU_KEYS, machine_model
 from cmgm_bench.results.store import Run, to_record
 
 # metric name -> (column in the database, unit, the relative change that counts by default)
@@ -45,9 +45,6 @@ class Added:
     run_id: int
     outcome: str
     cases: int
-
-
-CPU_KEYS = ("cpu_model", "cpu_family_model", "cpu_instruction_sets")  # what tells one machine model from another
 
 
 def case_key(row: dict) -> str:

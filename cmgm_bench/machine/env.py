@@ -17,11 +17,12 @@ from cmgm_bench.machine import cpu_features
 
 from cmgm_bench.machine import process_setup
 from cmgm_bench.measure import allocator
+from cmgm_bench.measure.measurement import CPU_KEYS
 
 # Keys that must agree for two runs to be compared (``compare`` refuses otherwise).
 COMPARABLE_KEYS = ("cpu_model", "gpu_name", "torch_version", "threads", "cpu_allocator")
 # Keys that must agree for ``run --resume`` to add cases to a run: one run, one machine and software.
-MACHINE_KEYS = ("cpu_model", "cpu_family_model", "cpu_instruction_sets", "gpu_name", "torch_version", "cuda_version")
+MACHINE_KEYS = (*CPU_KEYS, "gpu_name", "torch_version", "cuda_version")
 
 
 GIT_COMMIT_ENV = "CMGM_BENCH_GIT_COMMIT"
@@ -96,5 +97,5 @@ def host_description(device: str) -> dict:
     (``None`` on the CPU); ``measurement.machine_model`` names the machine from it."""
     gpu = torch.cuda.get_device_name(device) if device.startswith("cuda") and torch.cuda.is_available() else None
     cpu = cpu_features.describe()
-    return {"hostname": platform.node(), **{key: cpu[key] for key in ("cpu_model", "cpu_family_model", "cpu_instruction_sets")},
+    return {"hostname": platform.node(), **{key: cpu[key] for key in CPU_KEYS},
             "gpu_name": gpu}

@@ -58,6 +58,9 @@ class AccuracyErrors:
         return worst_relative_error(dataclasses.asdict(self))
 
 
+CPU_KEYS = ("cpu_model", "cpu_family_model", "cpu_instruction_sets")  # what tells one CPU model from another
+
+
 def machine_model(description: Mapping[str, Any], device: str = "cpu") -> str:
     """What a series or a case is measured on: ``AMD EPYC 25/17 [avx2_fma,avx512f,avx512_bf16]``, plus `` / GPU``
     for a CUDA case. ``description``: a run's environment or a case's ``Measurement.host`` (both carry
