@@ -64,11 +64,15 @@ class RunMeta:
         }
         return {**data, **{key: value for key, value in optional.items() if value}, **self.other}
 
+    def _first_model_is(self, device: str, machine: str | None) -> bool:
+        """Whether ``device``'s first-model ceilings are ``machine``'s (any machine's in an older run, which names none)."""
+        primary = self.ceilings.get(device)
+        return primary is not None and (machine is None or primary.machine in (None, machine))
+
     def ceilings_of(self, device: str, machine: str | None) -> Ceilings | None:
         """The ceilings of ``device`` on ``machine`` (``None`` where none are stored yet)."""
-        primary = self.ceilings.get(device)
-        if primary is not None and (machine is None or primary.machine in (None, machine)):  # None: an older run
-            return primary
+        if self._first_model_is(device, machine):
+            return self.ceilings[device]
         return self.machine_ceilings.get(machine, {}).get(device)
 
     def adopt_ceilings(self, device: str, machine: str, measured: Ceilings) -> bool:
@@ -81,8 +85,7 @@ class RunMeta:
 
     def store_ceilings(self, device: str, machine: str | None, values: Ceilings) -> None:
         """Put ``values`` where :meth:`ceilings_of` finds the ceilings of ``device`` on ``machine``."""
-        primary = self.ceilings.get(device)
-        if primary is None or machine is None or primary.machine in (None, machine):
+        if device not in self.ceilings or self._first_model_is(device, machine):
             self.ceilings[device] = values
         else:
             self.machine_ceilings.setdefault(machine, {})[device] = values
