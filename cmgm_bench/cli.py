@@ -131,6 +131,10 @@ def run_command(
     report: Annotated[bool, typer.Option(help="Write report.md and plots into the run directory at the end.")] = DEFAULTS["report"],
     count_instructions: Annotated[bool, typer.Option(help=(
         "Also count instructions per case with callgrind (needs valgrind; slow)."))] = DEFAULTS["count_instructions"],
+    ceilings_max_age: Annotated[float, typer.Option(help=(
+        "Reuse the ceilings (matmul rates, copy bandwidth) an earlier run measured on this machine under the same "
+        "threads, cores, PyTorch and instruction-set caps, when at most this many seconds old; 0 measures them afresh. "
+        "A measurement taken beside busy neighbours is never reused."))] = DEFAULTS["ceilings_max_age"],
     executor: Annotated[str, typer.Option(help=(
         "local: every case in this process (or a child with --isolate); ray: cases as Ray tasks, one whole GPU or one "
         "timing slot each (pip install -e '.[ray]'); slurm: cases as Slurm jobs through submitit, one GPU or a whole "

@@ -72,6 +72,8 @@ BAD_INPUTS = [
     ("run --target-rel-iqr nan", "--target-rel-iqr: nan must be a positive number"),
     ("run --timeout 0", "--timeout: 0.0 must be a positive number"),
     ("run --timeout nan", "--timeout: nan must be a positive number"),
+    ("run --ceilings-max-age -1", "--ceilings-max-age: -1.0 must be 0 or a positive number of seconds"),
+    ("run --ceilings-max-age nan", "--ceilings-max-age: nan must be 0 or a positive number of seconds"),
     ("run --threads 0", "--threads"),
     ("run --threads -2", "--threads"),
     ("run --repeats 0", "--repeats: 0 must be at least 1"),

@@ -6,8 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 from typer.testing import CliRunner
@@ -23,16 +21,6 @@ from tests.helpers import measure_config
 
 runner = CliRunner()
 TWO_THREADS = Case("eager", "cpu", "float32", "fwd", 1, 8, 8, 2, 16)
-
-
-@pytest.fixture
-def busy_neighbour():
-    """A real process spinning on the first core this process may use, for the test's duration."""
-    core = min(os.sched_getaffinity(0))
-    spin = subprocess.Popen([sys.executable, "-c", f"import os; os.sched_setaffinity(0, {{{core}}})\nwhile True: pass"])
-    yield spin
-    spin.kill()
-    spin.wait()
 
 
 def others_cpu_s() -> float:

@@ -43,7 +43,8 @@ def test_a_sweep_through_ray_gives_the_local_executors_cases_and_columns(tmp_pat
     local, remote = tmp_path / "local", tmp_path / "ray"
     assert runner.invoke(app, ["run", *SWEEP, "--out", str(local)]).exit_code == 0
     monkeypatch.setattr(ceilings, "measure", not_in_the_driver)  # the driver may lack the device: the workers measure
-    result = runner.invoke(app, ["run", *SWEEP, "--executor", "ray", "--out", str(remote)])
+    # the workers measure afresh: nothing of the local run's ceilings reused
+    result = runner.invoke(app, ["run", *SWEEP, "--executor", "ray", "--ceilings-max-age", "0", "--out", str(remote)])
     assert result.exit_code == 0, result.output
     a, b = pd.read_csv(local / "results.csv"), pd.read_csv(remote / "results.csv")
     key = ["impl", "device", "dtype", "mode", "batch", "height", "width", "heads", "dim"]

@@ -35,7 +35,8 @@ def test_a_sweep_as_jobs_gives_the_local_executors_cases_and_columns(tmp_path, m
     local, jobs = tmp_path / "local", tmp_path / "jobs"
     assert runner.invoke(app, ["run", *SWEEP, "--out", str(local)]).exit_code == 0
     monkeypatch.setattr(ceilings, "measure", not_in_the_driver)
-    result = runner.invoke(app, ["run", *SWEEP, *LOCAL_SLURM, "--out", str(jobs)])
+    # the workers measure afresh: nothing of the local run's ceilings reused
+    result = runner.invoke(app, ["run", *SWEEP, *LOCAL_SLURM, "--ceilings-max-age", "0", "--out", str(jobs)])
     assert result.exit_code == 0, result.output
     a, b = pd.read_csv(local / "results.csv"), pd.read_csv(jobs / "results.csv")
     key = ["impl", "device", "dtype", "mode", "batch", "height", "width", "heads", "dim"]

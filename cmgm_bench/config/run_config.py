@@ -102,6 +102,7 @@ class RunConfig:
     fail_on_contention: bool = _DEFAULT["fail_on_contention"]
     report: bool = _DEFAULT["report"]
     count_instructions: bool = _DEFAULT["count_instructions"]
+    ceilings_max_age: float = _DEFAULT["ceilings_max_age"]  # seconds an earlier run's ceilings are reused; 0: never
     executor: str = _DEFAULT["executor"]  # local, ray or slurm
     ray_address: str | None = _DEFAULT["ray_address"]  # None: start a local Ray instance
     slurm_cluster: str = _DEFAULT["slurm_cluster"]  # or "local": submitit's local executor
@@ -144,6 +145,8 @@ class RunConfig:
         for key in ("max_time", "target_rel_iqr") + (("timeout",) if raw["timeout"] is not None else ()):
             if not (math.isfinite(raw[key]) and raw[key] > 0):
                 raise UsageError(f"--{key.replace('_', '-')}: {raw[key]} must be a positive number")
+        if not (math.isfinite(raw["ceilings_max_age"]) and raw["ceilings_max_age"] >= 0):
+            raise UsageError(f"--ceilings-max-age: {raw['ceilings_max_age']} must be 0 or a positive number of seconds")
         check_only_with(raw, device)
         check_threads(raw["threads"])
         if raw["executor"] not in EXECUTORS:

@@ -57,6 +57,7 @@ SETTINGS: dict[str, Setting] = {
     "fail_on_contention": Setting(False, resumable=True),
     "report": Setting(True, resumable=True),
     "count_instructions": Setting(False),
+    "ceilings_max_age": Setting(900.0, _NUMBER, resumable=True),  # seconds; 0: measure the ceilings in every run
     "executor": Setting("local", (str,), resumable=True),
     "ray_address": Setting(None, _OPTIONAL_STR, resumable=True),
     "slurm_cluster": Setting("slurm", (str,), resumable=True),

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import time
 from pathlib import Path
 
 from cmgm_bench.config.cases import Case
@@ -45,12 +44,14 @@ def _pin_to_slot(slots: int, threads: int) -> tuple[object, list[int]] | tuple[N
     raise RuntimeError(f"no free timing slot of {slots} on this node")
 
 
-def worker_ceilings(device: str, dtypes: list[str], machine: str, cache_dir: str | None) -> tuple[Ceilings, float | None]:
+def worker_ceilings(device: str, dtypes: list[str], machine: str, cache_dir: str | None,
+                    max_age_s: float) -> tuple[Ceilings, float | None]:
     """This machine's ceilings for ``device`` at the current threads and cores, and the seconds measuring
-    them took (``None`` when this worker or, with ``cache_dir``, another job on this host measured them)."""
+    them took (``None`` when this worker, with ``cache_dir`` another job on this host, or within ``max_age_s``
+    an earlier run on this machine measured them: :mod:`~cmgm_bench.measure.ceilings_cache`)."""
     import torch
 
-    from cmgm_bench.measure import ceilings
+    from cmgm_bench.measure import ceilings_cache
 
     cores = sorted(os.sched_getaffinity(0))
     key = (device, tuple(dtypes), torch.get_num_threads(), tuple(cores))
@@ -62,14 +63,14 @@ def worker_ceilings(device: str, dtypes: list[str], machine: str, cache_dir: str
             _measured_ceilings[key] = Ceilings.from_json(json.loads(cache.read_text()))
     if key in _measured_ceilings:
         return _measured_ceilings[key], None
-    started = time.perf_counter()
-    _measured_ceilings[key] = measured = ceilings.measure(device, dtypes, machine)
+    measured, seconds = ceilings_cache.reuse_or_measure(device, dtypes, machine, max_age_s)
+    _measured_ceilings[key] = measured
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         partial = cache.with_suffix(f".{os.getpid()}.tmp")
         partial.write_text(json.dumps(measured.to_json()))
         partial.replace(cache)
-    return measured, time.perf_counter() - started
+    return measured, seconds
 
 
 def measure_case(case_fields: dict, settings: dict, dtypes: list[str], slots: int, executor: str,
@@ -95,7 +96,8 @@ def measure_case(case_fields: dict, settings: dict, dtypes: list[str], slots: in
     lock, cores = _pin_to_slot(slots, threads) if case.device == "cpu" else (None, None)
     host = env.host_description(case.device)
     try:
-        measured, seconds = worker_ceilings(case.device, dtypes, machine_model(host, case.device), cache_dir)
+        measured, seconds = worker_ceilings(case.device, dtypes, machine_model(host, case.device), cache_dir,
+                                           config.ceilings_max_age)
         runner = CaseRunner(config, measured)
         measurement = run_isolated(case, runner, threads) if config.isolate else runner.run(case)
     finally:

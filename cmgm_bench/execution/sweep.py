@@ -21,9 +21,8 @@ from cmgm_bench.errors import UsageError
 from cmgm_bench.execution import interrupts
 from cmgm_bench.execution.executor import executor_for
 from cmgm_bench.machine import cpu_features, env
-from cmgm_bench.measure import ceilings
 from cmgm_bench.machine.process_setup import prepare_process
-from cmgm_bench.measure import heap, instructions
+from cmgm_bench.measure import ceilings, ceilings_cache, heap, instructions
 from cmgm_bench.measure.case_runner import CaseRunner
 from cmgm_bench.measure.measurement import Measurement, machine_model
 from cmgm_bench.results.run_meta import RunMeta
@@ -144,7 +143,9 @@ def run_plan(
             narrowed=plan.narrowed,
             baseline=registry.baseline_name(),
             ceilings={} if remote else {
-                device: ceilings.measure(device, run_dtypes(plan, device), machine_model(env.host_description(device), device))
+                device: ceilings_cache.reuse_or_measure(
+                    device, run_dtypes(plan, device), machine_model(env.host_description(device), device), config.ceilings_max_age
+                )[0]
                 for device in devices
             },
         )

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Mapping
 
 import torch
@@ -109,6 +110,7 @@ class Ceilings:
     method: str | None = None  # how they were measured (None: an older run)
     emulated: tuple[str, ...] = ()
     raised: Mapping[str, dict] = field(default_factory=dict)  # dtype -> {"from", "to", "by"}: a case beat the ceiling
+    measured_at: str | None = None  # UTC ISO time of the measurement; a reused one keeps its own (None: an older run)
 
     @classmethod
     def from_json(cls, values: Mapping) -> "Ceilings":
@@ -123,11 +125,13 @@ class Ceilings:
 def measure(device: str, dtypes, machine: str | None = None) -> Ceilings:
     """Native and effective matmul GFLOP/s per dtype (float32 always), the side each was measured at, emulated
     dtypes, copy GB/s, how they were measured, and the model of the machine they were measured on."""
+    measured_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     matmuls = {dtype: matmul_gflops(device, dtype) for dtype in sorted(set(dtypes) | {"float32"})}
     native = {dtype: None if found is None else found[0] for dtype, found in matmuls.items()}
     clock = clock_for(device)
     return Ceilings(
         machine=machine,
+        measured_at=measured_at,
         matmul_gflops=effective(native),
         matmul_gflops_native=native,
         matmul_side={dtype: None if found is None else found[1] for dtype, found in matmuls.items()},
