@@ -11,7 +11,8 @@ duration is known. Writes a JSON file and prints a table.
     python scripts/gpu_timing_probe.py OUT.json [--device cpu]
 
 With ``--device cpu`` (the GPU check's dry run) the same table is made on the CPU: eager and sdpa
-at a tiny shape, a 2 ms ``time.sleep`` as the call of known duration, no Triton.
+at a tiny shape, a 2 ms ``time.sleep`` as the call of known duration, no Triton, and a tenth of the
+sampling time.
 """
 
 from __future__ import annotations
@@ -33,19 +34,25 @@ from cmgm_bench.measure.timing import calls_per_sample, clock_for, collect_sampl
 from cmgm_bench.stats import StopRule
 from cmgm_bench.workload.modes import autograd_context
 
-_RULE = StopRule(min_samples=20, min_time_s=0.3, max_time_s=1.0)
+# (stop rule, the Timer's min_run_time): on the CPU the dry run checks the flow, in a tenth of the GPU's time
+_BUDGETS = {"cuda": (StopRule(min_samples=20, min_time_s=0.3, max_time_s=1.0), 0.5),
+            "cpu": (StopRule(min_samples=5, min_time_s=0.03, max_time_s=0.1), 0.05)}
+
+
+def budget(device: str) -> tuple[StopRule, float]:
+    return _BUDGETS["cuda" if device.startswith("cuda") else "cpu"]
 
 
 def harness_ms(fn, device: str) -> tuple[float, int]:
     clock = clock_for(device)
     warm_up(fn, clock)
     calls = calls_per_sample(fn, clock)
-    return 1e3 * statistics.median(collect_samples(fn, clock, _RULE, calls=calls)), calls
+    return 1e3 * statistics.median(collect_samples(fn, clock, budget(device)[0], calls=calls)), calls
 
 
 def one_call_per_sample_ms(fn, device: str) -> float:
     clock = clock_for(device)
-    return 1e3 * statistics.median(collect_samples(fn, clock, _RULE, calls=1))
+    return 1e3 * statistics.median(collect_samples(fn, clock, budget(device)[0], calls=1))
 
 
 def timer_ms(fn, device: str) -> float:
@@ -53,7 +60,8 @@ def timer_ms(fn, device: str) -> float:
         fn()
         sync(device)
 
-    return 1e3 * benchmark.Timer(stmt="synced()", globals={"synced": synced}).blocked_autorange(min_run_time=0.5).median
+    timer = benchmark.Timer(stmt="synced()", globals={"synced": synced})
+    return 1e3 * timer.blocked_autorange(min_run_time=budget(device)[1]).median
 
 
 def triton_ms(fn, device: str) -> float | None:
