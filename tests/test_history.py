@@ -123,6 +123,28 @@ def test_adding_a_run_twice_stores_it_once(real_runs, db_url):
     assert len(shown(db_url)) == 2
 
 
+def test_two_runs_of_one_command_in_the_same_second_are_two_runs(real_runs, tmp_path):
+    """Runs are fast when their ceilings are reused: the start time (to the second) and the command line no longer
+    tell two apart, the run's ``run_uuid`` does; a run from before ``run_uuid`` is still found again."""
+    first = load_run(real_runs[0])
+
+    def copy(source: Path, name: str, **environment) -> Path:
+        run = load_run(source)
+        merged = {key: value for key, value in {**run.meta.environment, **environment}.items() if value is not None}
+        RunWriter(tmp_path / name, dataclasses.replace(run.meta, environment=merged), run.measurements).finish()
+        return tmp_path / name
+
+    same_second = {key: first.meta.environment[key] for key in ("start_time", "command_line", "hostname", "git_commit")}
+    twin = copy(real_runs[1], "twin", **same_second)
+    db = f"sqlite:///{tmp_path / 'history.db'}"
+    added = history("add", str(real_runs[0]), str(twin), "--db", db)
+    assert added.exit_code == 0 and added.output.count("stored as run") == 2, added.output
+    older = copy(real_runs[0], "older", run_uuid=None)
+    assert "run_uuid" not in load_run(older).meta.environment
+    assert history("add", str(older), "--db", db).output.count("stored as run") == 1
+    assert "already stored as run 3" in history("add", str(older), "--db", db).output
+
+
 @pytest.mark.slow
 def test_two_processes_adding_at_once_both_land(real_runs, db_url, tmp_path):
     shared = derived_run(real_runs[0], tmp_path / "shared", 99, 1.0)  # both add this one: stored once

@@ -58,7 +58,11 @@ def case_key(row: dict) -> str:
 
 
 def run_identity(environment: dict) -> str:
+    """The key a run is stored under: adding it again finds it. ``run_uuid`` tells apart two runs of one command
+    started in the same second; a run made before it existed keeps the identity it was stored under."""
     parts = [environment.get(k) for k in ("start_time", "command_line", "hostname", "git_commit", "cpu_model")]
+    if environment.get("run_uuid"):
+        parts.append(environment["run_uuid"])
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 

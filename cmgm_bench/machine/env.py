@@ -7,6 +7,7 @@ import os
 import platform
 import subprocess
 import sys
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -77,6 +78,7 @@ def collect(device: str = "cpu", argv: list[str] | None = None) -> dict:
         "hostname": platform.node(),
         "command_line": " ".join(argv if argv is not None else sys.argv),
         "start_time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "run_uuid": uuid.uuid4().hex,  # tells apart two runs of one command started in the same second
         "python_version": platform.python_version(),
         "torch_version": torch.__version__,
         "platform": platform.platform(),
