@@ -130,6 +130,17 @@ class FusedCMGM:
         q, v = F.linear(xn, self.qv_w, self.qv_b).view(B, N, 2, h, d).permute(2, 0, 3, 1, 4)
         return x_tokens, q, k, v
 
+    def feature(self, mixed, x_tokens, height: int, width: int):
+        """The fused feature (B, C, H, W) float32 from A V (B, N, C): the output projection, the residual, the two
+        convolutions of the feature branch."""
+        B, N, C = mixed.shape
+        fused = F.linear(mixed, self.proj_w, self.proj_b) + x_tokens.to(self.dtype)
+        # (B, N, C) tokens are an NHWC image: view them as channels-last (B, C, H, W).
+        fused = fused.view(B, height, width, C).permute(0, 3, 1, 2)
+        g = F.relu(F.conv2d(fused, self.c1_w, self.c1_b, padding=1))
+        g = F.relu(F.conv2d(g, self.c2_w, self.c2_b, padding=1))
+        return (g + fused).float()
+
     def __call__(self, x: torch.Tensor, y: torch.Tensor, want_map: bool):
         B, C, H, W = x.shape
         x_tokens, q, k, v = self.projections(x, y)
@@ -137,12 +148,7 @@ class FusedCMGM:
             mixed, attn = self.attention(q, k, v, self.stages["attention"])
         else:  # no N x N matrix at all: ATen's flash kernel measured faster than ours without one
             mixed = F.scaled_dot_product_attention(q, k, v, scale=1.0).transpose(1, 2).reshape(B, H * W, C)
-        fused = F.linear(mixed, self.proj_w, self.proj_b) + x_tokens.to(self.dtype)
-        # (B, N, C) tokens are an NHWC image: view them as channels-last (B, C, H, W).
-        fused = fused.view(B, H, W, C).permute(0, 3, 1, 2)
-        g = F.relu(F.conv2d(fused, self.c1_w, self.c1_b, padding=1))
-        g = F.relu(F.conv2d(g, self.c2_w, self.c2_b, padding=1))
-        out = (g + fused).float()
+        out = self.feature(mixed, x_tokens, H, W)
         if not want_map:
             return out, None
         return out, self.attention_map(attn, self.stages["map"])
