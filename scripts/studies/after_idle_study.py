@@ -1,7 +1,9 @@
 """What a call costs after its thread pool sat idle: back to back against after a gap, per OpenMP wait policy.
 
 Times one implementation's step at one shape with 2 threads, alternating a call right after the previous one
-and a call after ``--gap-ms`` of sleep, in this process; run it once per environment to compare OpenMP's wait
+and a call after ``--gap-ms`` of sleep, in this process, and reads the CPU time the process spends while its
+calling thread sleeps through each gap: what the implementation's pool threads do while idle (about the gap
+itself: they spin through it; near zero: they sleep). Run it once per environment to compare OpenMP's wait
 policies (``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT`` must be set before the runtime loads, so each its own process).
 
     python scripts/studies/after_idle_study.py --impl fused --res 11 --threads 2 --gap-ms 50 --pairs 300 [--burst 1]
@@ -39,12 +41,14 @@ def main() -> None:
     prepare_process(args.threads)
     case = Case(args.impl, "cpu", registry.get(args.impl).dtype, args.mode, 1, args.res, args.res, 8, 64)
     step = prepare_case(case, registry.get(args.impl), seed=0).step
-    back_to_back, after_gap = [], []
+    back_to_back, after_gap, idle_cpu = [], [], []
     with autograd_context(args.mode):
         for _ in range(20):
             step()
         for _ in range(args.pairs):
+            cpu_before = time.process_time()
             time.sleep(args.gap_ms / 1e3)
+            idle_cpu.append(time.process_time() - cpu_before)
             for index in range(args.burst):
                 started = time.perf_counter()
                 step()
@@ -57,7 +61,8 @@ def main() -> None:
     quiet, idle = statistics.median(back_to_back) * 1e3, statistics.median(after_gap) * 1e3
     policy = ", ".join(f"{k}={os.environ[k]}" for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT") if k in os.environ) or "default"
     print(f"{args.impl} {args.mode} {args.res}x{args.res}, {torch.get_num_threads()} threads, {policy}, bursts of {args.burst}: "
-          f"back to back {quiet:.3f} ms, after {args.gap_ms:g} ms idle {idle:.3f} ms ({idle / quiet:.2f}x), medians of {args.pairs}")
+          f"back to back {quiet:.3f} ms, after {args.gap_ms:g} ms idle {idle:.3f} ms ({idle / quiet:.2f}x), "
+          f"CPU while idle {1e3 * statistics.median(idle_cpu):.2f} ms per gap; medians of {args.pairs}")
 
 
 if __name__ == "__main__":
