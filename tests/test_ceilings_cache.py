@@ -85,6 +85,7 @@ def test_a_measurement_beside_a_busy_neighbour_is_used_but_never_kept(own_cache,
     assert ceilings_cache.reuse_or_measure("cpu", ["float32"], MACHINE, max_age_s=900)[1] is not None
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("quiet")
 def test_runs_reuse_the_ceilings_and_say_when_they_were_measured(own_cache, tmp_path):
     def run(name, *extra):
