@@ -28,7 +28,8 @@ def machine_key(case) -> dict:
     if case.device == "cpu":
         from torch._inductor import cpu_vec_isa
 
-        return {"cpu": cpu_features.fingerprint(), "vec_isa": str(cpu_vec_isa.pick_vec_isa())}
+        caps = cpu_features.library_isa_caps()  # a package compiled under other caps is another package
+        return {"cpu": cpu_features.fingerprint(), "vec_isa": str(cpu_vec_isa.pick_vec_isa()), **({"isa_caps": caps} if caps else {})}
     return {  # a package compiled with TF32 allowed keeps TF32 kernels: the flag is part of what it computes
         "gpu": torch.cuda.get_device_name(case.device), "cuda": torch.version.cuda,
         "tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "tf32_cudnn": torch.backends.cudnn.allow_tf32,

@@ -88,3 +88,23 @@ def test_only_the_outermost_frozen_block_unfreezes():
         with heap.frozen():
             pass
         assert gc.get_freeze_count() >= outer > 0
+
+
+def test_the_libraries_instruction_set_caps_key_the_compile_caches(monkeypatch):
+    """A graph Inductor compiled without the caps, reused under them, computed NaN (its cache does not key on them):
+    with caps, PyTorch's compile cache key carries them, for this process and its children, a user's tag kept."""
+    import torch.compiler.config
+
+    monkeypatch.setattr(torch.compiler.config, "cache_key_tag", "")
+    monkeypatch.setenv(process_setup.CACHE_KEY_TAG_ENV, "")
+    for name in ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "DNNL_MAX_CPU_ISA", "ONEDNN_MAX_CPU_ISA"):
+        monkeypatch.delenv(name, raising=False)
+    process_setup.key_compile_caches_by_library_isa()
+    assert torch.compiler.config.cache_key_tag == "" and os.environ[process_setup.CACHE_KEY_TAG_ENV] == ""
+    monkeypatch.setenv("DNNL_MAX_CPU_ISA", "AVX2")
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    monkeypatch.setenv(process_setup.CACHE_KEY_TAG_ENV, "mine")
+    for _ in range(2):  # every timing command sets its process up; the tag says it once
+        process_setup.key_compile_caches_by_library_isa()
+    expected = "mine|isa-caps:ATEN_CPU_CAPABILITY=avx2,DNNL_MAX_CPU_ISA=AVX2"
+    assert torch.compiler.config.cache_key_tag == expected and os.environ[process_setup.CACHE_KEY_TAG_ENV] == expected

@@ -175,3 +175,16 @@ def test_an_aot_inductor_package_is_keyed_by_the_tf32_flags(monkeypatch):
         monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", allowed)
         keys.append(aot_inductor.machine_key(case))
     assert keys[0] != keys[1] and keys[1]["tf32_matmul"] is True
+
+
+def test_an_aot_inductor_package_is_keyed_by_the_libraries_instruction_set_caps(monkeypatch):
+    """A CPU package compiled with oneDNN held to AVX2 is another package than one compiled without the cap."""
+    from cmgm_bench_impls import aot_inductor
+
+    case = Case("aot-inductor", "cpu", "float32", "fwd", 1, 4, 4, 2, 8)
+    for name in ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "DNNL_MAX_CPU_ISA", "ONEDNN_MAX_CPU_ISA"):
+        monkeypatch.delenv(name, raising=False)
+    plain = aot_inductor.machine_key(case)
+    monkeypatch.setenv("DNNL_MAX_CPU_ISA", "AVX2")
+    capped = aot_inductor.machine_key(case)
+    assert "isa_caps" not in plain and capped["isa_caps"] == {"DNNL_MAX_CPU_ISA": "AVX2"} and capped != plain

@@ -60,6 +60,15 @@ def has(feature: str) -> bool:
 _BELOW_AVX512 = {"ATEN_CPU_CAPABILITY": ("DEFAULT", "AVX2"), "DNNL_MAX_CPU_ISA": ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2")}
 
 
+# Every variable that holds one of PyTorch's libraries (ATen, MKL, oneDNN) to a narrower instruction set.
+LIBRARY_ISA_VARIABLES = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "DNNL_MAX_CPU_ISA", "ONEDNN_MAX_CPU_ISA")
+
+
+def library_isa_caps() -> dict[str, str]:
+    """The instruction-set caps set in this process's environment, ``{}`` when the libraries use what the CPU has."""
+    return {name: os.environ[name] for name in LIBRARY_ISA_VARIABLES if os.environ.get(name)}
+
+
 def library_isa_cap() -> str | None:
     """``NAME=VALUE`` of an environment variable that keeps PyTorch's or oneDNN's kernels below AVX-512; ``None``."""
     for name, values in _BELOW_AVX512.items():

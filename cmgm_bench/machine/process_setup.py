@@ -21,6 +21,11 @@ machine afterwards). :func:`trust_cpu_flags_for_inductor` sets
 sets the CPU reports (its own CPUID check), and still compiles the small probes
 for the optional extensions (AVX512-BF16, VNNI, AMX), so a compiler without them
 still loses them. The same instruction set is chosen either way.
+
+Where the libraries are held to a narrower instruction set (``ATEN_CPU_CAPABILITY``,
+``MKL_ENABLE_INSTRUCTIONS``, ``DNNL_MAX_CPU_ISA``), :func:`key_compile_caches_by_library_isa`
+adds those caps to the compile caches' key, so that a graph compiled under other caps is
+never reused.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import sys
 
 import torch
 
+from cmgm_bench.machine import cpu_features
 from cmgm_bench.measure import allocator
 from cmgm_bench.config.run_config import check_threads
 
@@ -74,6 +80,27 @@ def trust_cpu_flags_for_inductor() -> None:
         config.cpp.vec_isa_ok = True
 
 
+CACHE_KEY_TAG_ENV = "TORCH_COMPILE_CACHE_KEY_TAG"
+
+
+def key_compile_caches_by_library_isa() -> None:
+    """Add the libraries' instruction-set caps (``cpu_features.library_isa_caps``) to the key of PyTorch's compile
+    caches (``torch.compiler.config.cache_key_tag``, read by this process and, through its environment, by its
+    children): Inductor's graph cache does not key on them, and a graph compiled without the caps, reused under
+    ``DNNL_MAX_CPU_ISA=AVX2`` and its kin, computed NaN. Without caps the tag is left as it is."""
+    caps = cpu_features.library_isa_caps()
+    if not caps:
+        return
+    ours = "isa-caps:" + ",".join(f"{name}={value}" for name, value in sorted(caps.items()))
+    tag = os.environ.get(CACHE_KEY_TAG_ENV, "")
+    if ours not in tag.split("|"):
+        tag = f"{tag}|{ours}" if tag else ours
+        os.environ[CACHE_KEY_TAG_ENV] = tag
+    import torch.compiler.config
+
+    torch.compiler.config.cache_key_tag = tag
+
+
 def inductor_isa_check() -> str:
     """How Inductor decides which vector instruction sets it may use in a timing process (one that ran
     :func:`prepare_process`, or would: unset means trusted), as recorded in the environment."""
@@ -90,6 +117,7 @@ def prepare_process(threads: int | None, tf32: bool = False, cudnn_benchmark: bo
     command sets them; returns the threads."""
     count = configure_threads(threads)
     trust_cpu_flags_for_inductor()
+    key_compile_caches_by_library_isa()
     configure_cuda(tf32, cudnn_benchmark)
     allocator.pin_for_timing()
     return count

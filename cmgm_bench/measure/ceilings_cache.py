@@ -23,12 +23,9 @@ from datetime import datetime
 import torch
 
 from cmgm_bench.cache import cache_dir
+from cmgm_bench.machine import cpu_features
 from cmgm_bench.measure import ceilings, contention
 from cmgm_bench.measure.ceilings import Ceilings
-
-# The environment variables that hold PyTorch's libraries (ATen, MKL, oneDNN) to a narrower instruction set.
-_LIBRARY_CAPS = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "DNNL_MAX_CPU_ISA", "ONEDNN_MAX_CPU_ISA")
-
 
 def conditions(device: str, machine: str | None) -> str:
     """What decides a measurement of the ceilings, as one key: two runs under equal keys measure the same."""
@@ -37,7 +34,7 @@ def conditions(device: str, machine: str | None) -> str:
         "machine": machine, "device": device, "threads": torch.get_num_threads(), "cores": cores,
         "torch": torch.__version__, "matmul_precision": torch.get_float32_matmul_precision(),
         "tf32": bool(torch.backends.cuda.matmul.allow_tf32) if device.startswith("cuda") else None,
-        "caps": {name: os.environ[name] for name in _LIBRARY_CAPS if name in os.environ},
+        "caps": cpu_features.library_isa_caps(),
     }, sort_keys=True)
 
 
