@@ -39,10 +39,7 @@ def quiet(monkeypatch):
 
 @pytest.fixture
 def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
+    torch.set_num_threads(2)  # conftest's _isolated_global_state restores the threads after the test
 
 
 @pytest.mark.usefixtures("two_threads", "quiet")

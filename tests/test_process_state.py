@@ -12,7 +12,7 @@ import weakref
 
 import pytest
 
-from cmgm_bench.machine import process_setup
+from cmgm_bench.machine import cpu_features, process_setup
 from cmgm_bench.measure import heap
 
 PICKED_ISA = """
@@ -97,7 +97,7 @@ def test_the_libraries_instruction_set_caps_key_the_compile_caches(monkeypatch):
 
     monkeypatch.setattr(torch.compiler.config, "cache_key_tag", "")
     monkeypatch.setenv(process_setup.CACHE_KEY_TAG_ENV, "")
-    for name in ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "DNNL_MAX_CPU_ISA", "ONEDNN_MAX_CPU_ISA"):
+    for name in cpu_features.LIBRARY_ISA_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     process_setup.key_compile_caches_by_library_isa()
     assert torch.compiler.config.cache_key_tag == "" and os.environ[process_setup.CACHE_KEY_TAG_ENV] == ""

@@ -182,7 +182,7 @@ def test_an_aot_inductor_package_is_keyed_by_the_libraries_instruction_set_caps(
     from cmgm_bench_impls import aot_inductor
 
     case = Case("aot-inductor", "cpu", "float32", "fwd", 1, 4, 4, 2, 8)
-    for name in ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "DNNL_MAX_CPU_ISA", "ONEDNN_MAX_CPU_ISA"):
+    for name in cpu_features.LIBRARY_ISA_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     plain = aot_inductor.machine_key(case)
     monkeypatch.setenv("DNNL_MAX_CPU_ISA", "AVX2")

@@ -71,10 +71,9 @@ def library_isa_caps() -> dict[str, str]:
 
 def library_isa_cap() -> str | None:
     """``NAME=VALUE`` of an environment variable that keeps PyTorch's or oneDNN's kernels below AVX-512; ``None``."""
-    for name, values in _BELOW_AVX512.items():
-        value = os.environ.get(name, "").strip()
-        if value.upper() in values:
-            return f"{name}={value}"
+    for name, value in library_isa_caps().items():
+        if value.strip().upper() in _BELOW_AVX512.get(name, ()):
+            return f"{name}={value.strip()}"
     return None
 
 

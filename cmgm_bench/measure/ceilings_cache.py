@@ -27,6 +27,7 @@ from cmgm_bench.machine import cpu_features
 from cmgm_bench.measure import ceilings, contention
 from cmgm_bench.measure.ceilings import Ceilings
 
+
 def conditions(device: str, machine: str | None) -> str:
     """What decides a measurement of the ceilings, as one key: two runs under equal keys measure the same."""
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
