@@ -9,10 +9,14 @@
 #include <torch/csrc/stable/tensor.h>
 #include <torch/headeronly/util/Exception.h>
 
+#include <atomic>
+#include <chrono>
+#include <thread>
 #include <tuple>
 #include <vector>
 
 #include "kernels.h"
+#include "pool.h"
 
 namespace {
 
@@ -82,6 +86,30 @@ std::tuple<Tensor, Tensor> softmax_attention(Tensor q, Tensor k, Tensor v, bool 
   return {out, attn};
 }
 
+// For the pool's tests: runs one chunk per element of ran_by_worker (int64) on `threads` threads
+// and sets the element to 1 if a pool worker ran the chunk, 0 if the caller did. With hold_workers
+// the workers claim nothing (as if descheduled); without it, on more than one thread, each chunk
+// the caller runs waits (up to 10 s) until a worker has run one.
+void pool_probe(Tensor ran_by_worker, int64_t threads, bool hold_workers) {
+  STD_TORCH_CHECK(ran_by_worker.scalar_type() == ScalarType::Long && ran_by_worker.is_contiguous() && ran_by_worker.is_cpu(),
+                  "ran_by_worker must be a contiguous int64 CPU tensor");
+  STD_TORCH_CHECK(threads > 0, "threads must be positive");
+  const int64_t chunks = ran_by_worker.numel();
+  auto* flags = static_cast<int64_t*>(ran_by_worker.mutable_data_ptr());
+  std::atomic<int64_t> worker_chunks{0};
+  cmgm::hold_workers(hold_workers);
+  cmgm::run_chunks(chunks, static_cast<int>(threads), [&](int64_t chunk) {
+    flags[chunk] = cmgm::on_pool_worker() ? 1 : 0;
+    if (flags[chunk]) {
+      worker_chunks.fetch_add(1);
+      return;
+    }
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (!hold_workers && threads > 1 && worker_chunks.load() == 0 && std::chrono::steady_clock::now() < deadline) std::this_thread::yield();
+  });
+  cmgm::hold_workers(false);
+}
+
 }  // namespace
 
 #define CMGM_DEFINE(ns, m) STABLE_TORCH_LIBRARY(ns, m)
@@ -90,9 +118,11 @@ std::tuple<Tensor, Tensor> softmax_attention(Tensor q, Tensor k, Tensor v, bool 
 CMGM_DEFINE(CMGM_NAMESPACE, m) {
   m.def("fused_map(Tensor attn, Tensor weight, Tensor bias) -> Tensor");
   m.def("softmax_attention(Tensor q, Tensor k, Tensor v, bool want_attn, ScalarType attn_dtype) -> (Tensor, Tensor)");
+  m.def("pool_probe(Tensor(a!) ran_by_worker, int threads, bool hold_workers) -> ()");
 }
 
 CMGM_IMPLEMENT(CMGM_NAMESPACE, m) {
   m.impl("fused_map", TORCH_BOX(&fused_map));
   m.impl("softmax_attention", TORCH_BOX(&softmax_attention));
+  m.impl("pool_probe", TORCH_BOX(&pool_probe));
 }

@@ -1,0 +1,219 @@
+// The kernels' pool (pool.h). One word holds a region's state: its generation
+// (32 bits), the number of its chunks and the next unclaimed chunk (16 bits
+// each), so a claim is one compare-and-swap that fails if the region it was
+// read from has ended. A region's body is read only after a successful claim,
+// while its caller is still waiting for that chunk.
+#include "pool.h"
+
+#include <omp.h>
+#include <torch/csrc/stable/c/shim.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define CMGM_SPIN_PAUSE() _mm_pause()
+#else
+#define CMGM_SPIN_PAUSE() std::this_thread::yield()
+#endif
+
+// MKL's per-thread thread count (its C entry point, which takes the count by value; the
+// lower-case name is the Fortran one, by pointer); present in torch's builds with MKL, null elsewhere.
+extern "C" __attribute__((weak)) int MKL_Set_Num_Threads_Local(int threads);
+
+namespace cmgm {
+namespace {
+
+using Body = std::function<void(int64_t)>;
+
+// How long a worker spins after its last chunk before it sleeps: calls back to
+// back find it awake, an idle process stops burning a core soon after.
+constexpr auto kSpin = std::chrono::microseconds(1000);
+constexpr int64_t kMaxChunks = 0xffff;
+
+thread_local bool in_region = false;  // this thread runs a chunk, or is a region's caller
+thread_local bool is_worker = false;
+std::atomic<bool> workers_held{false};
+
+uint32_t generation(uint64_t word) { return static_cast<uint32_t>(word >> 32); }
+int64_t total_chunks(uint64_t word) { return static_cast<int64_t>((word >> 16) & 0xffff); }
+int64_t next_chunk(uint64_t word) { return static_cast<int64_t>(word & 0xffff); }
+
+// ATen sets a thread's OpenMP count to torch's on the thread's first parallel_for;
+// an empty one here makes that happen before the count is set to 1.
+void let_aten_initialise_this_thread() {
+  torch_parallel_for(0, 1, 1, [](int64_t, int64_t, void*) {}, nullptr);
+}
+
+void single_threaded_libraries() {
+  let_aten_initialise_this_thread();
+  omp_set_num_threads(1);
+  if (MKL_Set_Num_Threads_Local) MKL_Set_Num_Threads_Local(1);
+}
+
+class Pool {
+ public:
+  explicit Pool(int workers) {
+    for (int index = 0; index < workers; ++index) threads_.emplace_back([this] { work(); });
+  }
+
+  ~Pool() {
+    {
+      std::lock_guard<std::mutex> lock(sleep_mutex_);
+      stopping_ = true;
+    }
+    wake_.notify_all();
+    for (auto& thread : threads_) thread.join();
+  }
+
+  int threads() const { return static_cast<int>(threads_.size()) + 1; }
+
+  // The caller holds pool_mutex: one region at a time.
+  void run(int64_t chunks, const Body& body) {
+    body_.store(&body, std::memory_order_relaxed);
+    done_.store(0, std::memory_order_relaxed);
+    error_ = nullptr;
+    const uint32_t region = generation(word_.load()) + 1;
+    word_.store((uint64_t{region} << 32) | (static_cast<uint64_t>(chunks) << 16));
+    if (sleeping_.load() > 0) {
+      std::lock_guard<std::mutex> lock(sleep_mutex_);
+      wake_.notify_all();
+    }
+    claim_and_run(region);
+    for (int spins = 0; done_.load(std::memory_order_acquire) < chunks; ++spins) {
+      if (spins < 4096) {
+        CMGM_SPIN_PAUSE();
+      } else {
+        std::this_thread::yield();  // a worker holding a chunk was descheduled
+      }
+    }
+    body_.store(nullptr, std::memory_order_relaxed);
+    if (error_) std::rethrow_exception(error_);
+  }
+
+ private:
+  void claim_and_run(uint32_t region) {
+    uint64_t word = word_.load();
+    while (generation(word) == region && next_chunk(word) < total_chunks(word)) {
+      if (!word_.compare_exchange_weak(word, word + 1)) continue;
+      const int64_t chunk = next_chunk(word);
+      try {
+        (*body_.load(std::memory_order_relaxed))(chunk);
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(error_mutex_);
+        if (!error_) error_ = std::current_exception();
+      }
+      done_.fetch_add(1, std::memory_order_release);
+      word = word_.load();
+    }
+  }
+
+  void work() {
+    is_worker = in_region = true;
+    single_threaded_libraries();
+    uint32_t seen = 0;  // the pool's first region is 1: one that started before this thread did is still found
+    for (;;) {
+      if (!wait_for_region(seen)) return;
+      seen = generation(word_.load());
+      if (!workers_held.load(std::memory_order_relaxed)) claim_and_run(seen);
+    }
+  }
+
+  // Spins for kSpin, then sleeps, until a region after `seen` starts; false when the pool stops.
+  bool wait_for_region(uint32_t seen) {
+    const auto deadline = std::chrono::steady_clock::now() + kSpin;
+    for (int spins = 1;; ++spins) {
+      if (generation(word_.load()) != seen) return true;
+      CMGM_SPIN_PAUSE();
+      if (spins % 64 == 0 && std::chrono::steady_clock::now() > deadline) break;
+    }
+    std::unique_lock<std::mutex> lock(sleep_mutex_);
+    sleeping_.fetch_add(1);
+    wake_.wait(lock, [&] { return stopping_ || generation(word_.load()) != seen; });
+    sleeping_.fetch_sub(1);
+    return !stopping_;
+  }
+
+  std::vector<std::thread> threads_;
+  std::atomic<uint64_t> word_{0};
+  std::atomic<const Body*> body_{nullptr};
+  std::atomic<int64_t> done_{0};
+  std::atomic<int> sleeping_{0};
+  std::mutex sleep_mutex_;
+  std::condition_variable wake_;
+  bool stopping_ = false;
+  std::mutex error_mutex_;
+  std::exception_ptr error_;
+};
+
+std::mutex pool_mutex;  // guards the_pool and pool_pid
+std::unique_ptr<Pool> the_pool;
+pid_t pool_pid = 0;
+
+// The process's pool with threads - 1 workers, made (again) when the count
+// changes or after a fork (a child has none of its parent's threads).
+Pool& pool_of(int threads) {
+  if (pool_pid != getpid()) {
+    the_pool.release();  // its threads are the parent's; nothing to join here
+    pool_pid = getpid();
+  }
+  if (!the_pool || the_pool->threads() != threads) {
+    the_pool.reset();
+    the_pool = std::make_unique<Pool>(threads - 1);
+  }
+  return *the_pool;
+}
+
+void run_inline(int64_t chunks, const Body& body) {
+  for (int64_t chunk = 0; chunk < chunks; ++chunk) body(chunk);
+}
+
+}  // namespace
+
+void run_chunks(int64_t chunks, int threads, const Body& body) {
+  if (chunks <= 0) return;
+  if (threads <= 1 || chunks == 1 || chunks > kMaxChunks || in_region) return run_inline(chunks, body);
+  std::unique_lock<std::mutex> lock(pool_mutex, std::try_to_lock);
+  if (!lock.owns_lock()) return run_inline(chunks, body);  // another thread's region is running
+  Pool& pool = pool_of(threads);
+  in_region = true;
+  try {
+    pool.run(chunks, body);
+  } catch (...) {
+    in_region = false;
+    throw;
+  }
+  in_region = false;
+}
+
+void run_ranges(int64_t count, int64_t parts, int threads, const std::function<void(int64_t, int64_t)>& body) {
+  parts = std::max<int64_t>(1, std::min(parts, count));
+  run_chunks(parts, threads, [&](int64_t part) { body(part * count / parts, (part + 1) * count / parts); });
+}
+
+bool on_pool_worker() { return is_worker; }
+
+void hold_workers(bool held) { workers_held.store(held); }
+
+SingleThreadedLibraries::SingleThreadedLibraries() : omp_threads_(0), mkl_threads_(0) {
+  let_aten_initialise_this_thread();
+  omp_threads_ = omp_get_max_threads();
+  omp_set_num_threads(1);
+  if (MKL_Set_Num_Threads_Local) mkl_threads_ = MKL_Set_Num_Threads_Local(1);
+}
+
+SingleThreadedLibraries::~SingleThreadedLibraries() {
+  omp_set_num_threads(omp_threads_);
+  if (MKL_Set_Num_Threads_Local) MKL_Set_Num_Threads_Local(mkl_threads_);
+}
+
+}  // namespace cmgm
