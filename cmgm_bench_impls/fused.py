@@ -14,10 +14,19 @@ Built from the reference module's weights at build time:
   (``csrc/fused_map.cpp``) that reads the attention matrix once, in mirrored
   pairs of cache-sized tiles, forms ``A + Aᵀ`` in the tile, and writes the map once.
 
+A ``fwd`` call with the map on the kernel is one operator (``csrc/forward.cpp``)
+whose every parallel region (the layer norms and projections by rows of
+tokens, the attention, the feature convolutions by groups of output channels,
+the map) runs on the kernels' own thread pool (``csrc/pool.h``), ATen's
+operators single-threaded inside its chunks. The pool's caller claims work
+like its workers, so no region waits for a worker that is asleep after idle
+or descheduled by a busy neighbour; PyTorch's OpenMP regions would.
+
 Per stage, the faster path wins: at build time each kernel is raced against
-ATen's equivalent (softmax attention with ``bmm``; add, ``conv2d``, ReLU) on
-the case's shape, once per process and shape, and the stage uses whichever
-was faster on this CPU. The choice and the times are in the case's notes and
+ATen's equivalent (softmax attention with ``matmul``; add, ``conv2d``, ReLU) on
+the case's shape, once per process and shape (the attention as whole calls on
+the pool when the map is on the kernel; ATen's attention must be faster by
+``ATEN_ATTENTION_MARGIN``). The choice and the times are in the case's notes and
 ``variant`` column, so a kernel that loses on some CPU never costs the folded
 model its gain.
 
@@ -141,7 +150,23 @@ class FusedCMGM:
         g = F.relu(F.conv2d(g, self.c2_w, self.c2_b, padding=1))
         return (g + fused).float()
 
+    def on_pool(self, x: torch.Tensor, y: torch.Tensor, attention: str | None = None):
+        """fwd's whole call as one operator of the kernels (``csrc/forward.cpp``), every parallel region on their pool;
+        the attention stage on ``attention`` (default: the path chosen for it), the map stage on the kernel."""
+        return self.kernels.fused_forward(
+            x, y, self.qv_w, self.qv_b, self.k_w, self.k_b, self.proj_w, self.proj_b,
+            self.c1_w, self.c1_b, self.c2_w, self.c2_b, self.map_w, self.map_b, self.eps_x, self.eps_y, self.heads,
+            (attention or self.stages["attention"]) == "kernel",
+        )
+
     def __call__(self, x: torch.Tensor, y: torch.Tensor, want_map: bool):
+        if want_map and self.stages["map"] == "kernel":
+            return self.on_pool(x, y)
+        return self.by_operators(x, y, want_map)
+
+    def by_operators(self, x: torch.Tensor, y: torch.Tensor, want_map: bool):
+        """The call as a sequence of torch operators (ATen's on PyTorch's OpenMP pool), each stage on its chosen path:
+        feature mode, and fwd when the map stage is ATen's."""
         B, C, H, W = x.shape
         x_tokens, q, k, v = self.projections(x, y)
         if want_map:
@@ -154,16 +179,23 @@ class FusedCMGM:
         return out, self.attention_map(attn, self.stages["map"])
 
 
+ATEN_ATTENTION_MARGIN = 0.05
+
 # (target, dtype, batch, heads, tokens, head dim, threads) -> (stages, milliseconds per path)
 _STAGE_CHOICES: dict[tuple, tuple[dict, dict]] = {}
 
 
-def race(candidates: dict, rounds: int = 7, budget_s: float = 1.0) -> dict[str, float]:
-    """Median milliseconds of each zero-argument call, timed in interleaved rounds (this host drifts)."""
+def race(candidates: dict, rounds: int = 31, budget_s: float = 0.5) -> dict[str, float]:
+    """Median milliseconds of each zero-argument call, timed in interleaved rounds (this host drifts), the order
+    of the candidates alternating from round to round, after one untimed call of each (a first call builds
+    oneDNN's primitives and touches fresh pages)."""
     times: dict[str, list[float]] = {name: [] for name in candidates}
+    for call in candidates.values():
+        call()
     started = time.perf_counter()
     for round_index in range(rounds):
-        for name, call in candidates.items():
+        order = list(candidates.items())
+        for name, call in order if round_index % 2 == 0 else reversed(order):
             begin = time.perf_counter()
             call()
             times[name].append(time.perf_counter() - begin)
@@ -173,16 +205,28 @@ def race(candidates: dict, rounds: int = 7, budget_s: float = 1.0) -> dict[str, 
 
 
 def choose_stages(fused: FusedCMGM, x, y, key: tuple) -> tuple[dict, dict]:
-    """Per stage, ``"kernel"`` or ``"aten"``, whichever ran faster on this shape (once per process and key)."""
+    """Per stage, ``"kernel"`` or ``"aten"``, by a race on this shape (once per process and key).
+
+    The map stage races alone. With the map on the kernel, the call runs on the kernels' pool, so the attention
+    stage races as whole calls there; with the map on ATen, alone. ATen's attention is chosen only when it is
+    faster by more than ``ATEN_ATTENTION_MARGIN``: the kernel runs fewer operators, which costs less in a call
+    after idle (which a back-to-back race does not see), and a near tie would otherwise pick either path from run
+    to run.
+    """
     if key not in _STAGE_CHOICES:
         with torch.inference_mode():
             _, q, k, v = fused.projections(x, y)
-            attention = race({path: lambda p=path: fused.attention(q, k, v, p) for path in ("kernel", "aten")})
             attn = fused.attention(q, k, v, "kernel")[1]
             attention_map = race({path: lambda p=path: fused.attention_map(attn, p) for path in ("kernel", "aten")})
-        timings = {"attention": attention, "map": attention_map}
-        stages = {stage: min(times, key=times.get) for stage, times in timings.items()}
-        _STAGE_CHOICES[key] = (stages, timings)
+            map_path = min(attention_map, key=attention_map.get)
+            if map_path == "kernel":
+                fused.use_kernels(fused.kernels, {"attention": "kernel", "map": "kernel"})
+                attention = race({path: lambda p=path: fused.on_pool(x, y, p) for path in ("kernel", "aten")})
+            else:
+                attention = race({path: lambda p=path: fused.attention(q, k, v, p) for path in ("kernel", "aten")})
+        faster_aten = attention["aten"] < attention["kernel"] * (1 - ATEN_ATTENTION_MARGIN)
+        stages = {"attention": "aten" if faster_aten else "kernel", "map": map_path}
+        _STAGE_CHOICES[key] = (stages, {"attention": attention, "map": attention_map})
     return _STAGE_CHOICES[key]
 
 

@@ -100,6 +100,11 @@ def _ceilings_measured_once(tmp_path_factory, _private_export_cache):
 
 
 @pytest.fixture
+def two_threads():
+    torch.set_num_threads(2)  # _isolated_global_state restores the threads after the test
+
+
+@pytest.fixture
 def busy_neighbour():
     """A real process spinning on the first core this process may use, for the test's duration."""
     core = min(os.sched_getaffinity(0))

@@ -80,11 +80,11 @@ def assert_near_float64(value: torch.Tensor, reference: torch.Tensor, dtype: str
     return error
 
 
-def assert_module_outputs_near_float64(out: torch.Tensor, attn_map: torch.Tensor, module, x, y) -> None:
-    """Both outputs of an inference call are within the float32 tolerance of ``module``'s float64 outputs."""
+def assert_module_outputs_near_float64(out: torch.Tensor, attn_map: torch.Tensor, module, x, y, dtype: str = "float32") -> None:
+    """Both outputs of an inference call are within the ``dtype`` tolerance of ``module``'s float64 outputs."""
     reference = reference_outputs(module, x, y, train=False)
-    assert_near_float64(out, reference.out)
-    assert_near_float64(attn_map, reference.attn_map)
+    assert_near_float64(out, reference.out, dtype)
+    assert_near_float64(attn_map, reference.attn_map, dtype)
 
 
 def killer_impl_file(directory: Path, attempts: Path) -> Path:

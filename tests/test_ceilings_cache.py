@@ -37,11 +37,6 @@ def quiet(monkeypatch):
     monkeypatch.setattr(contention, "Watch", QuietWatch)
 
 
-@pytest.fixture
-def two_threads():
-    torch.set_num_threads(2)  # conftest's _isolated_global_state restores the threads after the test
-
-
 @pytest.mark.usefixtures("two_threads", "quiet")
 def test_a_fresh_measurement_under_the_same_conditions_is_reused_and_an_old_one_is_not(own_cache):
     first, seconds = ceilings_cache.reuse_or_measure("cpu", ["float32"], MACHINE, max_age_s=900)

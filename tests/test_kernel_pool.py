@@ -1,0 +1,104 @@
+"""The fused kernels' thread pool: the caller runs what no worker claimed, workers take part, errors come back, and
+the call on the pool opens no OpenMP team of its own."""
+
+import copy
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from cmgm_bench.workload.reference import make_inputs, reference_module
+from cmgm_bench_impls.builders import kernels
+from cmgm_bench_impls.fused import FusedCMGM
+from tests.helpers import assert_module_outputs_near_float64, require_tool
+
+
+@pytest.fixture(scope="module")
+def operators():
+    require_tool(kernels.compiler_problem())
+    return kernels.load(kernels.best_target())[0]
+
+
+def ran_by_worker(operators, chunks: int, threads: int, hold_workers: bool) -> list[int]:
+    flags = torch.full((chunks,), 7, dtype=torch.long)  # 7: not written
+    operators.pool_probe(flags, threads, hold_workers)
+    return flags.tolist()
+
+
+def test_the_caller_runs_every_chunk_that_no_worker_claims(operators):
+    """Workers held (as if asleep or descheduled): the region still completes, every chunk on the caller."""
+    for chunks in (2, 5, 64):
+        assert ran_by_worker(operators, chunks, 2, hold_workers=True) == [0] * chunks
+
+
+def test_workers_take_part_in_a_region(operators):
+    """Each chunk the caller runs waits until a worker has run one: some chunks are the workers'."""
+    flags = ran_by_worker(operators, 8, 2, hold_workers=False)
+    assert set(flags) <= {0, 1} and 1 in flags
+    assert ran_by_worker(operators, 8, 2, hold_workers=True) == [0] * 8  # and a held region after it is the caller's
+
+
+def test_one_thread_runs_on_the_caller_alone(operators):
+    assert ran_by_worker(operators, 6, 1, hold_workers=False) == [0] * 6
+
+
+@pytest.mark.parametrize("attention, attention_map", [("kernel", "kernel"), ("aten", "kernel"), ("kernel", "aten"), ("aten", "aten")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_every_stage_choice_gives_the_reference_on_two_threads(operators, two_threads, attention, attention_map, dtype):
+    """fwd with the map on the kernel runs as one operator on the pool (either attention path), otherwise as torch
+    operators; batch 2 and an odd map, so that row and channel chunks split unevenly."""
+    from cmgm_bench.machine import cpu_features
+
+    if dtype == torch.bfloat16 and not cpu_features.native_bfloat16():
+        pytest.skip("fused-bf16 needs native bfloat16 (its refusal is tested in test_fused)")
+    module = copy.deepcopy(reference_module(32, 4, 0, 9, 7)).eval()
+    x, y = make_inputs(2, 32, 9, 7, 0)
+    fused = FusedCMGM(module, dtype)
+    fused.use_kernels(operators, {"attention": attention, "map": attention_map})
+    with torch.inference_mode():
+        out, attn_map = fused(x, y, want_map=True)
+    assert_module_outputs_near_float64(out, attn_map, module, x, y, "float32" if dtype == torch.float32 else "bfloat16")
+
+
+def test_an_error_inside_a_chunk_comes_back_as_an_exception(operators, two_threads):
+    """Weights of the wrong shape fail inside the projections' chunks, on the caller and on the worker."""
+    module = reference_module(32, 4, 0, 6, 6).eval()
+    fused = FusedCMGM(module, torch.float32)
+    fused.use_kernels(operators, {"attention": "kernel", "map": "kernel"})
+    fused.qv_w = fused.qv_w[:, :16].contiguous()
+    x, y = make_inputs(1, 32, 6, 6, 0)
+    with pytest.raises(RuntimeError):
+        fused(x, y, want_map=True)
+    fused.qv_w = FusedCMGM(module, torch.float32).qv_w
+    with torch.inference_mode():
+        out, attn_map = fused(x, y, want_map=True)  # the pool still works after the error
+    assert_module_outputs_near_float64(out, attn_map, module, x, y)
+
+
+def test_the_call_on_the_pool_adds_one_worker_thread_and_no_openmp_team(operators):
+    """In a fresh process on two threads: PyTorch's OpenMP team exists first; the calls add the pool's one worker
+    and nothing else (an ATen operator on a worker with torch's thread count would open a team of its own)."""
+    script = textwrap.dedent(f"""
+        import os, torch
+        torch.set_num_threads(2)
+        from cmgm_bench.workload.reference import make_inputs, reference_module
+        from cmgm_bench_impls.builders import kernels
+        from cmgm_bench_impls.fused import FusedCMGM
+        operators = kernels.load({kernels.best_target()!r})[0]
+        module = reference_module(64, 8, 0, 16, 16).eval()
+        x, y = make_inputs(1, 64, 16, 16, 0)
+        fused = FusedCMGM(module, torch.float32)
+        fused.use_kernels(operators, {{"attention": "aten", "map": "kernel"}})
+        torch.randn(512, 512) @ torch.randn(512, 512)  # PyTorch's OpenMP team
+        before = len(os.listdir("/proc/self/task"))
+        with torch.inference_mode():
+            for _ in range(5):
+                fused(x, y, want_map=True)
+        print(before, len(os.listdir("/proc/self/task")))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    before, after = map(int, result.stdout.split())
+    assert after == before + 1
