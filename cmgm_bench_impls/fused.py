@@ -20,7 +20,9 @@ tokens, the attention, the feature convolutions by groups of output channels,
 the map) runs on the kernels' own thread pool (``csrc/pool.h``), ATen's
 operators single-threaded inside its chunks. The pool's caller claims work
 like its workers, so no region waits for a worker that is asleep after idle
-or descheduled by a busy neighbour; PyTorch's OpenMP regions would.
+or descheduled by a busy neighbour; PyTorch's OpenMP regions would. The call's
+scratch (the attention matrix: 170 MB at 48x48) is a workspace the
+implementation keeps between calls, so its pages are faulted in once.
 
 Per stage, the faster path wins: at build time each kernel is raced against
 ATen's equivalent (softmax attention with ``matmul``; add, ``conv2d``, ReLU) on
@@ -107,6 +109,8 @@ class FusedCMGM:
         self.dim, self.heads, self.dtype = C, h, dtype
         self.eps_x, self.eps_y = module.lnx.eps, module.lny.eps
         self.kernels = None  # the C++ extension, set by use_kernels(); fwd needs it
+        with torch.inference_mode(False):  # grown in place by calls in and out of inference mode
+            self.workspace = torch.empty(0, dtype=torch.uint8)  # on_pool's scratch, kept between calls
         self.stages = {"attention": "aten", "map": "aten"}
 
     def use_kernels(self, extension, stages: dict[str, str]) -> None:
@@ -152,12 +156,22 @@ class FusedCMGM:
 
     def on_pool(self, x: torch.Tensor, y: torch.Tensor, attention: str | None = None):
         """fwd's whole call as one operator of the kernels (``csrc/forward.cpp``), every parallel region on their pool;
-        the attention stage on ``attention`` (default: the path chosen for it), the map stage on the kernel."""
-        return self.kernels.fused_forward(
-            x, y, self.qv_w, self.qv_b, self.k_w, self.k_b, self.proj_w, self.proj_b,
-            self.c1_w, self.c1_b, self.c2_w, self.c2_b, self.map_w, self.map_b, self.eps_x, self.eps_y, self.heads,
-            (attention or self.stages["attention"]) == "kernel",
-        )
+        the attention stage on ``attention`` (default: the path chosen for it), the map stage on the kernel.
+
+        The call's scratch (the attention matrix above all) lives in ``self.workspace``, kept between calls; a call
+        made while another thread's call holds it gets a workspace of its own."""
+        workspace, self.workspace = self.workspace, None
+        if workspace is None:
+            with torch.inference_mode(False):
+                workspace = torch.empty(0, dtype=torch.uint8)
+        try:
+            return self.kernels.fused_forward(
+                x, y, self.qv_w, self.qv_b, self.k_w, self.k_b, self.proj_w, self.proj_b,
+                self.c1_w, self.c1_b, self.c2_w, self.c2_b, self.map_w, self.map_b, self.eps_x, self.eps_y, self.heads,
+                (attention or self.stages["attention"]) == "kernel", workspace,
+            )
+        finally:
+            self.workspace = workspace
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, want_map: bool):
         if want_map and self.stages["map"] == "kernel":

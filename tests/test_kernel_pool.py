@@ -102,3 +102,29 @@ def test_the_call_on_the_pool_adds_one_worker_thread_and_no_openmp_team(operator
     assert result.returncode == 0, result.stderr[-2000:]
     before, after = map(int, result.stdout.split())
     assert after == before + 1
+
+
+def test_calls_from_two_threads_at_once_each_get_the_reference(operators, two_threads):
+    """One FusedCMGM called from two Python threads at once: the second call finds the workspace taken and the pool
+    busy, and runs with its own workspace on its own thread."""
+    import threading
+
+    module = reference_module(32, 4, 0, 12, 10).eval()
+    fused = FusedCMGM(module, torch.float32)
+    fused.use_kernels(operators, {"attention": "kernel", "map": "kernel"})
+    inputs = [make_inputs(1, 32, 12, 10, seed) for seed in (1, 2)]
+    results = {}
+
+    def call(index):
+        with torch.inference_mode():
+            results[index] = [fused(*inputs[index], want_map=True) for _ in range(20)]
+
+    threads = [threading.Thread(target=call, args=(index,)) for index in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for index, (x, y) in enumerate(inputs):
+        for out, attn_map in results[index]:
+            assert_module_outputs_near_float64(out, attn_map, module, x, y)
+    assert fused.workspace is not None and fused.workspace.numel() > 0

@@ -79,6 +79,35 @@ Tensor rows(Tensor t, int64_t start, int64_t count) { return torch::stable::narr
 
 Tensor cast(const Tensor& t, ScalarType dtype) { return t.scalar_type() == dtype ? t : torch::stable::to(t, dtype); }
 
+// The call's scratch buffers, one after another (64-byte aligned) in a uint8 tensor the caller keeps
+// between calls, grown when a call needs more: calls reuse memory they already faulted in (at 48x48 the
+// attention matrix alone is 170 MB, which a fresh allocation would fault in and zero on every call).
+class WorkspaceLayout {
+ public:
+  // Reserves `bytes`; returns their offset from the base allocate() gives.
+  int64_t reserve(int64_t bytes) {
+    const int64_t offset = size_;
+    size_ += (bytes + 63) / 64 * 64;
+    return offset;
+  }
+
+  // Grows `workspace` to hold every reservation; returns the aligned base address.
+  char* allocate(const Tensor& workspace) const {
+    const int64_t needed = size_ + 64;
+    if (workspace.numel() < needed) {
+      std::array<StableIValue, 3> stack{from(workspace), from(Sizes{needed}), from(std::nullopt)};
+      STABLE_TORCH_ERROR_CODE_CHECK(torch_call_dispatcher("aten::resize_", "", stack.data(), TORCH_ABI_VERSION));
+      torch::stable::detail::to<Tensor>(stack[0]);  // the returned reference, released
+      cmgm::prefer_huge_pages(workspace.mutable_data_ptr(), needed);
+    }
+    auto* base = static_cast<char*>(workspace.mutable_data_ptr());
+    return base + (64 - reinterpret_cast<uintptr_t>(base) % 64) % 64;
+  }
+
+ private:
+  int64_t size_ = 0;
+};
+
 struct Shape {
   int64_t batch, channels, height, width, tokens, heads;
 };
@@ -92,13 +121,15 @@ std::array<int64_t, 3> token_rows(const Shape& s, int64_t parts, int64_t chunk) 
 
 std::tuple<Tensor, Tensor> fused_forward(Tensor x, Tensor y, Tensor qv_w, Tensor qv_b, Tensor k_w, Tensor k_b, Tensor proj_w, Tensor proj_b,
                                          Tensor c1_w, Tensor c1_b, Tensor c2_w, Tensor c2_b, Tensor map_w, Tensor map_b, double eps_x,
-                                         double eps_y, int64_t heads, bool kernel_attention) {
+                                         double eps_y, int64_t heads, bool kernel_attention, Tensor workspace) {
   STD_TORCH_CHECK(x.dim() == 4 && y.dim() == 4 && x.is_cpu() && y.is_cpu(), "x and y must be (B, C, H, W) CPU tensors");
   STD_TORCH_CHECK(x.scalar_type() == ScalarType::Float && y.scalar_type() == ScalarType::Float, "x and y must be float32");
   for (int64_t dim = 0; dim < 4; ++dim) STD_TORCH_CHECK(x.size(dim) == y.size(dim), "x and y must have one shape");
   const Shape s{x.size(0), x.size(1), x.size(2), x.size(3), x.size(2) * x.size(3), heads};
   STD_TORCH_CHECK(cmgm::fused_map_supports(heads) && s.channels % heads == 0, "heads must be 1, 2, 4, 8 or 16 and divide C");
   const ScalarType dtype = qv_w.scalar_type();
+  STD_TORCH_CHECK(workspace.scalar_type() == ScalarType::Byte && workspace.dim() == 1 && workspace.is_cpu(),
+                  "the workspace must be a 1-D uint8 CPU tensor");
   STD_TORCH_CHECK(dtype == ScalarType::Float || dtype == ScalarType::BFloat16, "the weights must be float32 or bfloat16");
   x = torch::stable::contiguous(x);
   y = torch::stable::contiguous(y);
@@ -107,22 +138,19 @@ std::tuple<Tensor, Tensor> fused_forward(Tensor x, Tensor y, Tensor qv_w, Tensor
 
   const int64_t B = s.batch, C = s.channels, N = s.tokens, H = s.height, W = s.width, d = C / heads;
   const int64_t row_chunks = B * threads, channel_chunks = std::min<int64_t>(threads, C);
-  Tensor qv = torch::stable::new_empty(x, {B * N, 2 * C}, dtype);
-  Tensor k = torch::stable::new_empty(x, {B * N, C}, dtype);
-  Tensor fused = torch::stable::new_empty(x, {B * N, C}, dtype);  // the residual sum: an NHWC image
-  Tensor g = torch::stable::new_empty(x, {B * N, C}, dtype);      // the first convolution's output, NHWC
-  Tensor mixed = torch::stable::new_empty(x, {B, N, C}, ScalarType::Float);
-  Tensor attn = torch::stable::new_empty(x, {B, heads, N, N}, dtype);
+  const int64_t bytes = dtype == ScalarType::Float ? 4 : 2;
+  // The call's scratch in the workspace: q and v (rows of qv), k, the attention matrix, A V (mixed,
+  // float32), the residual sum (fused) and the first convolution's output (g), both NHWC images.
+  WorkspaceLayout layout;
+  const int64_t qv_at = layout.reserve(B * N * 2 * C * bytes), k_at = layout.reserve(B * N * C * bytes);
+  const int64_t attn_at = layout.reserve(B * heads * N * N * bytes), mixed_at = layout.reserve(B * N * C * 4);
+  const int64_t fused_at = layout.reserve(B * N * C * bytes), g_at = layout.reserve(B * N * C * bytes);
+  char* const base = layout.allocate(workspace);
+  char *qv_data = base + qv_at, *k_data = base + k_at, *attn_data = base + attn_at, *fused_data = base + fused_at, *g_data = base + g_at;
+  auto* mixed_data = reinterpret_cast<float*>(base + mixed_at);
   Tensor out = torch::stable::empty({B, C, H, W}, ScalarType::Float, std::nullopt, std::nullopt, std::nullopt, MemoryFormat::ChannelsLast);
   Tensor map = torch::stable::new_empty(x, {B, heads, N, N}, ScalarType::Float);
-  cmgm::prefer_huge_pages(attn.mutable_data_ptr(), attn.numel() * attn.element_size());
   cmgm::prefer_huge_pages(map.mutable_data_ptr(), map.numel() * sizeof(float));
-  const size_t bytes = dtype == ScalarType::Float ? 4 : 2;
-  auto* qv_data = static_cast<char*>(qv.mutable_data_ptr());
-  auto* k_data = static_cast<char*>(k.mutable_data_ptr());
-  auto* fused_data = static_cast<char*>(fused.mutable_data_ptr());
-  auto* g_data = static_cast<char*>(g.mutable_data_ptr());
-  auto* mixed_data = static_cast<float*>(mixed.mutable_data_ptr());
   auto* out_data = static_cast<float*>(out.mutable_data_ptr());
   auto* x_data = static_cast<float*>(x.mutable_data_ptr());
   auto* y_data = static_cast<float*>(y.mutable_data_ptr());
@@ -143,7 +171,6 @@ std::tuple<Tensor, Tensor> fused_forward(Tensor x, Tensor y, Tensor qv_w, Tensor
   });
 
   // softmax(q k^T) and A V: q and v are the two halves of each qv row, (B, h, N, d) with strides.
-  auto* attn_data = static_cast<char*>(attn.mutable_data_ptr());
   if (kernel_attention) {
     cmgm::AttentionInputs inputs{qv_data, k_data, qv_data + C * bytes, dtype == ScalarType::BFloat16,
                                  {{N * 2 * C, d, 2 * C, 1}, {N * C, d, C, 1}, {N * 2 * C, d, 2 * C, 1}}, B, heads, N, d};
@@ -216,7 +243,7 @@ STABLE_TORCH_LIBRARY_FRAGMENT(CMGM_NAMESPACE, m) {
   m.def(
       "fused_forward(Tensor x, Tensor y, Tensor qv_w, Tensor qv_b, Tensor k_w, Tensor k_b, Tensor proj_w, Tensor proj_b, "
       "Tensor c1_w, Tensor c1_b, Tensor c2_w, Tensor c2_b, Tensor map_w, Tensor map_b, float eps_x, float eps_y, int heads, "
-      "bool kernel_attention) "
+      "bool kernel_attention, Tensor(a!) workspace) "
       "-> (Tensor, Tensor)");
 }
 
