@@ -177,7 +177,8 @@ void fused_map_kernel(const scalar_t* A, const float* Wt, const float* bias, flo
     for (int64_t J = I; J < tiles; ++J) pairs.emplace_back(I * T, J * T);
   const int64_t per_batch = static_cast<int64_t>(pairs.size());
   auto plane = [&](int64_t t) { return A + (t / per_batch) * H * n * n; };
-  cmgm::parallel_for(batch * per_batch, 1, threads, [&](int64_t begin, int64_t end) {
+  const double work_per_pair = 2.0 * T * T * H * H * 9;  // two tiles' 3x3 convolutions (less at the edges)
+  cmgm::parallel_for(batch * per_batch, 1, threads, work_per_pair, [&](int64_t begin, int64_t end) {
     std::vector<float> tile(H * P * P), mirrored(H * P * P);
     RowPrefetcher<scalar_t> prefetcher;
     for (int64_t t = begin; t < end; ++t) {

@@ -100,7 +100,8 @@ template <typename attn_t>
 void attend_all(const float* Q, const float* K, const float* V, const Layout& L, int64_t batch, int64_t heads, attn_t* attn,
                 float* out, int threads) {
   const int64_t groups = (L.n + ROWS - 1) / ROWS;
-  cmgm::parallel_for(batch * heads * groups, 16, threads, [&](int64_t begin, int64_t end) {
+  const double work_per_group = 2.0 * ROWS * L.n * L.d;  // q k^T and A V for ROWS rows
+  cmgm::parallel_for(batch * heads * groups, 16, threads, work_per_group, [&](int64_t begin, int64_t end) {
     std::vector<float> scratch(ROWS * L.n_pad);
     for (int64_t g = begin; g < end; ++g) {
       const int64_t bh = g / groups, b = bh / heads, h = bh % heads;
@@ -126,7 +127,7 @@ void pad_operands(const cmgm::AttentionInputs& in, const Layout& L, float* q, fl
   const auto* K = static_cast<const scalar_t*>(in.k);
   const auto* V = static_cast<const scalar_t*>(in.v);
   const auto& s = in.strides;
-  cmgm::parallel_for(in.batch * in.heads, 1, threads, [&](int64_t begin, int64_t end) {
+  cmgm::parallel_for(in.batch * in.heads, 1, threads, 0.0, [&](int64_t begin, int64_t end) {  // copies: one chunk a thread
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / in.heads, h = bh % in.heads;
       float* q_head = q + bh * L.n * L.d_pad;
