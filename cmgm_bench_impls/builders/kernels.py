@@ -31,7 +31,10 @@ from pathlib import Path
 
 from cmgm_bench.machine import cpu_features
 
-SOURCES = [Path(__file__).parent / "csrc" / name for name in ("fused_map.cpp", "softmax_attention.cpp", "pool.cpp", "forward.cpp", "operators.cpp")]
+SOURCES = [
+    Path(__file__).parent / "csrc" / name
+    for name in ("fused_map.cpp", "softmax_attention.cpp", "pool.cpp", "forward.cpp", "operators.cpp")
+]
 TARGET_ENV = "CMGM_FUSED_TARGET"
 
 
