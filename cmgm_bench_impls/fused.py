@@ -199,7 +199,7 @@ ATEN_ATTENTION_MARGIN = 0.05
 _STAGE_CHOICES: dict[tuple, tuple[dict, dict]] = {}
 
 
-def race(candidates: dict, rounds: int = 31, budget_s: float = 0.5) -> dict[str, float]:
+def race(candidates: dict, rounds: int = 21, budget_s: float = 0.25) -> dict[str, float]:
     """Median milliseconds of each zero-argument call, timed in interleaved rounds (this host drifts), the order
     of the candidates alternating from round to round, after one untimed call of each (a first call builds
     oneDNN's primitives and touches fresh pages)."""
