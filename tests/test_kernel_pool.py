@@ -73,6 +73,10 @@ def test_an_error_inside_a_chunk_comes_back_as_an_exception(operators, two_threa
     with pytest.raises(RuntimeError):
         fused(x, y, want_map=True)
     fused.qv_w = FusedCMGM(module, torch.float32).qv_w
+    fused.map_w = fused.map_w[:2].contiguous()  # read as a raw buffer: refused before any read
+    with pytest.raises(RuntimeError, match=r"the map's weight must be \(h, h, 3, 3\)"):
+        fused(x, y, want_map=True)
+    fused.map_w = FusedCMGM(module, torch.float32).map_w
     with torch.inference_mode():
         out, attn_map = fused(x, y, want_map=True)  # the pool still works after the error
     assert_module_outputs_near_float64(out, attn_map, module, x, y)

@@ -131,6 +131,9 @@ std::tuple<Tensor, Tensor> fused_forward(Tensor x, Tensor y, Tensor qv_w, Tensor
   STD_TORCH_CHECK(workspace.scalar_type() == ScalarType::Byte && workspace.dim() == 1 && workspace.is_cpu(),
                   "the workspace must be a 1-D uint8 CPU tensor");
   STD_TORCH_CHECK(dtype == ScalarType::Float || dtype == ScalarType::BFloat16, "the weights must be float32 or bfloat16");
+  STD_TORCH_CHECK(map_w.scalar_type() == ScalarType::Float && map_b.scalar_type() == ScalarType::Float && map_w.is_contiguous() &&
+                      map_b.is_contiguous() && map_w.numel() == heads * heads * 9 && map_b.numel() == heads,
+                  "the map's weight must be (h, h, 3, 3) and its bias (h), contiguous float32");  // read as raw buffers
   x = torch::stable::contiguous(x);
   y = torch::stable::contiguous(y);
   const int threads = static_cast<int>(torch::stable::get_num_threads());
