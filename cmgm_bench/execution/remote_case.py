@@ -19,7 +19,7 @@ from pathlib import Path
 from cmgm_bench.config.cases import Case
 from cmgm_bench.execution.executor import Finished
 from cmgm_bench.measure.ceilings import Ceilings
-from cmgm_bench.results.store import from_record
+from cmgm_bench.results.store import atomic_write_bytes, from_record
 
 _measured_ceilings: dict[tuple, Ceilings] = {}  # this worker process's, per device, dtypes and cores
 
@@ -67,9 +67,7 @@ def worker_ceilings(device: str, dtypes: list[str], machine: str, cache_dir: str
     _measured_ceilings[key] = measured
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        partial = cache.with_suffix(f".{os.getpid()}.tmp")
-        partial.write_text(json.dumps(measured.to_json()))
-        partial.replace(cache)
+        atomic_write_bytes(cache, json.dumps(measured.to_json()).encode())
     return measured, seconds
 
 

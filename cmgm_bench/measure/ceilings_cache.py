@@ -26,6 +26,7 @@ from cmgm_bench.cache import cache_dir
 from cmgm_bench.machine import cpu_features
 from cmgm_bench.measure import ceilings, contention
 from cmgm_bench.measure.ceilings import Ceilings
+from cmgm_bench.results.store import atomic_write_bytes
 
 
 def conditions(device: str, machine: str | None) -> str:
@@ -53,10 +54,7 @@ def _stored() -> dict:
 def _keep(key: str, measured: Ceilings) -> None:
     path = _path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    entries = {**_stored(), key: measured.to_json()}
-    partial = path.with_suffix(f".{os.getpid()}.tmp")
-    partial.write_text(json.dumps(entries, indent=1))
-    partial.replace(path)  # atomic: a reader sees the old file or the new one
+    atomic_write_bytes(path, json.dumps({**_stored(), key: measured.to_json()}, indent=1).encode())
 
 
 def _age_s(measured: Ceilings) -> float:

@@ -173,7 +173,9 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    """Write ``data`` to ``path`` through a temporary file of this process's own and a rename: a reader sees the old
+    file or the new one, and two processes writing one path (a cache they share) never write into one temporary."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as handle:
             handle.write(data)
