@@ -85,16 +85,14 @@ def _ceilings_measured_once(tmp_path_factory, _private_export_cache):
     """The machine's ceilings measured once, with the machine to this worker alone, for one and for all threads and
     every dtype: the session's runs reuse them (``measure/ceilings_cache.py``) as a developer's runs reuse those of
     their first, instead of each measuring them anew beside the other worker's tests (and never keeping that)."""
-    from cmgm_bench.machine import env
     from cmgm_bench.measure import ceilings_cache
-    from cmgm_bench.measure.measurement import machine_model
     from tests.helpers import machine_share
 
     before = torch.get_num_threads()
     with machine_share(tmp_path_factory, alone=True):
         for threads in sorted({1, len(os.sched_getaffinity(0))}):
             torch.set_num_threads(threads)
-            ceilings_cache.reuse_or_measure("cpu", ["bfloat16", "float16", "float32"], machine_model(env.host_description("cpu")),
+            ceilings_cache.reuse_or_measure("cpu", ["bfloat16", "float16", "float32"], ceilings_cache.this_machine("cpu"),
                                             max_age_s=DEFAULTS["ceilings_max_age"])
     torch.set_num_threads(before)
 

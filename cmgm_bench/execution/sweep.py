@@ -24,7 +24,7 @@ from cmgm_bench.machine import cpu_features, env
 from cmgm_bench.machine.process_setup import prepare_process
 from cmgm_bench.measure import ceilings, ceilings_cache, heap, instructions
 from cmgm_bench.measure.case_runner import CaseRunner
-from cmgm_bench.measure.measurement import Measurement, machine_model
+from cmgm_bench.measure.measurement import Measurement
 from cmgm_bench.results.run_meta import RunMeta
 from cmgm_bench.results.store import RunWriter, load_run
 
@@ -144,7 +144,7 @@ def run_plan(
             baseline=registry.baseline_name(),
             ceilings={} if remote else {
                 device: ceilings_cache.reuse_or_measure(
-                    device, run_dtypes(plan, device), machine_model(env.host_description(device), device), config.ceilings_max_age
+                    device, run_dtypes(plan, device), ceilings_cache.this_machine(device), config.ceilings_max_age
                 )[0]
                 for device in devices
             },

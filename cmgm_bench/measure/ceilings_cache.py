@@ -23,10 +23,17 @@ from datetime import datetime
 import torch
 
 from cmgm_bench.cache import cache_dir
-from cmgm_bench.machine import cpu_features
+from cmgm_bench.machine import cpu_features, env
 from cmgm_bench.measure import ceilings, contention
 from cmgm_bench.measure.ceilings import Ceilings
+from cmgm_bench.measure.measurement import machine_model
 from cmgm_bench.results.store import atomic_write_bytes
+
+
+def this_machine(device: str) -> str:
+    """The machine model a run's ceilings on ``device`` are measured on and kept under: the sweep's, and the one
+    the test suite measures for its runs to reuse."""
+    return machine_model(env.host_description(device), device)
 
 
 def conditions(device: str, machine: str | None) -> str:
