@@ -86,6 +86,13 @@ def fold_layernorm(norm: torch.nn.LayerNorm, linear: torch.nn.Linear) -> tuple[t
     return weight, bias
 
 
+def new_workspace() -> torch.Tensor:
+    """An empty scratch buffer for ``FusedCMGM.on_pool``, which grows it in place: a normal tensor, so that calls in
+    and out of inference mode may grow it."""
+    with torch.inference_mode(False):
+        return torch.empty(0, dtype=torch.uint8)
+
+
 class FusedCMGM:
     """The folded parameters and the forward pass; derived from a reference module at build time."""
 
@@ -109,8 +116,7 @@ class FusedCMGM:
         self.dim, self.heads, self.dtype = C, h, dtype
         self.eps_x, self.eps_y = module.lnx.eps, module.lny.eps
         self.kernels = None  # the C++ extension, set by use_kernels(); fwd needs it
-        with torch.inference_mode(False):  # grown in place by calls in and out of inference mode
-            self.workspace = torch.empty(0, dtype=torch.uint8)  # on_pool's scratch, kept between calls
+        self.workspace = new_workspace()  # on_pool's scratch, kept between calls
         self.stages = {"attention": "aten", "map": "aten"}
 
     def use_kernels(self, extension, stages: dict[str, str]) -> None:
@@ -162,8 +168,7 @@ class FusedCMGM:
         made while another thread's call holds it gets a workspace of its own."""
         workspace, self.workspace = self.workspace, None
         if workspace is None:
-            with torch.inference_mode(False):
-                workspace = torch.empty(0, dtype=torch.uint8)
+            workspace = new_workspace()
         try:
             return self.kernels.fused_forward(
                 x, y, self.qv_w, self.qv_b, self.k_w, self.k_b, self.proj_w, self.proj_b,
@@ -234,7 +239,6 @@ def choose_stages(fused: FusedCMGM, x, y, key: tuple) -> tuple[dict, dict]:
             attention_map = race({path: lambda p=path: fused.attention_map(attn, p) for path in ("kernel", "aten")})
             map_path = min(attention_map, key=attention_map.get)
             if map_path == "kernel":
-                fused.use_kernels(fused.kernels, {"attention": "kernel", "map": "kernel"})
                 attention = race({path: lambda p=path: fused.on_pool(x, y, p) for path in ("kernel", "aten")})
             else:
                 attention = race({path: lambda p=path: fused.attention(q, k, v, p) for path in ("kernel", "aten")})
