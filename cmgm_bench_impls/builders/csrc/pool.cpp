@@ -54,12 +54,6 @@ void let_aten_initialise_this_thread() {
   torch_parallel_for(0, 1, 1, [](int64_t, int64_t, void*) {}, nullptr);
 }
 
-void single_threaded_libraries() {
-  let_aten_initialise_this_thread();
-  omp_set_num_threads(1);
-  if (MKL_Set_Num_Threads_Local) MKL_Set_Num_Threads_Local(1);
-}
-
 class Pool {
  public:
   explicit Pool(int workers) {
@@ -119,7 +113,7 @@ class Pool {
 
   void work() {
     is_worker = in_region = true;
-    single_threaded_libraries();
+    const SingleThreadedLibraries one_thread;
     uint32_t seen = 0;  // the pool's first region is 1: one that started before this thread did is still found
     for (;;) {
       if (!wait_for_region(seen)) return;
@@ -177,6 +171,13 @@ void run_inline(int64_t chunks, const Body& body) {
   for (int64_t chunk = 0; chunk < chunks; ++chunk) body(chunk);
 }
 
+// Marks the calling thread as a region's caller while alive, so that a region it starts inside runs inline.
+class CallerOfRegion {
+ public:
+  CallerOfRegion() { in_region = true; }
+  ~CallerOfRegion() { in_region = false; }
+};
+
 }  // namespace
 
 void run_chunks(int64_t chunks, int threads, const Body& body) {
@@ -185,14 +186,8 @@ void run_chunks(int64_t chunks, int threads, const Body& body) {
   std::unique_lock<std::mutex> lock(pool_mutex, std::try_to_lock);
   if (!lock.owns_lock()) return run_inline(chunks, body);  // another thread's region is running
   Pool& pool = pool_of(threads);
-  in_region = true;
-  try {
-    pool.run(chunks, body);
-  } catch (...) {
-    in_region = false;
-    throw;
-  }
-  in_region = false;
+  const CallerOfRegion caller;
+  pool.run(chunks, body);
 }
 
 void run_ranges(int64_t count, int64_t parts, int threads, const std::function<void(int64_t, int64_t)>& body) {
