@@ -18,7 +18,11 @@ A ``fwd`` call with the map on the kernel is one operator (``csrc/forward.cpp``)
 whose every parallel region (the layer norms and projections by rows of
 tokens, the attention, the feature convolutions by groups of output channels,
 the map) runs on the kernels' own thread pool (``csrc/pool.h``), ATen's
-operators single-threaded inside its chunks. The pool's caller claims work
+operators single-threaded inside its chunks. Its two N x N matrices (the
+attention matrix the kernel writes and the map) are written through the cache
+(``cached``) or, on the x86 targets, with streaming stores that skip it
+(``streaming``): no line is read before it is written, which halves their
+traffic where memory bounds the call. The pool's caller claims work
 like its workers, so no region waits for a worker that is asleep after idle
 or descheduled by a busy neighbour; PyTorch's OpenMP regions would. The call's
 scratch (the attention matrix: 170 MB at 48x48) is a workspace the
@@ -26,9 +30,11 @@ implementation keeps between calls, so its pages are faulted in once.
 
 Per stage, the faster path wins: at build time each kernel is raced against
 ATen's equivalent (softmax attention with ``matmul``; add, ``conv2d``, ReLU) on
-the case's shape, once per process and shape (the attention as whole calls on
-the pool when the map is on the kernel; ATen's attention must be faster by
-``ATEN_ATTENTION_MARGIN``). The choice and the times are in the case's notes and
+the case's shape, once per process and shape (when the map is on the kernel,
+the attention paths with either kind of store as whole calls on the pool; ATen's
+attention must be faster by ``ATEN_ATTENTION_MARGIN``). Streaming stores won at
+28x28 and 48x48 and lost at 11x11 on an AVX-512 Xeon (docs/performance.md,
+"Streaming stores"), so they are raced too. The choice and the times are in the case's notes and
 ``variant`` column, so a kernel that loses on some CPU never costs the folded
 model its gain.
 
@@ -55,6 +61,7 @@ from cmgm_bench.registry import Built, Unsupported, register
 from cmgm_bench_impls.builders import kernels
 
 KERNEL_HEADS = (1, 2, 4, 8, 16)
+STORES = ("cached", "streaming")  # how a call on the pool writes its N x N matrices: through the cache, or past it
 
 
 def map_kernel_problem(case) -> str | None:
@@ -117,11 +124,12 @@ class FusedCMGM:
         self.eps_x, self.eps_y = module.lnx.eps, module.lny.eps
         self.kernels = None  # the C++ extension, set by use_kernels(); fwd needs it
         self.workspace = new_workspace()  # on_pool's scratch, kept between calls
-        self.stages = {"attention": "aten", "map": "aten"}
+        self.stages = {"attention": "aten", "map": "aten", "stores": "cached"}
 
     def use_kernels(self, extension, stages: dict[str, str]) -> None:
-        """Run fwd's attention and map stages on ``"kernel"`` (ours) or ``"aten"``."""
-        self.kernels, self.stages = extension, dict(stages)
+        """Run fwd's attention and map stages on ``"kernel"`` (ours) or ``"aten"``, and write a call's N x N matrices
+        on the pool with ``stages["stores"]`` (one of ``STORES``; ``"cached"`` if not given)."""
+        self.kernels, self.stages = extension, {"stores": "cached", **stages}
 
     def attention(self, q, k, v, path: str):
         """(A V as (B, N, C) in the compute dtype, A as (B, h, N, N)); q is already scaled."""
@@ -160,9 +168,10 @@ class FusedCMGM:
         g = F.relu(F.conv2d(g, self.c2_w, self.c2_b, padding=1))
         return (g + fused).float()
 
-    def on_pool(self, x: torch.Tensor, y: torch.Tensor, attention: str | None = None):
+    def on_pool(self, x: torch.Tensor, y: torch.Tensor, attention: str | None = None, stores: str | None = None):
         """fwd's whole call as one operator of the kernels (``csrc/forward.cpp``), every parallel region on their pool;
-        the attention stage on ``attention`` (default: the path chosen for it), the map stage on the kernel.
+        the attention stage on ``attention``, the N x N matrices written with ``stores`` (defaults: the choices made
+        for them), the map stage on the kernel.
 
         The call's scratch (the attention matrix above all) lives in ``self.workspace``, kept between calls; a call
         made while another thread's call holds it gets a workspace of its own."""
@@ -173,7 +182,7 @@ class FusedCMGM:
             return self.kernels.fused_forward(
                 x, y, self.qv_w, self.qv_b, self.k_w, self.k_b, self.proj_w, self.proj_b,
                 self.c1_w, self.c1_b, self.c2_w, self.c2_b, self.map_w, self.map_b, self.eps_x, self.eps_y, self.heads,
-                (attention or self.stages["attention"]) == "kernel", workspace,
+                (attention or self.stages["attention"]) == "kernel", (stores or self.stages["stores"]) == "streaming", workspace,
             )
         finally:
             self.workspace = workspace
@@ -223,14 +232,16 @@ def race(candidates: dict, rounds: int = 21, budget_s: float = 0.25) -> dict[str
     return {name: 1e3 * statistics.median(values) for name, values in times.items()}
 
 
-def choose_stages(fused: FusedCMGM, x, y, key: tuple) -> tuple[dict, dict]:
-    """Per stage, ``"kernel"`` or ``"aten"``, by a race on this shape (once per process and key).
+def choose_stages(fused: FusedCMGM, x, y, key: tuple, stores: tuple[str, ...]) -> tuple[dict, dict]:
+    """Per stage, ``"kernel"`` or ``"aten"``, and the ``stores`` for the call's N x N matrices, by races on this
+    shape (once per process and key).
 
     The map stage races alone. With the map on the kernel, the call runs on the kernels' pool, so the attention
-    stage races as whole calls there; with the map on ATen, alone. ATen's attention is chosen only when it is
-    faster by more than ``ATEN_ATTENTION_MARGIN``: the kernel runs fewer operators, which costs less in a call
-    after idle (which a back-to-back race does not see), and a near tie would otherwise pick either path from run
-    to run.
+    paths race as whole calls there, each with every kind of ``stores``; with the map on ATen, alone (and the
+    stores are ``"cached"``). ATen's attention is chosen only when its best call is faster by more than
+    ``ATEN_ATTENTION_MARGIN``: the kernel runs fewer operators, which costs less in a call after idle (which a
+    back-to-back race does not see), and a near tie would otherwise pick either path from run to run. The
+    chosen attention path's faster stores win.
     """
     if key not in _STAGE_CHOICES:
         with torch.inference_mode():
@@ -238,13 +249,20 @@ def choose_stages(fused: FusedCMGM, x, y, key: tuple) -> tuple[dict, dict]:
             attn = fused.attention(q, k, v, "kernel")[1]
             attention_map = race({path: lambda p=path: fused.attention_map(attn, p) for path in ("kernel", "aten")})
             map_path = min(attention_map, key=attention_map.get)
+            timings = {"map": attention_map}
             if map_path == "kernel":
-                attention = race({path: lambda p=path: fused.on_pool(x, y, p) for path in ("kernel", "aten")})
+                calls = race({(path, kind): lambda p=path, s=kind: fused.on_pool(x, y, p, s) for path in ("kernel", "aten")
+                              for kind in stores})
+                attention = {path: min(calls[path, kind] for kind in stores) for path in ("kernel", "aten")}
             else:
                 attention = race({path: lambda p=path: fused.attention(q, k, v, p) for path in ("kernel", "aten")})
-        faster_aten = attention["aten"] < attention["kernel"] * (1 - ATEN_ATTENTION_MARGIN)
-        stages = {"attention": "aten" if faster_aten else "kernel", "map": map_path}
-        _STAGE_CHOICES[key] = (stages, {"attention": attention, "map": attention_map})
+            timings["attention"] = attention
+        attention_path = "aten" if attention["aten"] < attention["kernel"] * (1 - ATEN_ATTENTION_MARGIN) else "kernel"
+        store_kind = "cached"
+        if map_path == "kernel":
+            timings["stores"] = {kind: calls[attention_path, kind] for kind in stores}
+            store_kind = min(timings["stores"], key=timings["stores"].get)
+        _STAGE_CHOICES[key] = ({"attention": attention_path, "map": map_path, "stores": store_kind}, timings)
     return _STAGE_CHOICES[key]
 
 
@@ -272,10 +290,11 @@ def _register(name: str, dtype: torch.dtype, label: str, description: str, check
         fused.use_kernels(extension, {"attention": "kernel", "map": "kernel"})
         x, y = (torch.randn(case.batch, case.dim, case.height, case.width, generator=torch.Generator().manual_seed(2)) for _ in range(2))
         key = (notes["kernel_target"], label, case.batch, case.heads, case.tokens, case.dim // case.heads, torch.get_num_threads())
-        stages, timings = choose_stages(fused, x, y, key)
+        stores = STORES if kernels.TARGETS[notes["kernel_target"]].streaming_stores else STORES[:1]
+        stages, timings = choose_stages(fused, x, y, key, stores)
         fused.use_kernels(extension, stages)
         notes.update(stage_paths=stages, stage_ms=timings)
-        variant = f"{notes['kernel_target']}: attention={stages['attention']}, map={stages['map']}"
+        variant = f"{notes['kernel_target']}: attention={stages['attention']}, map={stages['map']}, stores={stages['stores']}"
         return Built(fn=lambda x, y: fused(x, y, True), notes=notes, variant=variant)
 
     return build

@@ -15,7 +15,7 @@ from cmgm_bench.results.store import to_row
 from tests.helpers import require_tool, assert_module_outputs_near_float64, assert_near_float64, measure_config
 from cmgm_bench.machine import cpu_features
 from cmgm_bench_impls.builders import kernels
-from cmgm_bench_impls.fused import ATEN_ATTENTION_MARGIN, FusedCMGM
+from cmgm_bench_impls.fused import ATEN_ATTENTION_MARGIN, STORES, FusedCMGM
 
 @pytest.fixture(autouse=True)
 def _compiler():
@@ -120,6 +120,18 @@ def test_map_kernel_matches_conv_for_every_supported_head_count(target_kernels):
             assert_near_float64(target_kernels.fused_map(attn, weight, bias), symmetric_map_float64(attn, weight, bias))
 
 
+@pytest.mark.parametrize("n", [96, 130])
+def test_streaming_stores_write_the_same_map(target_kernels, n):
+    """96: every row of the map starts on a whole vector, so every full-width store streams; 130: most rows do not, and
+    those stores go through the cache. The arithmetic is the same either way: the maps are equal bit for bit."""
+    torch.manual_seed(n)
+    attn = torch.softmax(torch.randn(2, 8, n, n), dim=-1)
+    weight, bias = torch.randn(8, 8, 3, 3), torch.randn(8)
+    streamed = target_kernels.fused_map(attn, weight, bias, True)
+    assert_near_float64(streamed, symmetric_map_float64(attn, weight, bias))
+    assert torch.equal(streamed, target_kernels.fused_map(attn, weight, bias, False))
+
+
 def test_unsupported_head_count_is_a_clear_error(target_kernels):
     with pytest.raises(RuntimeError, match="1, 2, 4, 8 or 16 heads"):
         target_kernels.fused_map(torch.rand(1, 3, 4, 4), torch.rand(3, 3, 3, 3), torch.rand(3))
@@ -175,14 +187,20 @@ def test_the_stage_choice_and_the_target_are_recorded(monkeypatch, target):
     row, notes = to_row(record), record.notes
     assert row["status"] == "ok", row["error"]
     assert notes["kernel_target"] == target and notes["kernel_extension"] == kernels.extension_name(target)
-    assert set(notes["stage_paths"]) == {"attention", "map"} and set(notes["stage_paths"].values()) <= {"kernel", "aten"}
-    for stage, times in notes["stage_ms"].items():
-        assert set(times) == {"kernel", "aten"} and all(ms > 0 for ms in times.values())
-    map_ms, attention_ms = notes["stage_ms"]["map"], notes["stage_ms"]["attention"]
-    assert notes["stage_paths"]["map"] == min(map_ms, key=map_ms.get)
-    aten_clearly_faster = attention_ms["aten"] < attention_ms["kernel"] * (1 - ATEN_ATTENTION_MARGIN)
-    assert notes["stage_paths"]["attention"] == ("aten" if aten_clearly_faster else "kernel")
-    assert row["variant"] == f"{target}: attention={notes['stage_paths']['attention']}, map={notes['stage_paths']['map']}"
+    paths, timings = notes["stage_paths"], notes["stage_ms"]
+    assert set(paths) == {"attention", "map", "stores"} and {paths["attention"], paths["map"]} <= {"kernel", "aten"}
+    assert set(timings["map"]) == set(timings["attention"]) == {"kernel", "aten"}
+    assert paths["map"] == min(timings["map"], key=timings["map"].get)
+    aten_clearly_faster = timings["attention"]["aten"] < timings["attention"]["kernel"] * (1 - ATEN_ATTENTION_MARGIN)
+    assert paths["attention"] == ("aten" if aten_clearly_faster else "kernel")
+    if paths["map"] == "kernel":  # the stores raced with the chosen attention path, every kind the target has
+        stores = STORES if kernels.TARGETS[target].streaming_stores else STORES[:1]
+        assert set(timings["stores"]) == set(stores) and paths["stores"] == min(timings["stores"], key=timings["stores"].get)
+        assert timings["attention"][paths["attention"]] == min(timings["stores"].values())
+    else:
+        assert paths["stores"] == "cached" and "stores" not in timings
+    assert all(ms > 0 for times in timings.values() for ms in times.values())
+    assert row["variant"] == f"{target}: attention={paths['attention']}, map={paths['map']}, stores={paths['stores']}"
 
 
 @pytest.mark.parametrize("path", ["kernel", "aten"])

@@ -45,22 +45,44 @@ def test_one_thread_runs_on_the_caller_alone(operators):
     assert ran_by_worker(operators, 6, 1, hold_workers=False) == [0] * 6
 
 
-@pytest.mark.parametrize("attention, attention_map", [("kernel", "kernel"), ("aten", "kernel"), ("kernel", "aten"), ("aten", "aten")])
+@pytest.mark.parametrize(
+    "attention, attention_map, stores",
+    [("kernel", "kernel", "cached"), ("aten", "kernel", "cached"), ("kernel", "kernel", "streaming"), ("aten", "kernel", "streaming"),
+     ("kernel", "aten", "cached"), ("aten", "aten", "cached")],
+)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_every_stage_choice_gives_the_reference_on_two_threads(operators, two_threads, attention, attention_map, dtype):
+def test_every_stage_choice_gives_the_reference_on_two_threads(operators, two_threads, attention, attention_map, stores, dtype):
     """fwd with the map on the kernel runs as one operator on the pool (either attention path), otherwise as torch
     operators; batch 2 and an odd map, so that row and channel chunks split unevenly."""
     from cmgm_bench.machine import cpu_features
 
     if dtype == torch.bfloat16 and not cpu_features.native_bfloat16():
         pytest.skip("fused-bf16 needs native bfloat16 (its refusal is tested in test_fused)")
+    if stores == "streaming" and not kernels.TARGETS[kernels.best_target()].streaming_stores:
+        pytest.skip("this target's kernels have no streaming stores")
     module = copy.deepcopy(reference_module(32, 4, 0, 9, 7)).eval()
     x, y = make_inputs(2, 32, 9, 7, 0)
     fused = FusedCMGM(module, dtype)
-    fused.use_kernels(operators, {"attention": attention, "map": attention_map})
+    fused.use_kernels(operators, {"attention": attention, "map": attention_map, "stores": stores})
     with torch.inference_mode():
         out, attn_map = fused(x, y, want_map=True)
     assert_module_outputs_near_float64(out, attn_map, module, x, y, "float32" if dtype == torch.float32 else "bfloat16")
+
+
+def test_streaming_stores_give_the_cached_call_bit_for_bit(operators, two_threads):
+    """An 8x8 map (N = 64 tokens): every row of the attention matrix and of the map starts on a whole vector, so every
+    full-width store of both streams; the arithmetic is the same as through the cache."""
+    if not kernels.TARGETS[kernels.best_target()].streaming_stores:
+        pytest.skip("this target's kernels have no streaming stores")
+    module = copy.deepcopy(reference_module(32, 4, 0, 8, 8)).eval()
+    x, y = make_inputs(2, 32, 8, 8, 0)
+    fused = FusedCMGM(module, torch.float32)
+    fused.use_kernels(operators, {"attention": "kernel", "map": "kernel"})
+    with torch.inference_mode():
+        streamed = fused.on_pool(x, y, stores="streaming")
+        cached = fused.on_pool(x, y, stores="cached")
+    assert_module_outputs_near_float64(*streamed, module, x, y)
+    assert torch.equal(streamed[0], cached[0]) and torch.equal(streamed[1], cached[1])
 
 
 def test_an_error_inside_a_chunk_comes_back_as_an_exception(operators, two_threads):

@@ -44,6 +44,7 @@ class Target:
     cflags: tuple[str, ...]
     cpu_flags: tuple[str, ...]  # /proc/cpuinfo flags the target's instructions need
     x86: bool = True
+    streaming_stores: bool = True  # the kernels' non-temporal stores (simd.h: kStreamingStores), AVX2 and AVX-512 builds
 
 
 TARGETS = {
@@ -51,7 +52,7 @@ TARGETS = {
     for target in (
         Target("x86-64-v4", ("-march=x86-64-v4", "-mtune=generic"), ("avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl")),
         Target("x86-64-v3", ("-march=x86-64-v3", "-mtune=generic"), ("avx", "avx2", "fma", "bmi1", "bmi2", "f16c", "movbe")),
-        Target("portable", (), (), x86=False),
+        Target("portable", (), (), x86=False, streaming_stores=False),
     )
 }
 

@@ -2,7 +2,9 @@
 
 Times, interleaved round by round in one process (this host's speed drifts
 by up to 2x within seconds, so only numbers from the same rounds are
-compared): the whole ``eager`` and ``fused`` calls, each fused kernel alone,
+compared): the whole ``eager`` and ``fused`` calls (the latter with its N x N
+matrices written through the cache and, where the target has them, with
+streaming stores), each fused kernel alone,
 ATen's equivalents, and two ceilings (an MKL float32 matmul and a 20 MB fill).
 Prints median and minimum per item, with GFLOP/s and GB/s where they apply.
 
@@ -64,6 +66,11 @@ def main() -> None:
         "ceiling: MKL matmul 1024^3": (lambda: square @ square, 2 * 1024**3, None),
         "ceiling: fill one N x N matrix": (lambda: buffer.fill_(1.0), None, matrix_bytes),
     }
+    if kernel_builds.TARGETS[args.target].streaming_stores:
+        streamed = FusedCMGM(module, torch.float32)
+        streamed.use_kernels(kernels, {"attention": "kernel", "map": "kernel", "stores": "streaming"})
+        items["fused fwd, streaming stores"] = (lambda: streamed(x, y, True), None, None)
+        items["map kernel, streaming stores"] = (lambda: kernels.fused_map(attn, weight, bias, True), 2 * map_macs, 2 * matrix_bytes)
     times = {name: [] for name in items}
     with torch.inference_mode():
         for call, _, _ in items.values():

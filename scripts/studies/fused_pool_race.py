@@ -2,7 +2,8 @@
 
 One process; each round runs every variant in a shuffled order: five calls back to back (their median), then
 ``--gap-ms`` of sleep and one call (the after-idle time). Variants: the call as one operator on the kernels' pool
-(``FusedCMGM.on_pool``) with the attention stage on the kernel or on ATen's matmuls, and the call as a sequence of
+(``FusedCMGM.on_pool``) with the attention stage on the kernel or on ATen's matmuls (and, on targets with streaming
+stores, the attention kernel with its N x N matrices written by streaming stores), and the call as a sequence of
 torch operators (``FusedCMGM.by_operators``, the kernels for both stages). Prints each variant's medians over the
 rounds. Start a busy neighbour beside it to see what a descheduled worker costs:
 
@@ -37,9 +38,12 @@ def main() -> None:
     module = reference_module(64, 8, 0, args.res, args.res).eval()
     x, y = make_inputs(1, 64, args.res, args.res, 0)
     variants = {}
-    for name, attention in (("pool, attention kernel", "kernel"), ("pool, attention ATen", "aten")):
+    on_pool = [("pool, attention kernel", "kernel", "cached"), ("pool, attention ATen", "aten", "cached")]
+    if kernels.TARGETS[kernels.best_target()].streaming_stores:
+        on_pool.append(("pool, kernel, streaming stores", "kernel", "streaming"))
+    for name, attention, stores in on_pool:
         fused = FusedCMGM(module, torch.float32)
-        fused.use_kernels(extension, {"attention": attention, "map": "kernel"})
+        fused.use_kernels(extension, {"attention": attention, "map": "kernel", "stores": stores})
         variants[name] = fused.on_pool
     operators = FusedCMGM(module, torch.float32)
     operators.use_kernels(extension, {"attention": "kernel", "map": "kernel"})
@@ -62,7 +66,7 @@ def main() -> None:
                 after_idle[name].append(time.perf_counter() - started)
     print(f"fused fwd {args.res}x{args.res}, {args.threads} threads, medians of {args.rounds} rounds")
     for name in variants:
-        print(f"{name:>26}: back to back {1e3 * statistics.median(back_to_back[name]):8.3f} ms, "
+        print(f"{name:>30}: back to back {1e3 * statistics.median(back_to_back[name]):8.3f} ms, "
               f"after {args.gap_ms:g} ms idle {1e3 * statistics.median(after_idle[name]):8.3f} ms")
 
 

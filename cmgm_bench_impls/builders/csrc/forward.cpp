@@ -8,6 +8,9 @@
 // of a call waits for a worker that has not started (PyTorch's OpenMP regions
 // would: a sleeping or descheduled worker holds their closing barrier).
 //
+// The attention matrix (when the kernel writes it) and the map are written with
+// streaming stores when `streaming_stores` is set (the stage race's choice).
+//
 // The chunks write their results through views made on the thread that runs
 // them (from_blob), so a buffer made by a caller in inference mode is never
 // changed in place from a worker thread, which is outside it.
@@ -121,7 +124,7 @@ std::array<int64_t, 3> token_rows(const Shape& s, int64_t parts, int64_t chunk) 
 
 std::tuple<Tensor, Tensor> fused_forward(Tensor x, Tensor y, Tensor qv_w, Tensor qv_b, Tensor k_w, Tensor k_b, Tensor proj_w, Tensor proj_b,
                                          Tensor c1_w, Tensor c1_b, Tensor c2_w, Tensor c2_b, Tensor map_w, Tensor map_b, double eps_x,
-                                         double eps_y, int64_t heads, bool kernel_attention, Tensor workspace) {
+                                         double eps_y, int64_t heads, bool kernel_attention, bool streaming_stores, Tensor workspace) {
   STD_TORCH_CHECK(x.dim() == 4 && y.dim() == 4 && x.is_cpu() && y.is_cpu(), "x and y must be (B, C, H, W) CPU tensors");
   STD_TORCH_CHECK(x.scalar_type() == ScalarType::Float && y.scalar_type() == ScalarType::Float, "x and y must be float32");
   for (int64_t dim = 0; dim < 4; ++dim) STD_TORCH_CHECK(x.size(dim) == y.size(dim), "x and y must have one shape");
@@ -131,6 +134,7 @@ std::tuple<Tensor, Tensor> fused_forward(Tensor x, Tensor y, Tensor qv_w, Tensor
   STD_TORCH_CHECK(workspace.scalar_type() == ScalarType::Byte && workspace.dim() == 1 && workspace.is_cpu(),
                   "the workspace must be a 1-D uint8 CPU tensor");
   STD_TORCH_CHECK(dtype == ScalarType::Float || dtype == ScalarType::BFloat16, "the weights must be float32 or bfloat16");
+  STD_TORCH_CHECK(!streaming_stores || cmgm::kStreamingStores, "this build of the kernels has no streaming stores");
   STD_TORCH_CHECK(map_w.scalar_type() == ScalarType::Float && map_b.scalar_type() == ScalarType::Float && map_w.is_contiguous() &&
                       map_b.is_contiguous() && map_w.numel() == heads * heads * 9 && map_b.numel() == heads,
                   "the map's weight must be (h, h, 3, 3) and its bias (h), contiguous float32");  // read as raw buffers
@@ -178,7 +182,7 @@ std::tuple<Tensor, Tensor> fused_forward(Tensor x, Tensor y, Tensor qv_w, Tensor
     cmgm::AttentionInputs inputs{qv_data, k_data, qv_data + C * bytes, dtype == ScalarType::BFloat16,
                                  {{N * 2 * C, d, 2 * C, 1}, {N * C, d, C, 1}, {N * 2 * C, d, 2 * C, 1}}, B, heads, N, d};
     if (dtype == ScalarType::Float) {
-      cmgm::softmax_attention(inputs, reinterpret_cast<float*>(attn_data), mixed_data, threads);
+      cmgm::softmax_attention(inputs, reinterpret_cast<float*>(attn_data), mixed_data, threads, streaming_stores);
     } else {
       cmgm::softmax_attention(inputs, reinterpret_cast<cmgm::bf16*>(attn_data), mixed_data, threads);
     }
@@ -233,9 +237,9 @@ std::tuple<Tensor, Tensor> fused_forward(Tensor x, Tensor y, Tensor qv_w, Tensor
   const auto* bias = static_cast<const float*>(map_b.const_data_ptr());
   auto* map_data = static_cast<float*>(map.mutable_data_ptr());
   if (dtype == ScalarType::Float) {
-    cmgm::fused_map(reinterpret_cast<const float*>(attn_data), w, bias, map_data, B, heads, N, threads);
+    cmgm::fused_map(reinterpret_cast<const float*>(attn_data), w, bias, map_data, B, heads, N, threads, streaming_stores);
   } else {
-    cmgm::fused_map(reinterpret_cast<const cmgm::bf16*>(attn_data), w, bias, map_data, B, heads, N, threads);
+    cmgm::fused_map(reinterpret_cast<const cmgm::bf16*>(attn_data), w, bias, map_data, B, heads, N, threads, streaming_stores);
   }
   return {out, map};
 }
@@ -246,7 +250,7 @@ STABLE_TORCH_LIBRARY_FRAGMENT(CMGM_NAMESPACE, m) {
   m.def(
       "fused_forward(Tensor x, Tensor y, Tensor qv_w, Tensor qv_b, Tensor k_w, Tensor k_b, Tensor proj_w, Tensor proj_b, "
       "Tensor c1_w, Tensor c1_b, Tensor c2_w, Tensor c2_b, Tensor map_w, Tensor map_b, float eps_x, float eps_y, int heads, "
-      "bool kernel_attention, Tensor(a!) workspace) "
+      "bool kernel_attention, bool streaming_stores, Tensor(a!) workspace) "
       "-> (Tensor, Tensor)");
 }
 

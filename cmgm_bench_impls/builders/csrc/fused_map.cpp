@@ -8,7 +8,10 @@
 // register (W = 16 on AVX-512, 8 on AVX2), in blocks of output channels and
 // pixels sized to the target's register file, and written once. A + A^T is symmetric: the tile at (J, I)
 // is the transpose of the one at (I, J), so tiles are done in mirrored pairs
-// and A is read from memory once.
+// and A is read from memory once. The map can be written with streaming
+// (non-temporal) stores: no line of it is read into the cache before it is
+// written, which halves its traffic where memory bounds the kernel; whether
+// that pays depends on the CPU's write-combining, so the stage race decides.
 #include <algorithm>
 #include <utility>
 #include <vector>
@@ -81,7 +84,7 @@ void transpose_tile(const float* s, float* t) {
 
 // One row of a tile: OC output channels (o0 ...) of G * W pixels, accumulated
 // in registers (H, OC and G known at compile time so the accumulators stay in them).
-template <int H, int OC, int G>
+template <int H, int OC, int G, bool streaming>
 inline void row_block(const float* tile, const float* Wt, const float* bias, float* out,
                       int64_t n, int64_t ii, int64_t jv, int64_t width, int64_t out_offset, int o0) {
   vf acc[OC][G];
@@ -104,7 +107,11 @@ inline void row_block(const float* tile, const float* Wt, const float* bias, flo
     for (int g = 0; g < G; ++g) {
       const vf value = cmgm::relu(acc[o][g]);
       if (W * g + W <= width) {
-        cmgm::store(dst + W * g, value);
+        if (streaming) {
+          cmgm::store_streaming(dst + W * g, value);
+        } else {
+          cmgm::store(dst + W * g, value);
+        }
       } else {
         for (int k = 0; W * g + k < width; ++k) dst[W * g + k] = value[k];
       }
@@ -153,7 +160,7 @@ class RowPrefetcher {
 
 // All H output channels of one tile from its padded input tile; prefetches
 // `per_row` planned rows of the next pair after each output row.
-template <int H, typename scalar_t>
+template <int H, bool streaming, typename scalar_t>
 void convolve_tile(const float* tile, const float* Wt, const float* bias, float* out, int64_t n, int64_t b, int64_t i0, int64_t j0,
                    RowPrefetcher<scalar_t>& prefetcher, size_t per_row) {
   constexpr int OC = Blocking<H>::OC, G = Blocking<H>::G;
@@ -161,7 +168,7 @@ void convolve_tile(const float* tile, const float* Wt, const float* bias, float*
   for (int64_t ii = 0; ii < rows; ++ii) {
     for (int64_t jv = 0; jv < cols; jv += W * G)
       for (int o0 = 0; o0 < H; o0 += OC)
-        row_block<H, OC, G>(tile, Wt, bias, out, n, ii, jv, cols - jv, (b * H * n + i0 + ii) * n + j0 + jv, o0);
+        row_block<H, OC, G, streaming>(tile, Wt, bias, out, n, ii, jv, cols - jv, (b * H * n + i0 + ii) * n + j0 + jv, o0);
     prefetcher.step(per_row);
   }
 }
@@ -169,7 +176,7 @@ void convolve_tile(const float* tile, const float* Wt, const float* bias, float*
 // The weight is laid out (c, di, dj, o): the h weights of one tap are contiguous.
 // Tiles are taken in mirrored pairs (I, J), (J, I): A is read once for both,
 // and the second tile of A + A^T is the first one transposed in cache.
-template <int H, typename scalar_t>
+template <int H, bool streaming, typename scalar_t>
 void fused_map_kernel(const scalar_t* A, const float* Wt, const float* bias, float* out, int64_t batch, int64_t n, int threads) {
   const int64_t tiles = (n + T - 1) / T;
   std::vector<std::pair<int64_t, int64_t>> pairs;  // (I, J) with I <= J
@@ -192,11 +199,12 @@ void fused_map_kernel(const scalar_t* A, const float* Wt, const float* bias, flo
       }
       const int64_t output_rows = (i0 == j0 ? 1 : 2) * std::min(T, n - i0);
       const size_t per_row = (prefetcher.size() + output_rows - 1) / output_rows;
-      convolve_tile<H>(tile.data(), Wt, bias, out, n, b, i0, j0, prefetcher, per_row);
+      convolve_tile<H, streaming>(tile.data(), Wt, bias, out, n, b, i0, j0, prefetcher, per_row);
       if (i0 == j0) continue;
       for (int64_t c = 0; c < H; ++c) transpose_tile(tile.data() + c * P * P, mirrored.data() + c * P * P);
-      convolve_tile<H>(mirrored.data(), Wt, bias, out, n, b, j0, i0, prefetcher, per_row);
+      convolve_tile<H, streaming>(mirrored.data(), Wt, bias, out, n, b, j0, i0, prefetcher, per_row);
     }
+    if (streaming) cmgm::streaming_stores_done();
   });
 }
 
@@ -208,16 +216,24 @@ std::vector<float> taps_major(const float* weight, int64_t heads) {
   return taps;
 }
 
-template <typename scalar_t>
+template <bool streaming, typename scalar_t>
 void dispatch_heads(const scalar_t* A, const float* Wt, const float* bias, float* out, int64_t batch, int64_t heads, int64_t n,
                     int threads) {
   switch (heads) {
-    case 1: return fused_map_kernel<1>(A, Wt, bias, out, batch, n, threads);
-    case 2: return fused_map_kernel<2>(A, Wt, bias, out, batch, n, threads);
-    case 4: return fused_map_kernel<4>(A, Wt, bias, out, batch, n, threads);
-    case 8: return fused_map_kernel<8>(A, Wt, bias, out, batch, n, threads);
-    case 16: return fused_map_kernel<16>(A, Wt, bias, out, batch, n, threads);
+    case 1: return fused_map_kernel<1, streaming>(A, Wt, bias, out, batch, n, threads);
+    case 2: return fused_map_kernel<2, streaming>(A, Wt, bias, out, batch, n, threads);
+    case 4: return fused_map_kernel<4, streaming>(A, Wt, bias, out, batch, n, threads);
+    case 8: return fused_map_kernel<8, streaming>(A, Wt, bias, out, batch, n, threads);
+    case 16: return fused_map_kernel<16, streaming>(A, Wt, bias, out, batch, n, threads);
   }
+}
+
+template <typename scalar_t>
+void dispatch_stores(const scalar_t* A, const float* weight, const float* bias, float* out, int64_t batch, int64_t heads, int64_t n,
+                     int threads, bool streaming) {
+  const std::vector<float> Wt = taps_major(weight, heads);
+  if (streaming) return dispatch_heads<true>(A, Wt.data(), bias, out, batch, heads, n, threads);
+  dispatch_heads<false>(A, Wt.data(), bias, out, batch, heads, n, threads);
 }
 
 }  // namespace
@@ -227,13 +243,13 @@ namespace cmgm {
 bool fused_map_supports(int64_t heads) { return heads == 1 || heads == 2 || heads == 4 || heads == 8 || heads == 16; }
 
 void fused_map(const float* attn, const float* weight, const float* bias, float* out, int64_t batch, int64_t heads, int64_t n,
-               int threads) {
-  dispatch_heads(attn, taps_major(weight, heads).data(), bias, out, batch, heads, n, threads);
+               int threads, bool streaming) {
+  dispatch_stores(attn, weight, bias, out, batch, heads, n, threads, streaming);
 }
 
 void fused_map(const bf16* attn, const float* weight, const float* bias, float* out, int64_t batch, int64_t heads, int64_t n,
-               int threads) {
-  dispatch_heads(attn, taps_major(weight, heads).data(), bias, out, batch, heads, n, threads);
+               int threads, bool streaming) {
+  dispatch_stores(attn, weight, bias, out, batch, heads, n, threads, streaming);
 }
 
 }  // namespace cmgm

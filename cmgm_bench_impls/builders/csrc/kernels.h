@@ -11,10 +11,13 @@
 namespace cmgm {
 
 // out (B, h, N, N) float32 = ReLU(conv3x3(A + A^T, weight) + bias) for A (B, h, N, N), contiguous;
-// weight (h, h, 3, 3) and bias (h), float32 and contiguous, with the BatchNorm folded in.
+// weight (h, h, 3, 3) and bias (h), float32 and contiguous, with the BatchNorm folded in. `streaming`:
+// out is written with streaming stores (kStreamingStores: where the target has them).
 bool fused_map_supports(int64_t heads);
-void fused_map(const float* attn, const float* weight, const float* bias, float* out, int64_t batch, int64_t heads, int64_t n, int threads);
-void fused_map(const bf16* attn, const float* weight, const float* bias, float* out, int64_t batch, int64_t heads, int64_t n, int threads);
+void fused_map(const float* attn, const float* weight, const float* bias, float* out, int64_t batch, int64_t heads, int64_t n, int threads,
+               bool streaming);
+void fused_map(const bf16* attn, const float* weight, const float* bias, float* out, int64_t batch, int64_t heads, int64_t n, int threads,
+               bool streaming);
 
 // q, k, v: (B, h, N, d), float32 or bfloat16, with any element strides; q already scaled.
 struct AttentionInputs {
@@ -27,7 +30,7 @@ struct AttentionInputs {
 };
 
 // Writes out (B, N, h, d) float32 and, when attn is not null, the softmax matrix (B, h, N, N).
-void softmax_attention(const AttentionInputs& inputs, float* attn, float* out, int threads);
-void softmax_attention(const AttentionInputs& inputs, bf16* attn, float* out, int threads);
+void softmax_attention(const AttentionInputs& inputs, float* attn, float* out, int threads, bool streaming = false);
+void softmax_attention(const AttentionInputs& inputs, bf16* attn, float* out, int threads, bool streaming = false);
 
 }  // namespace cmgm

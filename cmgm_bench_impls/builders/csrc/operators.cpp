@@ -27,7 +27,7 @@ bool float_or_bfloat16(const Tensor& t) {
   return t.scalar_type() == ScalarType::Float || t.scalar_type() == ScalarType::BFloat16;
 }
 
-Tensor fused_map(Tensor attn, Tensor weight, Tensor bias) {
+Tensor fused_map(Tensor attn, Tensor weight, Tensor bias, bool streaming) {
   STD_TORCH_CHECK(attn.dim() == 4 && attn.size(2) == attn.size(3), "attn must be (B, h, N, N)");
   STD_TORCH_CHECK(attn.is_cpu() && attn.is_contiguous(), "attn must be a contiguous CPU tensor");
   STD_TORCH_CHECK(float_or_bfloat16(attn), "attn must be float32 or bfloat16");
@@ -37,6 +37,7 @@ Tensor fused_map(Tensor attn, Tensor weight, Tensor bias) {
                       weight.is_contiguous() && bias.is_contiguous() && weight.is_cpu() && bias.is_cpu(),
                   "weight and bias must be contiguous float32 CPU tensors");
   STD_TORCH_CHECK(weight.numel() == heads * heads * 9 && bias.numel() == heads, "weight must be (h, h, 3, 3), bias (h)");
+  STD_TORCH_CHECK(!streaming || cmgm::kStreamingStores, "this build of the kernels has no streaming stores");
   Tensor out = torch::stable::new_empty(attn, {batch, heads, n, n}, ScalarType::Float);
   auto* out_data = static_cast<float*>(out.mutable_data_ptr());
   cmgm::prefer_huge_pages(out_data, out.numel() * sizeof(float));
@@ -44,9 +45,9 @@ Tensor fused_map(Tensor attn, Tensor weight, Tensor bias) {
   const auto* b = static_cast<const float*>(bias.const_data_ptr());
   const int threads = static_cast<int>(torch::stable::get_num_threads());
   if (attn.scalar_type() == ScalarType::Float) {
-    cmgm::fused_map(static_cast<const float*>(attn.const_data_ptr()), w, b, out_data, batch, heads, n, threads);
+    cmgm::fused_map(static_cast<const float*>(attn.const_data_ptr()), w, b, out_data, batch, heads, n, threads, streaming);
   } else {
-    cmgm::fused_map(static_cast<const cmgm::bf16*>(attn.const_data_ptr()), w, b, out_data, batch, heads, n, threads);
+    cmgm::fused_map(static_cast<const cmgm::bf16*>(attn.const_data_ptr()), w, b, out_data, batch, heads, n, threads, streaming);
   }
   return out;
 }
@@ -116,7 +117,7 @@ void pool_probe(Tensor ran_by_worker, int64_t threads, bool hold_workers) {
 #define CMGM_IMPLEMENT(ns, m) STABLE_TORCH_LIBRARY_IMPL(ns, CPU, m)
 
 CMGM_DEFINE(CMGM_NAMESPACE, m) {
-  m.def("fused_map(Tensor attn, Tensor weight, Tensor bias) -> Tensor");
+  m.def("fused_map(Tensor attn, Tensor weight, Tensor bias, bool streaming=False) -> Tensor");
   m.def("softmax_attention(Tensor q, Tensor k, Tensor v, bool want_attn, ScalarType attn_dtype) -> (Tensor, Tensor)");
   m.def("pool_probe(Tensor(a!) ran_by_worker, int threads, bool hold_workers) -> ()");
 }

@@ -80,6 +80,31 @@ inline vf load(const bf16* p) {
 
 inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
 
+// A store that bypasses the cache (non-temporal: the line is not read first) where p is aligned to a
+// whole vector, a plain store otherwise. Streaming stores are weakly ordered: the thread that made
+// them calls streaming_stores_done() before any other thread may read what they wrote.
+constexpr bool kStreamingStores =
+#if defined(__AVX512F__) || defined(__AVX2__)
+    true;
+#else
+    false;
+#endif
+
+inline void store_streaming(float* p, vf v) {
+#if defined(__AVX512F__)
+  if (reinterpret_cast<uintptr_t>(p) % sizeof v == 0) return _mm512_stream_ps(p, reinterpret_cast<__m512>(v));
+#elif defined(__AVX2__)
+  if (reinterpret_cast<uintptr_t>(p) % sizeof v == 0) return _mm256_stream_ps(p, reinterpret_cast<__m256>(v));
+#endif
+  store(p, v);
+}
+
+inline void streaming_stores_done() {
+#if defined(__AVX512F__) || defined(__AVX2__)
+  _mm_sfence();
+#endif
+}
+
 // The bfloat16 bits of float32 bits (one value or a vector of them), rounded to nearest
 // even as c10::BFloat16's constructor rounds (finite values).
 template <typename Bits>

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <limits>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "kernels.h"
@@ -37,7 +38,7 @@ struct Layout {
 // ROWS query rows of one head. For each: S = q K^T, softmax, A V. Writes the
 // normalised rows of A to attn_rows[r] (when not null) and A V to out_rows[r]
 // (d floats each). `scratch` holds ROWS x n_pad floats.
-template <typename attn_t>
+template <bool streaming, typename attn_t>
 void attend_rows(const float* const (&q)[ROWS], const float* kT, const float* vT, const Layout& L, float* scratch,
                  attn_t* const (&attn_rows)[ROWS], float* const (&out_rows)[ROWS]) {
   constexpr float lowest = -std::numeric_limits<float>::infinity();
@@ -88,7 +89,11 @@ void attend_rows(const float* const (&q)[ROWS], const float* kT, const float* vT
     for (int64_t j = 0; j < L.n_pad; j += W) {
       const vf a = load(row + j) * inverse[r];
       if (j + W <= L.n) {
-        store(attn_rows[r] + j, a);
+        if constexpr (streaming && std::is_same_v<attn_t, float>) {
+          cmgm::store_streaming(attn_rows[r] + j, a);
+        } else {
+          store(attn_rows[r] + j, a);
+        }
       } else {
         for (int64_t k = 0; j + k < L.n; ++k) cmgm::store_one(attn_rows[r] + j + k, a[k]);
       }
@@ -96,7 +101,7 @@ void attend_rows(const float* const (&q)[ROWS], const float* kT, const float* vT
   }
 }
 
-template <typename attn_t>
+template <bool streaming, typename attn_t>
 void attend_all(const float* Q, const float* K, const float* V, const Layout& L, int64_t batch, int64_t heads, attn_t* attn,
                 float* out, int threads) {
   const int64_t groups = (L.n + ROWS - 1) / ROWS;
@@ -114,8 +119,9 @@ void attend_all(const float* Q, const float* K, const float* V, const Layout& L,
         attn_rows[r] = attn == nullptr ? nullptr : attn + (bh * L.n + i) * L.n;
         out_rows[r] = out + ((b * L.n + i) * heads + h) * L.d;  // token-major: (B, N, h, d)
       }
-      attend_rows(q_rows, K + bh * L.d_pad * L.n_pad, V + bh * L.d_pad * L.n_pad, L, scratch.data(), attn_rows, out_rows);
+      attend_rows<streaming>(q_rows, K + bh * L.d_pad * L.n_pad, V + bh * L.d_pad * L.n_pad, L, scratch.data(), attn_rows, out_rows);
     }
+    if (streaming) cmgm::streaming_stores_done();
   });
 }
 
@@ -147,7 +153,7 @@ void pad_operands(const cmgm::AttentionInputs& in, const Layout& L, float* q, fl
 }
 
 template <typename attn_t>
-void attention(const cmgm::AttentionInputs& in, attn_t* attn, float* out, int threads) {
+void attention(const cmgm::AttentionInputs& in, attn_t* attn, float* out, int threads, bool streaming) {
   const Layout L{in.n, (in.n + W - 1) / W * W, in.d, (in.d + D_ALIGN - 1) / D_ALIGN * D_ALIGN};
   const int64_t operand = in.batch * in.heads * L.d_pad * L.n_pad;  // kT, vT; q is smaller (n <= n_pad)
   std::unique_ptr<float[]> q(new float[operand]), kT(new float[operand]), vT(new float[operand]);  // every entry written
@@ -156,19 +162,20 @@ void attention(const cmgm::AttentionInputs& in, attn_t* attn, float* out, int th
   } else {
     pad_operands<float>(in, L, q.get(), kT.get(), vT.get(), threads);
   }
-  attend_all(q.get(), kT.get(), vT.get(), L, in.batch, in.heads, attn, out, threads);
+  if (streaming) return attend_all<true>(q.get(), kT.get(), vT.get(), L, in.batch, in.heads, attn, out, threads);
+  attend_all<false>(q.get(), kT.get(), vT.get(), L, in.batch, in.heads, attn, out, threads);
 }
 
 }  // namespace
 
 namespace cmgm {
 
-void softmax_attention(const AttentionInputs& inputs, float* attn, float* out, int threads) {
-  attention(inputs, attn, out, threads);
+void softmax_attention(const AttentionInputs& inputs, float* attn, float* out, int threads, bool streaming) {
+  attention(inputs, attn, out, threads, streaming);
 }
 
-void softmax_attention(const AttentionInputs& inputs, bf16* attn, float* out, int threads) {
-  attention(inputs, attn, out, threads);
+void softmax_attention(const AttentionInputs& inputs, bf16* attn, float* out, int threads, bool streaming) {
+  attention(inputs, attn, out, threads, streaming);
 }
 
 }  // namespace cmgm
