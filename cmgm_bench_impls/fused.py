@@ -18,11 +18,15 @@ A ``fwd`` call with the map on the kernel is one operator (``csrc/forward.cpp``)
 whose every parallel region (the layer norms and projections by rows of
 tokens, the attention, the feature convolutions by groups of output channels,
 the map) runs on the kernels' own thread pool (``csrc/pool.h``), ATen's
-operators single-threaded inside its chunks. Its two N x N matrices (the
-attention matrix the kernel writes and the map) are written through the cache
-(``cached``) or, on the x86 targets, with streaming stores that skip it
-(``streaming``): no line is read before it is written, which halves their
-traffic where memory bounds the call. The pool's caller claims work
+operators single-threaded inside its chunks. There the map stage has a second
+path, ``recompute``: the attention kernel stores no N x N matrix, only its
+operands and each row's softmax maximum and sum, and the map kernel recomputes
+the matrix tile by tile (equal bit for bit: the same operations in the same
+order), trading ~1.5x the map's arithmetic for the matrix's trip to memory and
+back. The call's N x N matrices (the attention matrix, when stored, and the map)
+are written through the cache (``cached``) or, on the x86 targets, with streaming
+stores that skip it (``streaming``): no line is read before it is written, which
+halves their traffic where memory bounds the call. The pool's caller claims work
 like its workers, so no region waits for a worker that is asleep after idle
 or descheduled by a busy neighbour; PyTorch's OpenMP regions would. The call's
 scratch (the attention matrix: 170 MB at 48x48) is a workspace the
@@ -31,10 +35,10 @@ implementation keeps between calls, so its pages are faulted in once.
 Per stage, the faster path wins: at build time each kernel is raced against
 ATen's equivalent (softmax attention with ``matmul``; add, ``conv2d``, ReLU) on
 the case's shape, once per process and shape (when the map is on the kernel,
-the attention paths with either kind of store as whole calls on the pool; ATen's
-attention must be faster by ``ATEN_ATTENTION_MARGIN``). Streaming stores won at
-28x28 and 48x48 and lost at 11x11 on an AVX-512 Xeon (docs/performance.md,
-"Streaming stores"), so they are raced too. The choice and the times are in the case's notes and
+the attention paths, the map read or recomputed and either kind of store race
+as whole calls on the pool; ATen's attention must be faster by
+``ATEN_ATTENTION_MARGIN``). Which of them wins depends on the shape and the CPU
+(docs/performance.md, "Streaming stores" and "The map recomputed"). The choice and the times are in the case's notes and
 ``variant`` column, so a kernel that loses on some CPU never costs the folded
 model its gain.
 
@@ -62,6 +66,8 @@ from cmgm_bench_impls.builders import kernels
 
 KERNEL_HEADS = (1, 2, 4, 8, 16)
 STORES = ("cached", "streaming")  # how a call on the pool writes its N x N matrices: through the cache, or past it
+# (attention, map) paths of a call on the pool: the map reads the stored matrix, or recomputes it from the attention kernel's rows
+ON_POOL = (("kernel", "kernel"), ("aten", "kernel"), ("kernel", "recompute"))
 
 
 def map_kernel_problem(case) -> str | None:
@@ -127,8 +133,9 @@ class FusedCMGM:
         self.stages = {"attention": "aten", "map": "aten", "stores": "cached"}
 
     def use_kernels(self, extension, stages: dict[str, str]) -> None:
-        """Run fwd's attention and map stages on ``"kernel"`` (ours) or ``"aten"``, and write a call's N x N matrices
-        on the pool with ``stages["stores"]`` (one of ``STORES``; ``"cached"`` if not given)."""
+        """Run fwd's attention stage on ``"kernel"`` (ours) or ``"aten"``, its map stage on ``"kernel"``, ``"aten"`` or
+        ``"recompute"`` (the kernel's, on the pool, after the attention kernel), and write a call's N x N matrices on the
+        pool with ``stages["stores"]`` (one of ``STORES``; ``"cached"`` if not given)."""
         self.kernels, self.stages = extension, {"stores": "cached", **stages}
 
     def attention(self, q, k, v, path: str):
@@ -168,10 +175,11 @@ class FusedCMGM:
         g = F.relu(F.conv2d(g, self.c2_w, self.c2_b, padding=1))
         return (g + fused).float()
 
-    def on_pool(self, x: torch.Tensor, y: torch.Tensor, attention: str | None = None, stores: str | None = None):
+    def on_pool(self, x: torch.Tensor, y: torch.Tensor, attention: str | None = None, stores: str | None = None,
+                attention_map: str | None = None):
         """fwd's whole call as one operator of the kernels (``csrc/forward.cpp``), every parallel region on their pool;
-        the attention stage on ``attention``, the N x N matrices written with ``stores`` (defaults: the choices made
-        for them), the map stage on the kernel.
+        the attention stage on ``attention``, the map on ``attention_map`` (``"kernel"`` or ``"recompute"``), the N x N
+        matrices written with ``stores`` (defaults: the choices made for them).
 
         The call's scratch (the attention matrix above all) lives in ``self.workspace``, kept between calls; a call
         made while another thread's call holds it gets a workspace of its own."""
@@ -182,13 +190,14 @@ class FusedCMGM:
             return self.kernels.fused_forward(
                 x, y, self.qv_w, self.qv_b, self.k_w, self.k_b, self.proj_w, self.proj_b,
                 self.c1_w, self.c1_b, self.c2_w, self.c2_b, self.map_w, self.map_b, self.eps_x, self.eps_y, self.heads,
-                (attention or self.stages["attention"]) == "kernel", (stores or self.stages["stores"]) == "streaming", workspace,
+                (attention or self.stages["attention"]) == "kernel", (attention_map or self.stages["map"]) == "recompute",
+                (stores or self.stages["stores"]) == "streaming", workspace,
             )
         finally:
             self.workspace = workspace
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, want_map: bool):
-        if want_map and self.stages["map"] == "kernel":
+        if want_map and self.stages["map"] != "aten":
             return self.on_pool(x, y)
         return self.by_operators(x, y, want_map)
 
@@ -233,15 +242,16 @@ def race(candidates: dict, rounds: int = 21, budget_s: float = 0.25) -> dict[str
 
 
 def choose_stages(fused: FusedCMGM, x, y, key: tuple, stores: tuple[str, ...]) -> tuple[dict, dict]:
-    """Per stage, ``"kernel"`` or ``"aten"``, and the ``stores`` for the call's N x N matrices, by races on this
-    shape (once per process and key).
+    """Per stage, its path, and the ``stores`` for the call's N x N matrices, by races on this shape (once per
+    process and key).
 
-    The map stage races alone. With the map on the kernel, the call runs on the kernels' pool, so the attention
-    paths race as whole calls there, each with every kind of ``stores``; with the map on ATen, alone (and the
-    stores are ``"cached"``). ATen's attention is chosen only when its best call is faster by more than
-    ``ATEN_ATTENTION_MARGIN``: the kernel runs fewer operators, which costs less in a call after idle (which a
-    back-to-back race does not see), and a near tie would otherwise pick either path from run to run. The
-    chosen attention path's faster stores win.
+    The map stage races alone, the kernel against ATen. With the map on the kernel, the call runs on the kernels'
+    pool, so every (attention, map) pair of ``ON_POOL`` races there as whole calls, each with every kind of
+    ``stores``; with the map on ATen, the attention paths race alone (and the stores are ``"cached"``). ATen's
+    attention is chosen only when its best call is faster by more than ``ATEN_ATTENTION_MARGIN``: the kernel runs
+    fewer operators, which costs less in a call after idle (which a back-to-back race does not see), and a near tie
+    would otherwise pick either path from run to run. The chosen attention path's fastest call sets the map's path
+    and the stores.
     """
     if key not in _STAGE_CHOICES:
         with torch.inference_mode():
@@ -251,18 +261,19 @@ def choose_stages(fused: FusedCMGM, x, y, key: tuple, stores: tuple[str, ...]) -
             map_path = min(attention_map, key=attention_map.get)
             timings = {"map": attention_map}
             if map_path == "kernel":
-                calls = race({(path, kind): lambda p=path, s=kind: fused.on_pool(x, y, p, s) for path in ("kernel", "aten")
-                              for kind in stores})
-                attention = {path: min(calls[path, kind] for kind in stores) for path in ("kernel", "aten")}
+                calls = race({(path, on_map, kind): lambda p=path, m=on_map, s=kind: fused.on_pool(x, y, p, s, m)
+                              for path, on_map in ON_POOL for kind in stores})
+                attention = {path: min(ms for (a, _, _), ms in calls.items() if a == path) for path in ("kernel", "aten")}
             else:
                 attention = race({path: lambda p=path: fused.attention(q, k, v, p) for path in ("kernel", "aten")})
             timings["attention"] = attention
         attention_path = "aten" if attention["aten"] < attention["kernel"] * (1 - ATEN_ATTENTION_MARGIN) else "kernel"
-        store_kind = "cached"
+        stages = {"attention": attention_path, "map": map_path, "stores": "cached"}
         if map_path == "kernel":
-            timings["stores"] = {kind: calls[attention_path, kind] for kind in stores}
-            store_kind = min(timings["stores"], key=timings["stores"].get)
-        _STAGE_CHOICES[key] = ({"attention": attention_path, "map": map_path, "stores": store_kind}, timings)
+            chosen = {(on_map, kind): ms for (path, on_map, kind), ms in calls.items() if path == attention_path}
+            stages["map"], stages["stores"] = min(chosen, key=chosen.get)
+            timings["calls"] = {f"map={on_map}, stores={kind}": ms for (on_map, kind), ms in chosen.items()}
+        _STAGE_CHOICES[key] = (stages, timings)
     return _STAGE_CHOICES[key]
 
 
@@ -293,6 +304,7 @@ def _register(name: str, dtype: torch.dtype, label: str, description: str, check
         stores = STORES if kernels.TARGETS[notes["kernel_target"]].streaming_stores else STORES[:1]
         stages, timings = choose_stages(fused, x, y, key, stores)
         fused.use_kernels(extension, stages)
+        fused.workspace = new_workspace()  # sized by the chosen path's first call, not by the largest path the race ran
         notes.update(stage_paths=stages, stage_ms=timings)
         variant = f"{notes['kernel_target']}: attention={stages['attention']}, map={stages['map']}, stores={stages['stores']}"
         return Built(fn=lambda x, y: fused(x, y, True), notes=notes, variant=variant)

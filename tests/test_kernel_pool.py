@@ -48,12 +48,13 @@ def test_one_thread_runs_on_the_caller_alone(operators):
 @pytest.mark.parametrize(
     "attention, attention_map, stores",
     [("kernel", "kernel", "cached"), ("aten", "kernel", "cached"), ("kernel", "kernel", "streaming"), ("aten", "kernel", "streaming"),
-     ("kernel", "aten", "cached"), ("aten", "aten", "cached")],
+     ("kernel", "recompute", "cached"), ("kernel", "recompute", "streaming"), ("kernel", "aten", "cached"), ("aten", "aten", "cached")],
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_every_stage_choice_gives_the_reference_on_two_threads(operators, two_threads, attention, attention_map, stores, dtype):
-    """fwd with the map on the kernel runs as one operator on the pool (either attention path), otherwise as torch
-    operators; batch 2 and an odd map, so that row and channel chunks split unevenly."""
+    """fwd with the map on the kernel runs as one operator on the pool (either attention path, the map reading the
+    stored matrix or recomputing it), otherwise as torch operators; batch 2 and an odd map, so that row and channel
+    chunks split unevenly."""
     from cmgm_bench.machine import cpu_features
 
     if dtype == torch.bfloat16 and not cpu_features.native_bfloat16():
@@ -83,6 +84,31 @@ def test_streaming_stores_give_the_cached_call_bit_for_bit(operators, two_thread
         cached = fused.on_pool(x, y, stores="cached")
     assert_module_outputs_near_float64(*streamed, module, x, y)
     assert torch.equal(streamed[0], cached[0]) and torch.equal(streamed[1], cached[1])
+
+
+@pytest.mark.parametrize("batch, dim, heads, height, width", [(2, 32, 4, 9, 7), (1, 64, 8, 13, 17), (2, 64, 16, 6, 10), (1, 64, 8, 28, 28)])
+def test_the_recomputed_map_is_the_stored_one_bit_for_bit(operators, two_threads, batch, dim, heads, height, width):
+    """The map kernel recomputes the attention matrix with the attention kernel's operations in its order: the same map,
+    bit for bit, at shapes whose token count is not a multiple of the tile (halo columns and rows outside the matrix),
+    with 16 heads, and at PGNet's 28x28 (interior tiles)."""
+    module = copy.deepcopy(reference_module(dim, heads, 0, height, width)).eval()
+    x, y = make_inputs(batch, dim, height, width, 0)
+    fused = FusedCMGM(module, torch.float32)
+    fused.use_kernels(operators, {"attention": "kernel", "map": "kernel"})
+    with torch.inference_mode():
+        stored = fused.on_pool(x, y, attention_map="kernel")
+        recomputed = fused.on_pool(x, y, attention_map="recompute")
+    assert_module_outputs_near_float64(*recomputed, module, x, y)
+    assert torch.equal(recomputed[0], stored[0]) and torch.equal(recomputed[1], stored[1])
+
+
+def test_the_map_recomputes_only_the_attention_kernels_matrix(operators):
+    module = reference_module(32, 4, 0, 6, 6).eval()
+    fused = FusedCMGM(module, torch.float32)
+    fused.use_kernels(operators, {"attention": "kernel", "map": "kernel"})
+    x, y = make_inputs(1, 32, 6, 6, 0)
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="recomputes the attention kernel's matrix"):
+        fused.on_pool(x, y, "aten", attention_map="recompute")
 
 
 def test_an_error_inside_a_chunk_comes_back_as_an_exception(operators, two_threads):

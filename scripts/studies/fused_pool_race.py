@@ -2,10 +2,10 @@
 
 One process; each round runs every variant in a shuffled order: five calls back to back (their median), then
 ``--gap-ms`` of sleep and one call (the after-idle time). Variants: the call as one operator on the kernels' pool
-(``FusedCMGM.on_pool``) with the attention stage on the kernel or on ATen's matmuls (and, on targets with streaming
-stores, the attention kernel with its N x N matrices written by streaming stores), and the call as a sequence of
-torch operators (``FusedCMGM.by_operators``, the kernels for both stages). Prints each variant's medians over the
-rounds. Start a busy neighbour beside it to see what a descheduled worker costs:
+(``FusedCMGM.on_pool``) with the attention stage on the kernel or on ATen's matmuls, and the attention kernel with
+the map recomputing its matrix (with the N x N matrices written through the cache and, on targets with streaming
+stores, with streaming stores); and the call as a sequence of torch operators (``FusedCMGM.by_operators``, the kernels
+for both stages). Prints each variant's medians over the rounds. Start a busy neighbour beside it to see what a descheduled worker costs:
 
     python scripts/studies/fused_pool_race.py --res 11 --threads 2 --rounds 60
     taskset -c 0 python -c "while True: pass" &   # then the same command; kill the neighbour after
@@ -38,12 +38,14 @@ def main() -> None:
     module = reference_module(64, 8, 0, args.res, args.res).eval()
     x, y = make_inputs(1, 64, args.res, args.res, 0)
     variants = {}
-    on_pool = [("pool, attention kernel", "kernel", "cached"), ("pool, attention ATen", "aten", "cached")]
+    on_pool = [("pool, attention kernel", "kernel", "kernel", "cached"), ("pool, attention ATen", "aten", "kernel", "cached"),
+               ("pool, map recomputed", "kernel", "recompute", "cached")]
     if kernels.TARGETS[kernels.best_target()].streaming_stores:
-        on_pool.append(("pool, kernel, streaming stores", "kernel", "streaming"))
-    for name, attention, stores in on_pool:
+        on_pool += [("pool, kernel, streaming stores", "kernel", "kernel", "streaming"),
+                    ("pool, recomputed, streaming", "kernel", "recompute", "streaming")]
+    for name, attention, attention_map, stores in on_pool:
         fused = FusedCMGM(module, torch.float32)
-        fused.use_kernels(extension, {"attention": attention, "map": "kernel", "stores": stores})
+        fused.use_kernels(extension, {"attention": attention, "map": attention_map, "stores": stores})
         variants[name] = fused.on_pool
     operators = FusedCMGM(module, torch.float32)
     operators.use_kernels(extension, {"attention": "kernel", "map": "kernel"})

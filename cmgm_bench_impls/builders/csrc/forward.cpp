@@ -8,8 +8,11 @@
 // of a call waits for a worker that has not started (PyTorch's OpenMP regions
 // would: a sleeping or descheduled worker holds their closing barrier).
 //
-// The attention matrix (when the kernel writes it) and the map are written with
-// streaming stores when `streaming_stores` is set (the stage race's choice).
+// With `recompute_map` the attention kernel writes no attention matrix at all:
+// it keeps its operands and each row's softmax statistics, and the map kernel
+// recomputes the matrix tile by tile from them. The attention matrix (when the
+// kernel writes it) and the map are written with streaming stores when
+// `streaming_stores` is set. Both are the stage race's choices.
 //
 // The chunks write their results through views made on the thread that runs
 // them (from_blob), so a buffer made by a caller in inference mode is never
@@ -124,7 +127,8 @@ std::array<int64_t, 3> token_rows(const Shape& s, int64_t parts, int64_t chunk) 
 
 std::tuple<Tensor, Tensor> fused_forward(Tensor x, Tensor y, Tensor qv_w, Tensor qv_b, Tensor k_w, Tensor k_b, Tensor proj_w, Tensor proj_b,
                                          Tensor c1_w, Tensor c1_b, Tensor c2_w, Tensor c2_b, Tensor map_w, Tensor map_b, double eps_x,
-                                         double eps_y, int64_t heads, bool kernel_attention, bool streaming_stores, Tensor workspace) {
+                                         double eps_y, int64_t heads, bool kernel_attention, bool recompute_map, bool streaming_stores,
+                                         Tensor workspace) {
   STD_TORCH_CHECK(x.dim() == 4 && y.dim() == 4 && x.is_cpu() && y.is_cpu(), "x and y must be (B, C, H, W) CPU tensors");
   STD_TORCH_CHECK(x.scalar_type() == ScalarType::Float && y.scalar_type() == ScalarType::Float, "x and y must be float32");
   for (int64_t dim = 0; dim < 4; ++dim) STD_TORCH_CHECK(x.size(dim) == y.size(dim), "x and y must have one shape");
@@ -135,6 +139,7 @@ std::tuple<Tensor, Tensor> fused_forward(Tensor x, Tensor y, Tensor qv_w, Tensor
                   "the workspace must be a 1-D uint8 CPU tensor");
   STD_TORCH_CHECK(dtype == ScalarType::Float || dtype == ScalarType::BFloat16, "the weights must be float32 or bfloat16");
   STD_TORCH_CHECK(!streaming_stores || cmgm::kStreamingStores, "this build of the kernels has no streaming stores");
+  STD_TORCH_CHECK(!recompute_map || kernel_attention, "the map recomputes the attention kernel's matrix: it needs kernel_attention");
   STD_TORCH_CHECK(map_w.scalar_type() == ScalarType::Float && map_b.scalar_type() == ScalarType::Float && map_w.is_contiguous() &&
                       map_b.is_contiguous() && map_w.numel() == heads * heads * 9 && map_b.numel() == heads,
                   "the map's weight must be (h, h, 3, 3) and its bias (h), contiguous float32");  // read as raw buffers
@@ -150,7 +155,7 @@ std::tuple<Tensor, Tensor> fused_forward(Tensor x, Tensor y, Tensor qv_w, Tensor
   // float32), the residual sum (fused) and the first convolution's output (g), both NHWC images.
   WorkspaceLayout layout;
   const int64_t qv_at = layout.reserve(B * N * 2 * C * bytes), k_at = layout.reserve(B * N * C * bytes);
-  const int64_t attn_at = layout.reserve(B * heads * N * N * bytes), mixed_at = layout.reserve(B * N * C * 4);
+  const int64_t attn_at = layout.reserve(recompute_map ? 0 : B * heads * N * N * bytes), mixed_at = layout.reserve(B * N * C * 4);
   const int64_t fused_at = layout.reserve(B * N * C * bytes), g_at = layout.reserve(B * N * C * bytes);
   char* const base = layout.allocate(workspace);
   char *qv_data = base + qv_at, *k_data = base + k_at, *attn_data = base + attn_at, *fused_data = base + fused_at, *g_data = base + g_at;
@@ -178,10 +183,13 @@ std::tuple<Tensor, Tensor> fused_forward(Tensor x, Tensor y, Tensor qv_w, Tensor
   });
 
   // softmax(q k^T) and A V: q and v are the two halves of each qv row, (B, h, N, d) with strides.
+  cmgm::AttentionRows attention_rows;  // what the map recomputes the matrix from, with recompute_map
   if (kernel_attention) {
     cmgm::AttentionInputs inputs{qv_data, k_data, qv_data + C * bytes, dtype == ScalarType::BFloat16,
                                  {{N * 2 * C, d, 2 * C, 1}, {N * C, d, C, 1}, {N * 2 * C, d, 2 * C, 1}}, B, heads, N, d};
-    if (dtype == ScalarType::Float) {
+    if (recompute_map) {
+      cmgm::softmax_attention_rows(inputs, mixed_data, attention_rows, threads);
+    } else if (dtype == ScalarType::Float) {
       cmgm::softmax_attention(inputs, reinterpret_cast<float*>(attn_data), mixed_data, threads, streaming_stores);
     } else {
       cmgm::softmax_attention(inputs, reinterpret_cast<cmgm::bf16*>(attn_data), mixed_data, threads);
@@ -236,7 +244,9 @@ std::tuple<Tensor, Tensor> fused_forward(Tensor x, Tensor y, Tensor qv_w, Tensor
   const auto* w = static_cast<const float*>(map_w.const_data_ptr());
   const auto* bias = static_cast<const float*>(map_b.const_data_ptr());
   auto* map_data = static_cast<float*>(map.mutable_data_ptr());
-  if (dtype == ScalarType::Float) {
+  if (recompute_map) {
+    cmgm::fused_map(attention_rows, w, bias, map_data, threads, streaming_stores);
+  } else if (dtype == ScalarType::Float) {
     cmgm::fused_map(reinterpret_cast<const float*>(attn_data), w, bias, map_data, B, heads, N, threads, streaming_stores);
   } else {
     cmgm::fused_map(reinterpret_cast<const cmgm::bf16*>(attn_data), w, bias, map_data, B, heads, N, threads, streaming_stores);
@@ -250,7 +260,7 @@ STABLE_TORCH_LIBRARY_FRAGMENT(CMGM_NAMESPACE, m) {
   m.def(
       "fused_forward(Tensor x, Tensor y, Tensor qv_w, Tensor qv_b, Tensor k_w, Tensor k_b, Tensor proj_w, Tensor proj_b, "
       "Tensor c1_w, Tensor c1_b, Tensor c2_w, Tensor c2_b, Tensor map_w, Tensor map_b, float eps_x, float eps_y, int heads, "
-      "bool kernel_attention, bool streaming_stores, Tensor(a!) workspace) "
+      "bool kernel_attention, bool recompute_map, bool streaming_stores, Tensor(a!) workspace) "
       "-> (Tensor, Tensor)");
 }
 

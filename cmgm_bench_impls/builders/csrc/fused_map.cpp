@@ -12,6 +12,11 @@
 // (non-temporal) stores: no line of it is read into the cache before it is
 // written, which halves its traffic where memory bounds the kernel; whether
 // that pays depends on the CPU's write-combining, so the stage race decides.
+//
+// The tiles of A + A^T come from a stored A (StoredMatrix) or are recomputed
+// from the attention's operands and row statistics (RecomputedMatrix): each
+// tile's scores q_i . k_j and exp(score - max) * inverse, as the attention kernel
+// computes them, so that A is never written to memory nor read back.
 #include <algorithm>
 #include <utility>
 #include <vector>
@@ -24,10 +29,12 @@ namespace {
 using cmgm::load;
 using cmgm::to_float;
 using cmgm::vf;
+using cmgm::vi;
 using cmgm::W;
 
-constexpr int64_t T = 32;           // tile side (pixels): 32 / W vectors per row
-constexpr int64_t P = T + 2;        // padded tile side
+constexpr int64_t T = cmgm::kMapTile;  // tile side (pixels): 32 / W vectors per row
+constexpr int64_t P = T + 2;           // padded tile side
+constexpr int64_t PV = cmgm::kEdge;    // a padded tile row in whole vectors
 
 // s = A + A^T over a tile at the border of the map, with its one-pixel halo (zero outside the map).
 template <typename scalar_t>
@@ -158,51 +165,152 @@ class RowPrefetcher {
   size_t next_ = 0;
 };
 
-// All H output channels of one tile from its padded input tile; prefetches
-// `per_row` planned rows of the next pair after each output row.
-template <int H, bool streaming, typename scalar_t>
+// All H output channels of one tile from its padded input tile; calls
+// source.after_row() after each output row.
+template <int H, bool streaming, typename Source>
 void convolve_tile(const float* tile, const float* Wt, const float* bias, float* out, int64_t n, int64_t b, int64_t i0, int64_t j0,
-                   RowPrefetcher<scalar_t>& prefetcher, size_t per_row) {
+                   Source& source) {
   constexpr int OC = Blocking<H>::OC, G = Blocking<H>::G;
   const int64_t rows = std::min(T, n - i0), cols = std::min(T, n - j0);
   for (int64_t ii = 0; ii < rows; ++ii) {
     for (int64_t jv = 0; jv < cols; jv += W * G)
       for (int o0 = 0; o0 < H; o0 += OC)
         row_block<H, OC, G, streaming>(tile, Wt, bias, out, n, ii, jv, cols - jv, (b * H * n + i0 + ii) * n + j0 + jv, o0);
-    prefetcher.step(per_row);
+    source.after_row();
   }
 }
 
+// A stored softmax matrix A (B, h, N, N): tiles of A + A^T read from it, the
+// rows of the next pair prefetched a share at a time after each output row.
+template <typename scalar_t>
+class StoredMatrix {
+ public:
+  StoredMatrix(const scalar_t* A, int64_t heads, int64_t n) : A_(A), heads_(heads), n_(n) {}
+
+  void tile(int64_t b, int64_t c, float* s, int64_t i0, int64_t j0) { load_tile(plane(b) + c * n_ * n_, s, n_, i0, j0); }
+
+  // The pair at (b, i0, j0) comes next; `rows` output rows come before it.
+  void plan(int64_t b, int64_t i0, int64_t j0, int64_t rows) {
+    prefetcher_.plan(plane(b), heads_, n_, i0, j0);
+    per_row_ = (prefetcher_.size() + rows - 1) / rows;
+  }
+
+  void after_row() { prefetcher_.step(per_row_); }
+
+ private:
+  const scalar_t* plane(int64_t b) const { return A_ + b * heads_ * n_ * n_; }
+
+  const scalar_t* A_;
+  int64_t heads_, n_;
+  RowPrefetcher<scalar_t> prefetcher_;
+  size_t per_row_ = 0;
+};
+
+// The softmax matrix of cmgm::AttentionRows, recomputed tile by tile: for the
+// pair at (I, J), the matrix over I's rows and J's columns and over J's rows and
+// I's columns (each with the one-pixel halo), then s = A + A^T from the two.
+class RecomputedMatrix {
+ public:
+  explicit RecomputedMatrix(const cmgm::AttentionRows& rows) : R_(rows), direct_(P * PV), mirrored_(P * PV) {
+    for (int k = 0; k < W; ++k) lane_[k] = k;
+  }
+
+  void tile(int64_t b, int64_t c, float* s, int64_t i0, int64_t j0) {
+    const int64_t bh = b * R_.heads + c;
+    softmax_block(bh, i0, j0, direct_.data());
+    if (i0 == j0) return add_transposed(direct_.data(), direct_.data(), s);
+    softmax_block(bh, j0, i0, mirrored_.data());
+    add_transposed(direct_.data(), mirrored_.data(), s);
+  }
+
+  void plan(int64_t, int64_t, int64_t, int64_t) {}
+  void after_row() {}
+
+ private:
+  // block[r][q] = A[r0 - 1 + r][c0 - 1 + q] for r < P, q < PV (zero outside the matrix), computed as
+  // the attention kernel computes it: two partial sums of the scores, exp(score - max), times 1 / sum.
+  // ROWS rows at a time, so that their exponentials' long dependency chains overlap.
+  void softmax_block(int64_t bh, int64_t r0, int64_t c0, float* block) const {
+    constexpr int ROWS = W == 16 ? 2 : 1;  // ROWS x VECTORS x 2 accumulators: 12 of 32 zmm, 10 of 16 ymm registers
+    constexpr int64_t VECTORS = PV / W;
+    static_assert(P % ROWS == 0, "whole groups of rows");
+    const int64_t n = R_.n;
+    const float* kT = R_.kT.data() + bh * R_.d_pad * R_.stride + cmgm::kEdge + c0 - 1;
+    vi inside[VECTORS];
+    for (int64_t v = 0; v < VECTORS; ++v) {
+      const vi column = lane_ + static_cast<int32_t>(c0 - 1 + v * W);
+      inside[v] = (column >= 0) & (column < static_cast<int32_t>(n));
+    }
+    for (int64_t r = 0; r < P; r += ROWS) {
+      const float* q[ROWS];
+      vf shift[ROWS];
+      float inverse[ROWS];
+      vi keep[ROWS][VECTORS];  // rows outside the matrix are zero
+      for (int k = 0; k < ROWS; ++k) {
+        const int64_t i = r0 - 1 + r + k, row = bh * n + std::clamp<int64_t>(i, 0, n - 1);
+        q[k] = R_.q.data() + row * R_.d_pad;
+        shift[k] = cmgm::splat(R_.row_max[row]);
+        inverse[k] = R_.row_inverse[row];
+        for (int64_t v = 0; v < VECTORS; ++v) keep[k][v] = i >= 0 && i < n ? inside[v] : vi{};
+      }
+      vf s0[ROWS][VECTORS] = {}, s1[ROWS][VECTORS] = {};
+      for (int64_t c = 0; c < R_.d_pad; c += 2) {
+        for (int64_t v = 0; v < VECTORS; ++v) {
+          const vf k0 = load(kT + c * R_.stride + v * W), k1 = load(kT + (c + 1) * R_.stride + v * W);
+          for (int k = 0; k < ROWS; ++k) s0[k][v] += q[k][c] * k0, s1[k][v] += q[k][c + 1] * k1;
+        }
+      }
+      for (int k = 0; k < ROWS; ++k)
+        for (int64_t v = 0; v < VECTORS; ++v) {
+          const vf a = cmgm::expv((s0[k][v] + s1[k][v]) - shift[k]) * inverse[k];
+          cmgm::store(block + (r + k) * PV + v * W, reinterpret_cast<vf>(reinterpret_cast<vi>(a) & keep[k][v]));
+        }
+    }
+  }
+
+  // s = E + F^T over a padded tile; E and F have rows of PV floats.
+  static void add_transposed(const float* E, const float* F, float* s) {
+    for (int64_t r = 0; r < P; ++r)
+      for (int64_t q = 0; q < P; ++q) s[r * P + q] = E[r * PV + q];
+    transpose_core<true>(F + PV + 1, PV, s);
+    auto add_mirrored = [&](int64_t r, int64_t q) { s[r * P + q] += F[q * PV + r]; };
+    for (int64_t q = 0; q < P; ++q) add_mirrored(0, q), add_mirrored(P - 1, q);
+    for (int64_t r = 1; r < P - 1; ++r) add_mirrored(r, 0), add_mirrored(r, P - 1);
+  }
+
+  const cmgm::AttentionRows& R_;
+  std::vector<float> direct_, mirrored_;
+  vi lane_;
+};
+
 // The weight is laid out (c, di, dj, o): the h weights of one tap are contiguous.
-// Tiles are taken in mirrored pairs (I, J), (J, I): A is read once for both,
-// and the second tile of A + A^T is the first one transposed in cache.
-template <int H, bool streaming, typename scalar_t>
-void fused_map_kernel(const scalar_t* A, const float* Wt, const float* bias, float* out, int64_t batch, int64_t n, int threads) {
+// Tiles are taken in mirrored pairs (I, J), (J, I): A is read (or recomputed)
+// once for both, and the second tile of A + A^T is the first one transposed in cache.
+// Each thread works on its own copy of `matrix` (a StoredMatrix or RecomputedMatrix).
+template <int H, bool streaming, typename Source>
+void fused_map_kernel(const Source& matrix, const float* Wt, const float* bias, float* out, int64_t batch, int64_t n, int threads) {
   const int64_t tiles = (n + T - 1) / T;
   std::vector<std::pair<int64_t, int64_t>> pairs;  // (I, J) with I <= J
   for (int64_t I = 0; I < tiles; ++I)
     for (int64_t J = I; J < tiles; ++J) pairs.emplace_back(I * T, J * T);
   const int64_t per_batch = static_cast<int64_t>(pairs.size());
-  auto plane = [&](int64_t t) { return A + (t / per_batch) * H * n * n; };
   const double work_per_pair = 2.0 * T * T * H * H * 9;  // two tiles' 3x3 convolutions (less at the edges)
   cmgm::parallel_for(batch * per_batch, 1, threads, work_per_pair, [&](int64_t begin, int64_t end) {
     std::vector<float> tile(H * P * P), mirrored(H * P * P);
-    RowPrefetcher<scalar_t> prefetcher;
+    Source source = matrix;
     for (int64_t t = begin; t < end; ++t) {
       const int64_t b = t / per_batch;
       const auto [i0, j0] = pairs[t % per_batch];
-      for (int64_t c = 0; c < H; ++c)
-        load_tile(plane(t) + c * n * n, tile.data() + c * P * P, n, i0, j0);
+      for (int64_t c = 0; c < H; ++c) source.tile(b, c, tile.data() + c * P * P, i0, j0);
+      const int64_t output_rows = (i0 == j0 ? 1 : 2) * std::min(T, n - i0);
       if (t + 1 < end) {
         const auto [next_i0, next_j0] = pairs[(t + 1) % per_batch];
-        prefetcher.plan(plane(t + 1), H, n, next_i0, next_j0);
+        source.plan((t + 1) / per_batch, next_i0, next_j0, output_rows);
       }
-      const int64_t output_rows = (i0 == j0 ? 1 : 2) * std::min(T, n - i0);
-      const size_t per_row = (prefetcher.size() + output_rows - 1) / output_rows;
-      convolve_tile<H, streaming>(tile.data(), Wt, bias, out, n, b, i0, j0, prefetcher, per_row);
+      convolve_tile<H, streaming>(tile.data(), Wt, bias, out, n, b, i0, j0, source);
       if (i0 == j0) continue;
       for (int64_t c = 0; c < H; ++c) transpose_tile(tile.data() + c * P * P, mirrored.data() + c * P * P);
-      convolve_tile<H, streaming>(mirrored.data(), Wt, bias, out, n, b, j0, i0, prefetcher, per_row);
+      convolve_tile<H, streaming>(mirrored.data(), Wt, bias, out, n, b, j0, i0, source);
     }
     if (streaming) cmgm::streaming_stores_done();
   });
@@ -216,24 +324,24 @@ std::vector<float> taps_major(const float* weight, int64_t heads) {
   return taps;
 }
 
-template <bool streaming, typename scalar_t>
-void dispatch_heads(const scalar_t* A, const float* Wt, const float* bias, float* out, int64_t batch, int64_t heads, int64_t n,
+template <bool streaming, typename Source>
+void dispatch_heads(const Source& matrix, const float* Wt, const float* bias, float* out, int64_t batch, int64_t heads, int64_t n,
                     int threads) {
   switch (heads) {
-    case 1: return fused_map_kernel<1, streaming>(A, Wt, bias, out, batch, n, threads);
-    case 2: return fused_map_kernel<2, streaming>(A, Wt, bias, out, batch, n, threads);
-    case 4: return fused_map_kernel<4, streaming>(A, Wt, bias, out, batch, n, threads);
-    case 8: return fused_map_kernel<8, streaming>(A, Wt, bias, out, batch, n, threads);
-    case 16: return fused_map_kernel<16, streaming>(A, Wt, bias, out, batch, n, threads);
+    case 1: return fused_map_kernel<1, streaming>(matrix, Wt, bias, out, batch, n, threads);
+    case 2: return fused_map_kernel<2, streaming>(matrix, Wt, bias, out, batch, n, threads);
+    case 4: return fused_map_kernel<4, streaming>(matrix, Wt, bias, out, batch, n, threads);
+    case 8: return fused_map_kernel<8, streaming>(matrix, Wt, bias, out, batch, n, threads);
+    case 16: return fused_map_kernel<16, streaming>(matrix, Wt, bias, out, batch, n, threads);
   }
 }
 
-template <typename scalar_t>
-void dispatch_stores(const scalar_t* A, const float* weight, const float* bias, float* out, int64_t batch, int64_t heads, int64_t n,
+template <typename Source>
+void dispatch_stores(const Source& matrix, const float* weight, const float* bias, float* out, int64_t batch, int64_t heads, int64_t n,
                      int threads, bool streaming) {
   const std::vector<float> Wt = taps_major(weight, heads);
-  if (streaming) return dispatch_heads<true>(A, Wt.data(), bias, out, batch, heads, n, threads);
-  dispatch_heads<false>(A, Wt.data(), bias, out, batch, heads, n, threads);
+  if (streaming) return dispatch_heads<true>(matrix, Wt.data(), bias, out, batch, heads, n, threads);
+  dispatch_heads<false>(matrix, Wt.data(), bias, out, batch, heads, n, threads);
 }
 
 }  // namespace
@@ -244,12 +352,16 @@ bool fused_map_supports(int64_t heads) { return heads == 1 || heads == 2 || head
 
 void fused_map(const float* attn, const float* weight, const float* bias, float* out, int64_t batch, int64_t heads, int64_t n,
                int threads, bool streaming) {
-  dispatch_stores(attn, weight, bias, out, batch, heads, n, threads, streaming);
+  dispatch_stores(StoredMatrix<float>(attn, heads, n), weight, bias, out, batch, heads, n, threads, streaming);
 }
 
 void fused_map(const bf16* attn, const float* weight, const float* bias, float* out, int64_t batch, int64_t heads, int64_t n,
                int threads, bool streaming) {
-  dispatch_stores(attn, weight, bias, out, batch, heads, n, threads, streaming);
+  dispatch_stores(StoredMatrix<bf16>(attn, heads, n), weight, bias, out, batch, heads, n, threads, streaming);
+}
+
+void fused_map(const AttentionRows& rows, const float* weight, const float* bias, float* out, int threads, bool streaming) {
+  dispatch_stores(RecomputedMatrix(rows), weight, bias, out, rows.batch, rows.heads, rows.n, threads, streaming);
 }
 
 }  // namespace cmgm
