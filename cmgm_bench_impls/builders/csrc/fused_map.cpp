@@ -227,44 +227,62 @@ class RecomputedMatrix {
   void after_row() {}
 
  private:
-  // block[r][q] = A[r0 - 1 + r][c0 - 1 + q] for r < P, q < PV (zero outside the matrix), computed as
-  // the attention kernel computes it: two partial sums of the scores, exp(score - max), times 1 / sum.
-  // ROWS rows at a time, so that their exponentials' long dependency chains overlap.
+  // block[r][q] = A[r0 - 1 + r][c0 - 1 + q] for r, q < P (zero outside the matrix), computed as the
+  // attention kernel computes it: two partial sums of the scores, exp(score - max), times 1 / sum.
+  // The 32 core columns a few rows at a time (their exponentials' long dependency chains overlap),
+  // the two halo columns as vectors down the rows (from q transposed): no lane computes a column twice.
   void softmax_block(int64_t bh, int64_t r0, int64_t c0, float* block) const {
-    constexpr int ROWS = W == 16 ? 2 : 1;  // ROWS x VECTORS x 2 accumulators: 12 of 32 zmm, 10 of 16 ymm registers
-    constexpr int64_t VECTORS = PV / W;
-    static_assert(P % ROWS == 0, "whole groups of rows");
+    constexpr int ROWS = W == 16 ? 2 : 1;  // ROWS x CORE x 2 accumulators: 8 of 32 zmm, 8 of 16 ymm registers
+    constexpr int64_t CORE = T / W, DOWN = (P + W - 1) / W;  // vectors across the core, vectors down the rows
+    static_assert(P % ROWS == 0 && T % W == 0, "whole groups of rows and vectors");
     const int64_t n = R_.n;
-    const float* kT = R_.kT.data() + bh * R_.d_pad * R_.stride + cmgm::kEdge + c0 - 1;
-    vi inside[VECTORS];
-    for (int64_t v = 0; v < VECTORS; ++v) {
-      const vi column = lane_ + static_cast<int32_t>(c0 - 1 + v * W);
-      inside[v] = (column >= 0) & (column < static_cast<int32_t>(n));
-    }
+    const float* kT = R_.kT.data() + bh * R_.d_pad * R_.stride + cmgm::kEdge;
+    const float* row_max = R_.row_max.data() + bh * R_.stride + cmgm::kEdge;
+    const float* row_inverse = R_.row_inverse.data() + bh * R_.stride + cmgm::kEdge;
+    vi inside[CORE];
+    for (int64_t v = 0; v < CORE; ++v) inside[v] = lane_ + static_cast<int32_t>(c0 + v * W) < static_cast<int32_t>(n);
     for (int64_t r = 0; r < P; r += ROWS) {
       const float* q[ROWS];
       vf shift[ROWS];
       float inverse[ROWS];
-      vi keep[ROWS][VECTORS];  // rows outside the matrix are zero
+      vi keep[ROWS][CORE];  // rows outside the matrix are zero
       for (int k = 0; k < ROWS; ++k) {
-        const int64_t i = r0 - 1 + r + k, row = bh * n + std::clamp<int64_t>(i, 0, n - 1);
-        q[k] = R_.q.data() + row * R_.d_pad;
-        shift[k] = cmgm::splat(R_.row_max[row]);
-        inverse[k] = R_.row_inverse[row];
-        for (int64_t v = 0; v < VECTORS; ++v) keep[k][v] = i >= 0 && i < n ? inside[v] : vi{};
+        const int64_t i = r0 - 1 + r + k, row = std::clamp<int64_t>(i, 0, n - 1);
+        q[k] = R_.q.data() + (bh * n + row) * R_.d_pad;
+        shift[k] = cmgm::splat(row_max[row]);
+        inverse[k] = row_inverse[row];
+        for (int64_t v = 0; v < CORE; ++v) keep[k][v] = i >= 0 && i < n ? inside[v] : vi{};
       }
-      vf s0[ROWS][VECTORS] = {}, s1[ROWS][VECTORS] = {};
+      vf s0[ROWS][CORE] = {}, s1[ROWS][CORE] = {};
       for (int64_t c = 0; c < R_.d_pad; c += 2) {
-        for (int64_t v = 0; v < VECTORS; ++v) {
-          const vf k0 = load(kT + c * R_.stride + v * W), k1 = load(kT + (c + 1) * R_.stride + v * W);
+        for (int64_t v = 0; v < CORE; ++v) {
+          const vf k0 = load(kT + c * R_.stride + c0 + v * W), k1 = load(kT + (c + 1) * R_.stride + c0 + v * W);
           for (int k = 0; k < ROWS; ++k) s0[k][v] += q[k][c] * k0, s1[k][v] += q[k][c + 1] * k1;
         }
       }
       for (int k = 0; k < ROWS; ++k)
-        for (int64_t v = 0; v < VECTORS; ++v) {
+        for (int64_t v = 0; v < CORE; ++v) {
           const vf a = cmgm::expv((s0[k][v] + s1[k][v]) - shift[k]) * inverse[k];
-          cmgm::store(block + (r + k) * PV + v * W, reinterpret_cast<vf>(reinterpret_cast<vi>(a) & keep[k][v]));
+          cmgm::store(block + (r + k) * PV + 1 + v * W, reinterpret_cast<vf>(reinterpret_cast<vi>(a) & keep[k][v]));
         }
+    }
+    // The halo columns c0 - 1 and c0 + T: rows r0 - 1 + lane down each vector, the scores from q^T and k's column.
+    const float* qT = R_.qT.data() + bh * R_.d_pad * R_.stride + cmgm::kEdge + r0 - 1;
+    for (const int64_t q_at : {int64_t{0}, P - 1}) {
+      const int64_t j = c0 - 1 + q_at;
+      const bool column_inside = j >= 0 && j < n;
+      for (int64_t v = 0; v < DOWN; ++v) {
+        vf s0 = {}, s1 = {};
+        for (int64_t c = 0; c < R_.d_pad; c += 2) {
+          s0 += load(qT + c * R_.stride + v * W) * kT[c * R_.stride + j];
+          s1 += load(qT + (c + 1) * R_.stride + v * W) * kT[(c + 1) * R_.stride + j];
+        }
+        const vf a = cmgm::expv((s0 + s1) - load(row_max + r0 - 1 + v * W)) * load(row_inverse + r0 - 1 + v * W);
+        for (int k = 0; k < W && v * W + k < P; ++k) {
+          const int64_t i = r0 - 1 + v * W + k;
+          block[(v * W + k) * PV + q_at] = column_inside && i >= 0 && i < n ? a[k] : 0.f;
+        }
+      }
     }
   }
 

@@ -41,10 +41,10 @@ constexpr int64_t kEdge = (kMapTile + 2 + W - 1) / W * W;
 // attention kernel computes it, so the map kernel can recompute the matrix tile by tile, equal bit
 // for bit, instead of reading a stored one.
 struct AttentionRows {
-  int64_t batch, heads, n, d_pad, stride;  // stride: floats per row of kT and vT, column j at kEdge + j
-  std::vector<float> q;                    // (B, h, N, d_pad)
-  std::vector<float> kT, vT;               // (B, h, d_pad, stride)
-  std::vector<float> row_max, row_inverse;  // (B, h, N)
+  int64_t batch, heads, n, d_pad, stride;   // stride: floats per row of qT, kT and vT, column j at kEdge + j
+  std::vector<float> q;                     // (B, h, N, d_pad)
+  std::vector<float> qT, kT, vT;            // (B, h, d_pad, stride)
+  std::vector<float> row_max, row_inverse;  // (B, h, stride), row i at kEdge + i
 };
 
 // Writes out (B, N, h, d) float32 and, when attn is not null, the softmax matrix (B, h, N, N).

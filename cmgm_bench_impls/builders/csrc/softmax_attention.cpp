@@ -129,8 +129,8 @@ void attend_all(const float* Q, const float* K, const float* V, const Layout& L,
         q_rows[r] = Q + (bh * L.n + i) * L.d_pad;
         attn_rows[r] = attn == nullptr ? nullptr : attn + (bh * L.n + i) * L.n;
         out_rows[r] = out + ((b * L.n + i) * heads + h) * L.d;  // token-major: (B, N, h, d)
-        stats[r][0] = row_max == nullptr ? nullptr : row_max + bh * L.n + i;
-        stats[r][1] = row_inverse == nullptr ? nullptr : row_inverse + bh * L.n + i;
+        stats[r][0] = row_max == nullptr ? nullptr : row_max + bh * L.stride + cmgm::kEdge + i;
+        stats[r][1] = row_inverse == nullptr ? nullptr : row_inverse + bh * L.stride + cmgm::kEdge + i;
       }
       const int64_t head = bh * L.d_pad * L.stride + cmgm::kEdge;
       attend_rows<streaming>(q_rows, K + head, V + head, L, scratch.data(), attn_rows, out_rows, stats);
@@ -201,7 +201,14 @@ void softmax_attention(const AttentionInputs& inputs, bf16* attn, float* out, in
 void softmax_attention_rows(const AttentionInputs& inputs, float* out, AttentionRows& rows, int threads) {
   const Layout L = layout_of(inputs);
   pad(inputs, L, rows, threads);
-  rows.row_max.resize(inputs.batch * inputs.heads * inputs.n), rows.row_inverse.resize(rows.row_max.size());
+  const int64_t heads = inputs.batch * inputs.heads;
+  rows.qT.assign(heads * L.d_pad * L.stride, 0.f);
+  parallel_for(heads, 1, threads, 0.0, [&](int64_t begin, int64_t end) {  // copies: one chunk a thread
+    for (int64_t bh = begin; bh < end; ++bh)
+      for (int64_t i = 0; i < L.n; ++i)
+        for (int64_t c = 0; c < L.d_pad; ++c) rows.qT[(bh * L.d_pad + c) * L.stride + kEdge + i] = rows.q[(bh * L.n + i) * L.d_pad + c];
+  });
+  rows.row_max.assign(heads * L.stride, 0.f), rows.row_inverse.assign(heads * L.stride, 0.f);
   attend_all<false>(rows.q.data(), rows.kT.data(), rows.vT.data(), L, inputs.batch, inputs.heads, static_cast<float*>(nullptr), out,
                     rows.row_max.data(), rows.row_inverse.data(), threads);
 }
