@@ -3,8 +3,13 @@
 Builds the other revision's ``cmgm_bench_impls/builders/csrc`` sources (taken with ``git show``) under an
 operator namespace of its own, checks both give bit-identical results, and times them
 in alternating blocks: the median over rounds of the per-call time ratio (this / other).
+With ``--calls``, races ``fused``'s whole fwd call on the kernels' pool instead (``FusedCMGM.on_pool`` with the
+given map path and stores, on either revision's operators; the other revision's ``fused_forward`` must take this
+checkout's arguments), each checked against float64 at the float32 tolerance: a change that reorders a sum
+changes the last bits.
 
     python scripts/kernel_revision_race.py --rev 8e234b3 --target x86-64-v4
+    python scripts/kernel_revision_race.py --rev 7bd30ec --calls --map recompute --stores streaming
 """
 
 from __future__ import annotations
@@ -19,7 +24,10 @@ from pathlib import Path
 import torch
 from torch.utils import cpp_extension
 
+from cmgm_bench.measure.accuracy import reference_outputs, relative_error, tolerance_for
+from cmgm_bench.workload.reference import make_inputs, reference_module
 from cmgm_bench_impls.builders import kernels
+from cmgm_bench_impls.fused import FusedCMGM
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,6 +74,9 @@ def main() -> None:
     parser.add_argument("--res", default="11,28", help="grid sides, comma-separated")
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=31)
+    parser.add_argument("--calls", action="store_true", help="race fused's whole fwd calls on the pool, not the operators")
+    parser.add_argument("--map", default="recompute", choices=["kernel", "recompute"], help="with --calls: the map's path")
+    parser.add_argument("--stores", default="streaming", choices=["cached", "streaming"], help="with --calls: the stores")
     args = parser.parse_args()
     this, _ = kernels.load(args.target)
     other = build_revision(args.rev, args.target)
@@ -74,6 +85,9 @@ def main() -> None:
         torch.set_num_threads(threads)
         for side in (int(s) for s in args.res.split(",")):
             n, h, d = side * side, args.heads, 8
+            if args.calls:
+                race_calls(this, other, args, side, threads)
+                continue
             q, k, v = torch.randn(1, n, 3, h, d).permute(2, 0, 3, 1, 4)  # strided, as the projections give them
             attn = torch.softmax(torch.randn(1, h, n, n), dim=-1)
             weight, bias = torch.randn(h, h, 3, 3), torch.randn(h)
@@ -86,6 +100,27 @@ def main() -> None:
                 mine, theirs, ratio = race(lambda: call(this), lambda: call(other), args.rounds, max(1, 20_000 // n))
                 print(f"threads {threads}  {side}x{side}  {name:9s}  {args.rev} {1e3 * theirs:8.3f} ms   "
                       f"this {1e3 * mine:8.3f} ms   ratio {ratio:.3f}", flush=True)
+
+
+def race_calls(this, other, args, side: int, threads: int) -> None:
+    """fused's fwd call on the pool with each revision's operators, both within the float32 tolerance of float64."""
+    module = reference_module(8 * args.heads, args.heads, 0, side, side).eval()
+    x, y = make_inputs(1, 8 * args.heads, side, side, 0)
+    reference = reference_outputs(module, x, y, train=False)
+    calls = {}
+    for name, operators in (("this", this), ("other", other)):
+        fused = FusedCMGM(module, torch.float32)
+        fused.use_kernels(operators, {"attention": "kernel", "map": args.map, "stores": args.stores})
+        with torch.inference_mode():
+            out, attn_map = fused.on_pool(x, y)
+        for value, want in ((out, reference.out), (attn_map, reference.attn_map)):
+            assert relative_error(value, want) <= tolerance_for("float32"), (name, relative_error(value, want))
+        calls[name] = fused
+    with torch.inference_mode():
+        mine, theirs, ratio = race(lambda: calls["this"].on_pool(x, y), lambda: calls["other"].on_pool(x, y), args.rounds,
+                                   max(1, 20_000 // (side * side)))
+    print(f"threads {threads}  {side}x{side}  fwd call  {args.rev} {1e3 * theirs:8.3f} ms   this {1e3 * mine:8.3f} ms   "
+          f"ratio {ratio:.3f}", flush=True)
 
 
 if __name__ == "__main__":

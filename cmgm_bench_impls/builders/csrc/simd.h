@@ -129,16 +129,36 @@ inline void store_one(bf16* p, float x) {
 inline vf maxv(vf a, vf b) { return a > b ? a : b; }
 inline vf relu(vf a) { return maxv(a, vf{}); }
 
+// Horizontal sum and maximum as trees of halves (a lane-by-lane loop is a chain of W dependent
+// additions: with a dozen of them per softmax row it cost as much as the row's vector work at 11x11).
 inline float hsum(vf v) {
+#if defined(__AVX512F__)
+  return _mm512_reduce_add_ps(reinterpret_cast<__m512>(v));
+#elif defined(__AVX2__)
+  const __m256 x = reinterpret_cast<__m256>(v);
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+#else
   float s = 0.f;
   for (int k = 0; k < W; ++k) s += v[k];
   return s;
+#endif
 }
 
 inline float hmax(vf v) {
+#if defined(__AVX512F__)
+  return _mm512_reduce_max_ps(reinterpret_cast<__m512>(v));
+#elif defined(__AVX2__)
+  const __m256 x = reinterpret_cast<__m256>(v);
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  return _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+#else
   float m = v[0];
   for (int k = 1; k < W; ++k) m = v[k] > m ? v[k] : m;
   return m;
+#endif
 }
 
 // exp(x) for x <= 0 (softmax after subtracting the row maximum), relative
