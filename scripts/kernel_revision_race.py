@@ -10,6 +10,7 @@ changes the last bits.
 
     python scripts/kernel_revision_race.py --rev 8e234b3 --target x86-64-v4
     python scripts/kernel_revision_race.py --rev 7bd30ec --calls --map recompute --stores streaming
+    python scripts/kernel_revision_race.py --rev f3c696e --calls --gap-ms 50 --rounds 101   # each call after idle
 """
 
 from __future__ import annotations
@@ -77,6 +78,8 @@ def main() -> None:
     parser.add_argument("--calls", action="store_true", help="race fused's whole fwd calls on the pool, not the operators")
     parser.add_argument("--map", default="recompute", choices=["kernel", "recompute"], help="with --calls: the map's path")
     parser.add_argument("--stores", default="streaming", choices=["cached", "streaming"], help="with --calls: the stores")
+    parser.add_argument("--gap-ms", type=float, default=0.0,
+                        help="with --calls: sleep this long before each timed call (one call a sample; the pools fall asleep)")
     args = parser.parse_args()
     this, _ = kernels.load(args.target)
     other = build_revision(args.rev, args.target)
@@ -102,6 +105,19 @@ def main() -> None:
                       f"this {1e3 * mine:8.3f} ms   ratio {ratio:.3f}", flush=True)
 
 
+def race_after_gap(call_this, call_other, rounds: int, gap_s: float) -> tuple[float, float, float]:
+    """As race, one call a sample, each after ``gap_s`` of sleep, the order alternating by round."""
+    this_s, other_s = [], []
+    for index in range(rounds):
+        for call, times in ((call_this, this_s), (call_other, other_s))[:: 1 if index % 2 else -1]:
+            time.sleep(gap_s)
+            started = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - started)
+    ratios = [mine / theirs for mine, theirs in zip(this_s, other_s)]
+    return statistics.median(this_s), statistics.median(other_s), statistics.median(ratios)
+
+
 def race_calls(this, other, args, side: int, threads: int) -> None:
     """fused's fwd call on the pool with each revision's operators, both within the float32 tolerance of float64."""
     module = reference_module(8 * args.heads, args.heads, 0, side, side).eval()
@@ -117,9 +133,14 @@ def race_calls(this, other, args, side: int, threads: int) -> None:
             assert relative_error(value, want) <= tolerance_for("float32"), (name, relative_error(value, want))
         calls[name] = fused
     with torch.inference_mode():
-        mine, theirs, ratio = race(lambda: calls["this"].on_pool(x, y), lambda: calls["other"].on_pool(x, y), args.rounds,
-                                   max(1, 20_000 // (side * side)))
-    print(f"threads {threads}  {side}x{side}  fwd call  {args.rev} {1e3 * theirs:8.3f} ms   this {1e3 * mine:8.3f} ms   "
+        if args.gap_ms:
+            mine, theirs, ratio = race_after_gap(lambda: calls["this"].on_pool(x, y), lambda: calls["other"].on_pool(x, y),
+                                                 args.rounds, args.gap_ms / 1e3)
+        else:
+            mine, theirs, ratio = race(lambda: calls["this"].on_pool(x, y), lambda: calls["other"].on_pool(x, y), args.rounds,
+                                       max(1, 20_000 // (side * side)))
+    call = "fwd call after idle" if args.gap_ms else "fwd call"
+    print(f"threads {threads}  {side}x{side}  {call}  {args.rev} {1e3 * theirs:8.3f} ms   this {1e3 * mine:8.3f} ms   "
           f"ratio {ratio:.3f}", flush=True)
 
 

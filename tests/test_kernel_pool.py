@@ -41,6 +41,29 @@ def test_workers_take_part_in_a_region(operators):
     assert ran_by_worker(operators, 8, 2, hold_workers=True) == [0] * 8  # and a held region after it is the caller's
 
 
+def test_a_short_call_runs_alone_while_the_workers_sleep_and_a_burst_wakes_them(operators):
+    """After a pause the pool's worker sleeps: a short call gets one thread (a worker woken from sleep would arrive after
+    it). Short calls in a burst (each within a few milliseconds of the last) wake the worker for the calls that follow,
+    which then get both threads and the worker takes part again."""
+    import time
+
+    def short_call_threads() -> int:
+        granted = torch.zeros(1, dtype=torch.long)
+        operators.pool_short_call(granted, 2)
+        return int(granted)
+
+    assert 1 in ran_by_worker(operators, 8, 2, hold_workers=False)  # the worker is awake and working
+    deadline = time.monotonic() + 5
+    while short_call_threads() != 1:  # queries 20 ms apart are no burst: nothing wakes the worker
+        assert time.monotonic() < deadline, "the worker never went to sleep"
+        time.sleep(0.02)
+    deadline = time.monotonic() + 5
+    while short_call_threads() != 2:  # a burst: the first query of it wakes the worker
+        assert time.monotonic() < deadline, "a burst of short calls never woke the worker"
+        time.sleep(0.0002)
+    assert 1 in ran_by_worker(operators, 8, 2, hold_workers=False)
+
+
 def test_one_thread_runs_on_the_caller_alone(operators):
     assert ran_by_worker(operators, 6, 1, hold_workers=False) == [0] * 6
 

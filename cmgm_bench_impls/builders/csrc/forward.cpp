@@ -114,6 +114,9 @@ class WorkspaceLayout {
   int64_t size_ = 0;
 };
 
+// The map's multiply-adds below which a call is short (about a millisecond on one core at 11x11's 8 M).
+constexpr double kShortCallWork = 32e6;
+
 struct Shape {
   int64_t batch, channels, height, width, tokens, heads;
 };
@@ -145,7 +148,9 @@ std::tuple<Tensor, Tensor> fused_forward(Tensor x, Tensor y, Tensor qv_w, Tensor
                   "the map's weight must be (h, h, 3, 3) and its bias (h), contiguous float32");  // read as raw buffers
   x = torch::stable::contiguous(x);
   y = torch::stable::contiguous(y);
-  const int threads = static_cast<int>(torch::stable::get_num_threads());
+  const int requested = static_cast<int>(torch::stable::get_num_threads());
+  const double map_work = static_cast<double>(s.batch) * heads * heads * 9 * s.tokens * s.tokens;
+  const int threads = map_work < kShortCallWork && !cmgm::short_call_threads_ready(requested) ? 1 : requested;
   const cmgm::SingleThreadedLibraries one_thread;  // ATen inside this thread's chunks, as on the workers
 
   const int64_t B = s.batch, C = s.channels, N = s.tokens, H = s.height, W = s.width, d = C / heads;

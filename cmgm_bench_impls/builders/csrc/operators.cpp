@@ -111,6 +111,14 @@ void pool_probe(Tensor ran_by_worker, int64_t threads, bool hold_workers) {
   cmgm::hold_workers(false);
 }
 
+// For the pool's tests: writes to granted (one int64) the threads a short call on `threads` threads
+// would run on now (pool.h: short_call_threads_ready), as fused_forward asks it.
+void pool_short_call(Tensor granted, int64_t threads) {
+  STD_TORCH_CHECK(granted.scalar_type() == ScalarType::Long && granted.numel() == 1 && granted.is_cpu(), "granted must be one int64");
+  STD_TORCH_CHECK(threads > 0, "threads must be positive");
+  *static_cast<int64_t*>(granted.mutable_data_ptr()) = cmgm::short_call_threads_ready(static_cast<int>(threads)) ? threads : 1;
+}
+
 }  // namespace
 
 #define CMGM_DEFINE(ns, m) STABLE_TORCH_LIBRARY(ns, m)
@@ -120,10 +128,12 @@ CMGM_DEFINE(CMGM_NAMESPACE, m) {
   m.def("fused_map(Tensor attn, Tensor weight, Tensor bias, bool streaming=False) -> Tensor");
   m.def("softmax_attention(Tensor q, Tensor k, Tensor v, bool want_attn, ScalarType attn_dtype) -> (Tensor, Tensor)");
   m.def("pool_probe(Tensor(a!) ran_by_worker, int threads, bool hold_workers) -> ()");
+  m.def("pool_short_call(Tensor(a!) granted, int threads) -> ()");
 }
 
 CMGM_IMPLEMENT(CMGM_NAMESPACE, m) {
   m.impl("fused_map", TORCH_BOX(&fused_map));
   m.impl("softmax_attention", TORCH_BOX(&softmax_attention));
   m.impl("pool_probe", TORCH_BOX(&pool_probe));
+  m.impl("pool_short_call", TORCH_BOX(&pool_short_call));
 }

@@ -39,6 +39,8 @@ using Body = std::function<void(int64_t)>;
 // back find it awake, an idle process stops burning a core soon after.
 constexpr auto kSpin = std::chrono::microseconds(1000);
 constexpr int64_t kMaxChunks = 0xffff;
+// Short calls that start within this of each other are a burst: the workers are woken for the ones that follow.
+constexpr auto kBurst = std::chrono::milliseconds(5);
 
 thread_local bool in_region = false;  // this thread runs a chunk, or is a region's caller
 thread_local bool is_worker = false;
@@ -70,6 +72,17 @@ class Pool {
   }
 
   int threads() const { return static_cast<int>(threads_.size()) + 1; }
+
+  bool any_asleep() const { return sleeping_.load() > 0; }
+
+  // Wakes the sleeping workers to spin, ready for the next region, without starting one.
+  void wake_ahead() {
+    {
+      std::lock_guard<std::mutex> lock(sleep_mutex_);
+      ++wake_calls_;
+    }
+    wake_.notify_all();
+  }
 
   // The caller holds pool_mutex: one region at a time.
   void run(int64_t chunks, const Body& body) {
@@ -122,19 +135,28 @@ class Pool {
     }
   }
 
-  // Spins for kSpin, then sleeps, until a region after `seen` starts; false when the pool stops.
+  // Spins for kSpin, then sleeps, until a region after `seen` starts; false when the pool stops. Woken
+  // ahead of a region (wake_ahead), spins for kSpin again.
   bool wait_for_region(uint32_t seen) {
-    const auto deadline = std::chrono::steady_clock::now() + kSpin;
-    for (int spins = 1;; ++spins) {
+    for (bool ahead = false;; ahead = true) {
+      const auto deadline = std::chrono::steady_clock::now() + kSpin;
+      for (int spins = 1;; ++spins) {
+        if (generation(word_.load()) != seen) return true;
+        if (ahead) {
+          std::this_thread::yield();  // woken ahead of a call: give way to the caller if they share a core
+        } else {
+          CMGM_SPIN_PAUSE();
+        }
+        if (spins % 64 == 0 && std::chrono::steady_clock::now() > deadline) break;
+      }
+      std::unique_lock<std::mutex> lock(sleep_mutex_);
+      const uint64_t wake_calls = wake_calls_;
+      sleeping_.fetch_add(1);
+      wake_.wait(lock, [&] { return stopping_ || generation(word_.load()) != seen || wake_calls_ != wake_calls; });
+      sleeping_.fetch_sub(1);
+      if (stopping_) return false;
       if (generation(word_.load()) != seen) return true;
-      CMGM_SPIN_PAUSE();
-      if (spins % 64 == 0 && std::chrono::steady_clock::now() > deadline) break;
     }
-    std::unique_lock<std::mutex> lock(sleep_mutex_);
-    sleeping_.fetch_add(1);
-    wake_.wait(lock, [&] { return stopping_ || generation(word_.load()) != seen; });
-    sleeping_.fetch_sub(1);
-    return !stopping_;
   }
 
   std::vector<std::thread> threads_;
@@ -145,6 +167,7 @@ class Pool {
   std::mutex sleep_mutex_;
   std::condition_variable wake_;
   bool stopping_ = false;
+  uint64_t wake_calls_ = 0;  // guarded by sleep_mutex_
   std::mutex error_mutex_;
   std::exception_ptr error_;
 };
@@ -196,6 +219,19 @@ void run_ranges(int64_t count, int64_t parts, int threads, const std::function<v
 }
 
 bool on_pool_worker() { return is_worker; }
+
+bool short_call_threads_ready(int threads) {
+  if (threads <= 1 || in_region) return true;
+  static std::atomic<int64_t> last_start{0};  // steady-clock nanoseconds
+  const int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
+  const bool in_burst = now - last_start.exchange(now) < std::chrono::nanoseconds(kBurst).count();
+  std::unique_lock<std::mutex> lock(pool_mutex, std::try_to_lock);
+  if (!lock.owns_lock()) return true;  // another thread's region is running: this call's regions run inline anyway
+  Pool& pool = pool_of(threads);
+  if (!pool.any_asleep()) return true;
+  if (in_burst) pool.wake_ahead();
+  return false;
+}
 
 void hold_workers(bool held) { workers_held.store(held); }
 

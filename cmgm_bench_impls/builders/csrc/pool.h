@@ -28,6 +28,12 @@ void run_ranges(int64_t count, int64_t parts, int threads, const std::function<v
 // True on the pool's worker threads.
 bool on_pool_worker();
 
+// For a short call (about a millisecond on one core): true when it may use `threads` threads, that
+// is when no worker of their pool sleeps. A worker woken from sleep arrives milliseconds later, after
+// such a call ends, so the call runs on its caller alone; when short calls come in a burst (each
+// within kBurst of the one before), the sleeping workers are woken for the calls that follow.
+bool short_call_threads_ready(int threads);
+
 // For tests: while held, workers claim no chunk (as if descheduled), so the
 // caller must run every chunk itself.
 void hold_workers(bool held);
