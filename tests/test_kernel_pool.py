@@ -93,36 +93,34 @@ def test_every_stage_choice_gives_the_reference_on_two_threads(operators, two_th
     assert_module_outputs_near_float64(out, attn_map, module, x, y, "float32" if dtype == torch.float32 else "bfloat16")
 
 
-def test_streaming_stores_give_the_cached_call_bit_for_bit(operators, two_threads):
-    """An 8x8 map (N = 64 tokens): every row of the attention matrix and of the map starts on a whole vector, so every
-    full-width store of both streams; the arithmetic is the same as through the cache."""
-    if not kernels.TARGETS[kernels.best_target()].streaming_stores:
-        pytest.skip("this target's kernels have no streaming stores")
-    module = copy.deepcopy(reference_module(32, 4, 0, 8, 8)).eval()
-    x, y = make_inputs(2, 32, 8, 8, 0)
-    fused = FusedCMGM(module, torch.float32)
-    fused.use_kernels(operators, {"attention": "kernel", "map": "kernel"})
-    with torch.inference_mode():
-        streamed = fused.on_pool(x, y, stores="streaming")
-        cached = fused.on_pool(x, y, stores="cached")
-    assert_module_outputs_near_float64(*streamed, module, x, y)
-    assert torch.equal(streamed[0], cached[0]) and torch.equal(streamed[1], cached[1])
-
-
-@pytest.mark.parametrize("batch, dim, heads, height, width", [(2, 32, 4, 9, 7), (1, 64, 8, 13, 17), (2, 64, 16, 6, 10), (1, 64, 8, 28, 28)])
-def test_the_recomputed_map_is_the_stored_one_bit_for_bit(operators, two_threads, batch, dim, heads, height, width):
-    """The map kernel recomputes the attention matrix with the attention kernel's operations in its order: the same map,
-    bit for bit, at shapes whose token count is not a multiple of the tile (halo columns and rows outside the matrix),
-    with 16 heads, and at PGNet's 28x28 (interior tiles)."""
+def assert_calls_on_the_pool_agree(operators, shape: tuple, first: dict, second: dict) -> None:
+    """fused's call on the pool with the options ``first`` (``FusedCMGM.on_pool``'s) is within the float32 tolerance of
+    float64 and equal bit for bit to the call with ``second``, at ``shape`` = (batch, dim, heads, height, width)."""
+    batch, dim, heads, height, width = shape
     module = copy.deepcopy(reference_module(dim, heads, 0, height, width)).eval()
     x, y = make_inputs(batch, dim, height, width, 0)
     fused = FusedCMGM(module, torch.float32)
     fused.use_kernels(operators, {"attention": "kernel", "map": "kernel"})
     with torch.inference_mode():
-        stored = fused.on_pool(x, y, attention_map="kernel")
-        recomputed = fused.on_pool(x, y, attention_map="recompute")
-    assert_module_outputs_near_float64(*recomputed, module, x, y)
-    assert torch.equal(recomputed[0], stored[0]) and torch.equal(recomputed[1], stored[1])
+        one, other = fused.on_pool(x, y, **first), fused.on_pool(x, y, **second)
+    assert_module_outputs_near_float64(*one, module, x, y)
+    assert torch.equal(one[0], other[0]) and torch.equal(one[1], other[1])
+
+
+def test_streaming_stores_give_the_cached_call_bit_for_bit(operators, two_threads):
+    """An 8x8 map (N = 64 tokens): every row of the attention matrix and of the map starts on a whole vector, so every
+    full-width store of both streams; the arithmetic is the same as through the cache."""
+    if not kernels.TARGETS[kernels.best_target()].streaming_stores:
+        pytest.skip("this target's kernels have no streaming stores")
+    assert_calls_on_the_pool_agree(operators, (2, 32, 4, 8, 8), {"stores": "streaming"}, {"stores": "cached"})
+
+
+@pytest.mark.parametrize("shape", [(2, 32, 4, 9, 7), (1, 64, 8, 13, 17), (2, 64, 16, 6, 10), (1, 64, 8, 28, 28)])
+def test_the_recomputed_map_is_the_stored_one_bit_for_bit(operators, two_threads, shape):
+    """The map kernel recomputes the attention matrix with the attention kernel's operations in its order: the same map,
+    bit for bit, at shapes whose token count is not a multiple of the tile (halo columns and rows outside the matrix),
+    with 16 heads, and at PGNet's 28x28 (interior tiles)."""
+    assert_calls_on_the_pool_agree(operators, shape, {"attention_map": "recompute"}, {"attention_map": "kernel"})
 
 
 def test_the_map_recomputes_only_the_attention_kernels_matrix(operators):
