@@ -50,7 +50,8 @@ struct AttentionRows {
 // Writes out (B, N, h, d) float32 and, when attn is not null, the softmax matrix (B, h, N, N).
 void softmax_attention(const AttentionInputs& inputs, float* attn, float* out, int threads, bool streaming = false);
 void softmax_attention(const AttentionInputs& inputs, bf16* attn, float* out, int threads, bool streaming = false);
-// Writes out (B, N, h, d) float32 and keeps in `rows` what the map needs to recompute the softmax matrix.
+// Writes out (B, N, h, d) float32 and keeps in `rows` what the map needs to recompute the softmax matrix
+// (every entry written; the vectors' memory of an earlier call is reused).
 void softmax_attention_rows(const AttentionInputs& inputs, float* out, AttentionRows& rows, int threads);
 
 // The map of fused_map over the softmax matrix that `rows` describe, recomputed tile by tile.

@@ -166,9 +166,10 @@ void pad_operands(const cmgm::AttentionInputs& in, const Layout& L, float* q, fl
   });
 }
 
+// Fills rows.q, kT and vT (every entry, padding included), keeping the vectors' memory from an earlier call.
 void pad(const cmgm::AttentionInputs& in, const Layout& L, cmgm::AttentionRows& rows, int threads) {
   const int64_t heads = in.batch * in.heads;
-  rows = {in.batch, in.heads, in.n, L.d_pad, L.stride, {}, {}, {}, {}, {}};
+  rows.batch = in.batch, rows.heads = in.heads, rows.n = in.n, rows.d_pad = L.d_pad, rows.stride = L.stride;
   rows.q.resize(heads * L.n * L.d_pad), rows.kT.resize(heads * L.d_pad * L.stride), rows.vT.resize(rows.kT.size());
   if (in.bfloat16) {
     pad_operands<cmgm::bf16>(in, L, rows.q.data(), rows.kT.data(), rows.vT.data(), threads);
@@ -202,13 +203,19 @@ void softmax_attention_rows(const AttentionInputs& inputs, float* out, Attention
   const Layout L = layout_of(inputs);
   pad(inputs, L, rows, threads);
   const int64_t heads = inputs.batch * inputs.heads;
-  rows.qT.assign(heads * L.d_pad * L.stride, 0.f);
+  rows.qT.resize(heads * L.d_pad * L.stride);
+  rows.row_max.resize(heads * L.stride), rows.row_inverse.resize(heads * L.stride);
   parallel_for(heads, 1, threads, 0.0, [&](int64_t begin, int64_t end) {  // copies: one chunk a thread
-    for (int64_t bh = begin; bh < end; ++bh)
-      for (int64_t i = 0; i < L.n; ++i)
-        for (int64_t c = 0; c < L.d_pad; ++c) rows.qT[(bh * L.d_pad + c) * L.stride + kEdge + i] = rows.q[(bh * L.n + i) * L.d_pad + c];
+    for (int64_t bh = begin; bh < end; ++bh) {
+      for (int64_t c = 0; c < L.d_pad; ++c)
+        for (int64_t i = -kEdge; i < L.stride - kEdge; ++i)
+          rows.qT[(bh * L.d_pad + c) * L.stride + kEdge + i] = i >= 0 && i < L.n ? rows.q[(bh * L.n + i) * L.d_pad + c] : 0.f;
+      for (int64_t i = -kEdge; i < L.stride - kEdge; ++i) {  // the padding; attend_all writes the rows
+        if (i >= 0 && i < L.n) continue;
+        rows.row_max[bh * L.stride + kEdge + i] = rows.row_inverse[bh * L.stride + kEdge + i] = 0.f;
+      }
+    }
   });
-  rows.row_max.assign(heads * L.stride, 0.f), rows.row_inverse.assign(heads * L.stride, 0.f);
   attend_all<false>(rows.q.data(), rows.kT.data(), rows.vT.data(), L, inputs.batch, inputs.heads, static_cast<float*>(nullptr), out,
                     rows.row_max.data(), rows.row_inverse.data(), threads);
 }
