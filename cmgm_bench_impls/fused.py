@@ -22,8 +22,8 @@ operators single-threaded inside its chunks. There the map stage has a second
 path, ``recompute``: the attention kernel stores no N x N matrix, only its
 operands and each row's softmax maximum and sum, and the map kernel recomputes
 the matrix tile by tile (equal bit for bit: the same operations in the same
-order), trading ~1.5x the map's arithmetic for the matrix's trip to memory and
-back. The call's N x N matrices (the attention matrix, when stored, and the map)
+order), trading a second computation of every score and exponential for the
+matrix's trip to memory and back. The call's N x N matrices (the attention matrix, when stored, and the map)
 are written through the cache (``cached``) or, on the x86 targets, with streaming
 stores that skip it (``streaming``): no line is read before it is written, which
 halves their traffic where memory bounds the call. The pool's caller claims work
@@ -68,6 +68,11 @@ KERNEL_HEADS = (1, 2, 4, 8, 16)
 STORES = ("cached", "streaming")  # how a call on the pool writes its N x N matrices: through the cache, or past it
 # (attention, map) paths of a call on the pool: the map reads the stored matrix, or recomputes it from the attention kernel's rows
 ON_POOL = (("kernel", "kernel"), ("aten", "kernel"), ("kernel", "recompute"))
+
+
+def store_kinds(target: str) -> tuple[str, ...]:
+    """The ``STORES`` the kernels built for ``target`` have: streaming stores only where the build has them."""
+    return STORES if kernels.TARGETS[target].streaming_stores else STORES[:1]
 
 
 def map_kernel_problem(case) -> str | None:
@@ -301,8 +306,7 @@ def _register(name: str, dtype: torch.dtype, label: str, description: str, check
         fused.use_kernels(extension, {"attention": "kernel", "map": "kernel"})
         x, y = (torch.randn(case.batch, case.dim, case.height, case.width, generator=torch.Generator().manual_seed(2)) for _ in range(2))
         key = (notes["kernel_target"], label, case.batch, case.heads, case.tokens, case.dim // case.heads, torch.get_num_threads())
-        stores = STORES if kernels.TARGETS[notes["kernel_target"]].streaming_stores else STORES[:1]
-        stages, timings = choose_stages(fused, x, y, key, stores)
+        stages, timings = choose_stages(fused, x, y, key, store_kinds(notes["kernel_target"]))
         fused.use_kernels(extension, stages)
         fused.workspace = new_workspace()  # sized by the chosen path's first call, not by the largest path the race ran
         notes.update(stage_paths=stages, stage_ms=timings)

@@ -15,7 +15,7 @@ from cmgm_bench.results.store import to_row
 from tests.helpers import require_tool, assert_module_outputs_near_float64, assert_near_float64, measure_config
 from cmgm_bench.machine import cpu_features
 from cmgm_bench_impls.builders import kernels
-from cmgm_bench_impls.fused import ATEN_ATTENTION_MARGIN, STORES, FusedCMGM
+from cmgm_bench_impls.fused import ATEN_ATTENTION_MARGIN, FusedCMGM, store_kinds
 
 @pytest.fixture(autouse=True)
 def _compiler():
@@ -193,7 +193,7 @@ def test_the_stage_choice_and_the_target_are_recorded(monkeypatch, target):
     aten_clearly_faster = timings["attention"]["aten"] < timings["attention"]["kernel"] * (1 - ATEN_ATTENTION_MARGIN)
     assert paths["attention"] == ("aten" if aten_clearly_faster else "kernel")
     if min(timings["map"], key=timings["map"].get) == "kernel":  # whole calls on the pool raced: the chosen attention's fastest won
-        stores = STORES if kernels.TARGETS[target].streaming_stores else STORES[:1]
+        stores = store_kinds(target)
         maps = ("kernel", "recompute") if paths["attention"] == "kernel" else ("kernel",)
         assert set(timings["calls"]) == {f"map={m}, stores={kind}" for m in maps for kind in stores}
         assert f"map={paths['map']}, stores={paths['stores']}" == min(timings["calls"], key=timings["calls"].get)
