@@ -6,7 +6,7 @@ calling thread sleeps through each gap: what the implementation's pool threads d
 itself: they spin through it; near zero: they sleep). Run it once per environment to compare OpenMP's wait
 policies (``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT`` must be set before the runtime loads, so each its own process).
 
-    python scripts/studies/after_idle_study.py --impl fused --res 11 --threads 2 --gap-ms 50 --pairs 300 [--burst 1]
+    python scripts/studies/after_idle_study.py --impl fused --res 11 --threads 2 --gap-ms 50 --pairs 300 [--burst 1] [--idle spin]
     OMP_WAIT_POLICY=active python scripts/studies/after_idle_study.py ...
 """
 
@@ -26,6 +26,15 @@ from cmgm_bench.measure.prepare import prepare_case
 from cmgm_bench.workload.modes import autograd_context
 
 
+def wait_through_gap(seconds: float, idle: str) -> None:
+    if idle == "sleep":
+        time.sleep(seconds)
+        return
+    until = time.perf_counter() + seconds
+    while time.perf_counter() < until:
+        pass
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--impl", default="fused")
@@ -37,6 +46,9 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=2, help=(
         "Calls after each gap: the first is timed as after idle, the rest as back to back; 1 times calls that each "
         "follow a gap (as ab --gap-ms does), 2 or more calls that come in bursts."))
+    parser.add_argument("--idle", choices=("sleep", "spin"), default="sleep", help=(
+        "How the calling thread spends each gap: sleep (its core may halt, as a server's does between requests) or "
+        "spin on the clock (its core stays busy), which separates what a halted core costs from what the pool does."))
     args = parser.parse_args()
     prepare_process(args.threads)
     case = Case(args.impl, "cpu", registry.get(args.impl).dtype, args.mode, 1, args.res, args.res, 8, 64)
@@ -47,7 +59,7 @@ def main() -> None:
             step()
         for _ in range(args.pairs):
             cpu_before = time.process_time()
-            time.sleep(args.gap_ms / 1e3)
+            wait_through_gap(args.gap_ms / 1e3, args.idle)
             idle_cpu.append(time.process_time() - cpu_before)
             for index in range(args.burst):
                 started = time.perf_counter()
@@ -60,8 +72,9 @@ def main() -> None:
                 back_to_back.append(time.perf_counter() - started)
     quiet, idle = statistics.median(back_to_back) * 1e3, statistics.median(after_gap) * 1e3
     policy = ", ".join(f"{k}={os.environ[k]}" for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT") if k in os.environ) or "default"
-    print(f"{args.impl} {args.mode} {args.res}x{args.res}, {torch.get_num_threads()} threads, {policy}, bursts of {args.burst}: "
-          f"back to back {quiet:.3f} ms, after {args.gap_ms:g} ms idle {idle:.3f} ms ({idle / quiet:.2f}x), "
+    print(f"{args.impl} {args.mode} {args.res}x{args.res}, {torch.get_num_threads()} threads, {policy}, "
+          f"bursts of {args.burst}, gaps {args.idle}: back to back {quiet:.3f} ms, "
+          f"after {args.gap_ms:g} ms idle {idle:.3f} ms ({idle / quiet:.2f}x), "
           f"CPU while idle {1e3 * statistics.median(idle_cpu):.2f} ms per gap; medians of {args.pairs}")
 
 
