@@ -64,6 +64,23 @@ def test_a_short_call_runs_alone_while_the_workers_sleep_and_a_burst_wakes_them(
     assert 1 in ran_by_worker(operators, 8, 2, hold_workers=False)
 
 
+def test_a_worker_woken_from_sleep_runs_beside_its_caller_not_on_its_cpu(operators):
+    """The scheduler puts a thread woken from sleep on its waker's CPU, where the two would take turns; the pool's
+    worker moves to another of the process's CPUs before it claims a chunk."""
+    import os
+    import time
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("the process may use one CPU only")
+    cpus = torch.full((2,), -1, dtype=torch.long)
+    for _ in range(10):
+        time.sleep(0.02)  # the worker spins 1 ms after a region, then sleeps
+        operators.pool_placement(cpus)
+        caller, worker = cpus.tolist()
+        assert worker >= 0, "the worker never ran its chunk"
+        assert worker != caller, f"the worker ran on the caller's CPU {caller}"
+
+
 def test_one_thread_runs_on_the_caller_alone(operators):
     assert ran_by_worker(operators, 6, 1, hold_workers=False) == [0] * 6
 

@@ -9,6 +9,8 @@
 #include <torch/csrc/stable/tensor.h>
 #include <torch/headeronly/util/Exception.h>
 
+#include <sched.h>
+
 #include <atomic>
 #include <chrono>
 #include <thread>
@@ -119,6 +121,25 @@ void pool_short_call(Tensor granted, int64_t threads) {
   *static_cast<int64_t*>(granted.mutable_data_ptr()) = cmgm::short_call_threads_ready(static_cast<int>(threads)) ? threads : 1;
 }
 
+// For the pool's tests: a region of two chunks on two threads, the caller's chunk waiting (up to 10 s) for the
+// worker's; writes to cpus (two int64) the CPU the caller ran its chunk on and the one the worker ran its on.
+void pool_placement(Tensor cpus) {
+  STD_TORCH_CHECK(cpus.scalar_type() == ScalarType::Long && cpus.numel() == 2 && cpus.is_contiguous() && cpus.is_cpu(),
+                  "cpus must be two contiguous int64");
+  auto* cpu = static_cast<int64_t*>(cpus.mutable_data_ptr());
+  std::atomic<bool> worker_ran{false};
+  cmgm::run_chunks(2, 2, [&](int64_t) {
+    if (cmgm::on_pool_worker()) {
+      cpu[1] = sched_getcpu();
+      worker_ran.store(true);
+      return;
+    }
+    cpu[0] = sched_getcpu();
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (!worker_ran.load() && std::chrono::steady_clock::now() < deadline) std::this_thread::yield();
+  });
+}
+
 }  // namespace
 
 #define CMGM_DEFINE(ns, m) STABLE_TORCH_LIBRARY(ns, m)
@@ -129,6 +150,7 @@ CMGM_DEFINE(CMGM_NAMESPACE, m) {
   m.def("softmax_attention(Tensor q, Tensor k, Tensor v, bool want_attn, ScalarType attn_dtype) -> (Tensor, Tensor)");
   m.def("pool_probe(Tensor(a!) ran_by_worker, int threads, bool hold_workers) -> ()");
   m.def("pool_short_call(Tensor(a!) granted, int threads) -> ()");
+  m.def("pool_placement(Tensor(a!) cpus) -> ()");
 }
 
 CMGM_IMPLEMENT(CMGM_NAMESPACE, m) {
@@ -136,4 +158,5 @@ CMGM_IMPLEMENT(CMGM_NAMESPACE, m) {
   m.impl("softmax_attention", TORCH_BOX(&softmax_attention));
   m.impl("pool_probe", TORCH_BOX(&pool_probe));
   m.impl("pool_short_call", TORCH_BOX(&pool_short_call));
+  m.impl("pool_placement", TORCH_BOX(&pool_placement));
 }
