@@ -5,7 +5,8 @@
 // when a region starts claims nothing, and the caller runs the chunks it left.
 // The caller waits only for chunks a worker has claimed and not finished.
 // Workers spin briefly after their last chunk, then sleep on a condition
-// variable. ATen operators called inside a chunk run on one thread (OpenMP's
+// variable; one woken from sleep first leaves the CPU of the thread that woke
+// it, where the scheduler puts it, for another of the process's CPUs. ATen operators called inside a chunk run on one thread (OpenMP's
 // and MKL's per-thread settings), so no region opens a libgomp team of its own.
 #pragma once
 
