@@ -26,13 +26,18 @@ from cmgm_bench.measure.prepare import prepare_case
 from cmgm_bench.workload.modes import autograd_context
 
 
+GAP_WORK = {"vector": torch.randn(1024), "stream": torch.randn(4 << 20)}  # 4 KB, 16 MB
+
+
 def wait_through_gap(seconds: float, idle: str) -> None:
     if idle == "sleep":
         time.sleep(seconds)
         return
+    work = GAP_WORK.get(idle)
     until = time.perf_counter() + seconds
     while time.perf_counter() < until:
-        pass
+        if work is not None:
+            work.mul_(1.0000001)
 
 
 def main() -> None:
@@ -46,9 +51,11 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=2, help=(
         "Calls after each gap: the first is timed as after idle, the rest as back to back; 1 times calls that each "
         "follow a gap (as ab --gap-ms does), 2 or more calls that come in bursts."))
-    parser.add_argument("--idle", choices=("sleep", "spin"), default="sleep", help=(
-        "How the calling thread spends each gap: sleep (its core may halt, as a server's does between requests) or "
-        "spin on the clock (its core stays busy), which separates what a halted core costs from what the pool does."))
+    parser.add_argument("--idle", choices=("sleep", "spin", "vector", "stream"), default="sleep", help=(
+        "How the calling thread spends each gap: sleep (its core may halt, as a server's does between requests); "
+        "spin on the clock (its core stays busy), which separates what a halted core costs from what the pool does; "
+        "vector: small vector operations (a 4 KB tensor, the vector units busy, little memory); stream: the same over "
+        "16 MB (the caches refilled with other data)."))
     args = parser.parse_args()
     prepare_process(args.threads)
     case = Case(args.impl, "cpu", registry.get(args.impl).dtype, args.mode, 1, args.res, args.res, 8, 64)
