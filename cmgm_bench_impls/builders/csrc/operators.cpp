@@ -9,8 +9,6 @@
 #include <torch/csrc/stable/tensor.h>
 #include <torch/headeronly/util/Exception.h>
 
-#include <sched.h>
-
 #include <atomic>
 #include <chrono>
 #include <thread>
@@ -130,11 +128,11 @@ void pool_placement(Tensor cpus) {
   std::atomic<bool> worker_ran{false};
   cmgm::run_chunks(2, 2, [&](int64_t) {
     if (cmgm::on_pool_worker()) {
-      cpu[1] = sched_getcpu();
+      cpu[1] = cmgm::current_cpu();
       worker_ran.store(true);
       return;
     }
-    cpu[0] = sched_getcpu();
+    cpu[0] = cmgm::current_cpu();
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
     while (!worker_ran.load() && std::chrono::steady_clock::now() < deadline) std::this_thread::yield();
   });

@@ -51,23 +51,14 @@ uint32_t generation(uint64_t word) { return static_cast<uint32_t>(word >> 32); }
 int64_t total_chunks(uint64_t word) { return static_cast<int64_t>((word >> 16) & 0xffff); }
 int64_t next_chunk(uint64_t word) { return static_cast<int64_t>(word & 0xffff); }
 
-// The CPU the calling thread runs on; -1 where the system does not say.
-int current_cpu() {
-#ifdef __linux__
-  return sched_getcpu();
-#else
-  return -1;
-#endif
-}
-
-// A worker woken from sleep is put by the scheduler on the CPU of the thread that woke it (its caches are
-// warm there), where the two then take turns until a load balance moves one of them, milliseconds later.
+// A worker woken from sleep is put by the scheduler on the CPU of the thread that woke it, even with
+// another CPU idle, and the two then take turns there until a load balance moves one of them.
 // The worker moves itself to the process's other CPUs at once instead: there it runs beside the caller,
 // not in its way (on a guest whose idle vCPUs halt, it gets there ~2 ms later; the caller claims the
 // chunks meanwhile). Its affinity is given back as it was.
 void leave_callers_cpu(int caller_cpu) {
 #ifdef __linux__
-  if (caller_cpu < 0 || sched_getcpu() != caller_cpu) return;
+  if (caller_cpu < 0 || current_cpu() != caller_cpu) return;
   cpu_set_t allowed;
   if (sched_getaffinity(0, sizeof allowed, &allowed) != 0 || !CPU_ISSET(caller_cpu, &allowed) || CPU_COUNT(&allowed) < 2) return;
   cpu_set_t others = allowed;
@@ -252,6 +243,14 @@ void run_ranges(int64_t count, int64_t parts, int threads, const std::function<v
 }
 
 bool on_pool_worker() { return is_worker; }
+
+int current_cpu() {
+#ifdef __linux__
+  return sched_getcpu();
+#else
+  return -1;
+#endif
+}
 
 bool short_call_threads_ready(int threads) {
   if (threads <= 1 || in_region) return true;

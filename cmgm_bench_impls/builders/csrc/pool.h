@@ -6,8 +6,9 @@
 // The caller waits only for chunks a worker has claimed and not finished.
 // Workers spin briefly after their last chunk, then sleep on a condition
 // variable; one woken from sleep first leaves the CPU of the thread that woke
-// it, where the scheduler puts it, for another of the process's CPUs. ATen operators called inside a chunk run on one thread (OpenMP's
-// and MKL's per-thread settings), so no region opens a libgomp team of its own.
+// it, where the scheduler puts it, for another of the process's CPUs. ATen
+// operators called inside a chunk run on one thread (OpenMP's and MKL's
+// per-thread settings), so no region opens a libgomp team of its own.
 #pragma once
 
 #include <cstdint>
@@ -28,6 +29,9 @@ void run_ranges(int64_t count, int64_t parts, int threads, const std::function<v
 
 // True on the pool's worker threads.
 bool on_pool_worker();
+
+// The CPU the calling thread runs on; -1 where the system does not say.
+int current_cpu();
 
 // For a short call (about a millisecond on one core): true when it may use `threads` threads, that
 // is when no worker of their pool sleeps. A worker woken from sleep arrives milliseconds later, after
