@@ -8,8 +8,11 @@ Built from the reference module's weights at build time:
 * in ``fwd`` mode the attention runs as one C++ kernel
   (``csrc/softmax_attention.cpp``): a few rows of ``softmax(q kᵀ)`` at a time
   in L1, multiplied by ``v`` there, the N x N matrix written once for the map;
-  in ``feature`` mode it is one SDPA call (flash on the CPU, no N x N matrix),
-  which measured faster than the same kernel without the matrix;
+  in ``feature`` mode no N x N matrix is written: the same kernel keeping it
+  in L1 in one call on the kernels' pool (below), or ATen's SDPA (flash on the
+  CPU) among torch operators, whichever the race on the case's shape finds
+  faster (the torch operators only by a margin: they pay PyTorch's pool waking
+  up after idle, which a back-to-back race does not see);
 * the map branch ``ReLU(BN(conv3x3(A + Aᵀ)))`` runs as one C++ kernel
   (``csrc/fused_map.cpp``) that reads the attention matrix once, in mirrored
   pairs of cache-sized tiles, forms ``A + Aᵀ`` in the tile, and writes the map once.
@@ -135,13 +138,14 @@ class FusedCMGM:
         self.eps_x, self.eps_y = module.lnx.eps, module.lny.eps
         self.kernels = None  # the C++ extension, set by use_kernels(); fwd needs it
         self.workspace = new_workspace()  # on_pool's scratch, kept between calls
-        self.stages = {"attention": "aten", "map": "aten", "stores": "cached"}
+        self.stages = {"attention": "aten", "map": "aten", "stores": "cached", "feature": "operators"}
 
     def use_kernels(self, extension, stages: dict[str, str]) -> None:
         """Run fwd's attention stage on ``"kernel"`` (ours) or ``"aten"``, its map stage on ``"kernel"``, ``"aten"`` or
-        ``"recompute"`` (the kernel's, on the pool, after the attention kernel), and write a call's N x N matrices on the
-        pool with ``stages["stores"]`` (one of ``STORES``; ``"cached"`` if not given)."""
-        self.kernels, self.stages = extension, {"stores": "cached", **stages}
+        ``"recompute"`` (the kernel's, on the pool, after the attention kernel), write a call's N x N matrices on the
+        pool with ``stages["stores"]`` (one of ``STORES``; ``"cached"`` if not given), and run feature mode as one call
+        on the ``"pool"`` or as torch ``"operators"`` (the default)."""
+        self.kernels, self.stages = extension, {"stores": "cached", "feature": "operators", **stages}
 
     def attention(self, q, k, v, path: str):
         """(A V as (B, N, C) in the compute dtype, A as (B, h, N, N)); q is already scaled."""
@@ -181,22 +185,25 @@ class FusedCMGM:
         return (g + fused).float()
 
     def on_pool(self, x: torch.Tensor, y: torch.Tensor, attention: str | None = None, stores: str | None = None,
-                attention_map: str | None = None):
+                attention_map: str | None = None, want_map: bool = True):
         """fwd's whole call as one operator of the kernels (``csrc/forward.cpp``), every parallel region on their pool;
         the attention stage on ``attention``, the map on ``attention_map`` (``"kernel"`` or ``"recompute"``), the N x N
-        matrices written with ``stores`` (defaults: the choices made for them).
+        matrices written with ``stores`` (defaults: the choices made for them). Without ``want_map``, feature mode's
+        call, ``(out, None)``: the attention kernel writing no matrix, no map.
 
         The call's scratch (the attention matrix above all) lives in ``self.workspace``, kept between calls; a call
         made while another thread's call holds it gets a workspace of its own."""
         workspace, self.workspace = self.workspace, None
         if workspace is None:
             workspace = new_workspace()
+        kernel_attention = not want_map or (attention or self.stages["attention"]) == "kernel"
+        recompute = want_map and (attention_map or self.stages["map"]) == "recompute"
+        streaming = want_map and (stores or self.stages["stores"]) == "streaming"
         try:
             return self.kernels.fused_forward(
                 x, y, self.qv_w, self.qv_b, self.k_w, self.k_b, self.proj_w, self.proj_b,
                 self.c1_w, self.c1_b, self.c2_w, self.c2_b, self.map_w, self.map_b, self.eps_x, self.eps_y, self.heads,
-                (attention or self.stages["attention"]) == "kernel", (attention_map or self.stages["map"]) == "recompute",
-                (stores or self.stages["stores"]) == "streaming", workspace,
+                kernel_attention, recompute, streaming, want_map, workspace,
             )
         finally:
             self.workspace = workspace
@@ -204,6 +211,8 @@ class FusedCMGM:
     def __call__(self, x: torch.Tensor, y: torch.Tensor, want_map: bool):
         if want_map and self.stages["map"] != "aten":
             return self.on_pool(x, y)
+        if not want_map and self.stages["feature"] == "pool":
+            return self.on_pool(x, y, want_map=False)
         return self.by_operators(x, y, want_map)
 
     def by_operators(self, x: torch.Tensor, y: torch.Tensor, want_map: bool):
@@ -213,7 +222,7 @@ class FusedCMGM:
         x_tokens, q, k, v = self.projections(x, y)
         if want_map:
             mixed, attn = self.attention(q, k, v, self.stages["attention"])
-        else:  # no N x N matrix at all: ATen's flash kernel measured faster than ours without one
+        else:  # no N x N matrix at all: ATen's flash kernel
             mixed = F.scaled_dot_product_attention(q, k, v, scale=1.0).transpose(1, 2).reshape(B, H * W, C)
         out = self.feature(mixed, x_tokens, H, W)
         if not want_map:
@@ -282,6 +291,20 @@ def choose_stages(fused: FusedCMGM, x, y, key: tuple, stores: tuple[str, ...]) -
     return _STAGE_CHOICES[key]
 
 
+def choose_feature_path(fused: FusedCMGM, x, y, key: tuple) -> tuple[str, dict]:
+    """Feature mode's path, ``"pool"`` (one call of the kernels, the attention kernel writing no matrix) or
+    ``"operators"`` (torch operators with SDPA), by a race of whole calls on this shape (once per process and key),
+    and the times. The torch operators are chosen only when faster by ``ATEN_ATTENTION_MARGIN``: they run on
+    PyTorch's pool, whose waking up after idle costs milliseconds that a back-to-back race does not see. (ATen's
+    SDPA inside the pool's chunks measured 1.8-7x slower than the kernel there, so it is not a candidate.)"""
+    if key not in _STAGE_CHOICES:
+        with torch.inference_mode():
+            timings = race({"pool": lambda: fused.on_pool(x, y, want_map=False), "operators": lambda: fused.by_operators(x, y, False)})
+        path = "operators" if timings["operators"] < timings["pool"] * (1 - ATEN_ATTENTION_MARGIN) else "pool"
+        _STAGE_CHOICES[key] = (path, timings)
+    return _STAGE_CHOICES[key]
+
+
 def load_kernels() -> tuple[object, dict]:
     """The kernels for this CPU's target and notes on the build; a failing build is ``unsupported`` with the reason."""
     target = kernels.best_target()
@@ -300,12 +323,23 @@ def _register(name: str, dtype: torch.dtype, label: str, description: str, check
     def build(module, case):
         fused = FusedCMGM(module, dtype)
         want_map = case.mode != "feature"
-        if not want_map:
-            return Built(fn=lambda x, y: fused(x, y, False), variant="sdpa")
-        extension, notes = load_kernels()
+        try:
+            extension, notes = load_kernels()
+        except Unsupported as why:
+            if want_map:
+                raise
+            # feature mode runs without our kernels, as torch operators
+            return Built(fn=lambda x, y: fused(x, y, False), notes={"kernels_unavailable": str(why)}, variant="sdpa")
         fused.use_kernels(extension, {"attention": "kernel", "map": "kernel"})
         x, y = (torch.randn(case.batch, case.dim, case.height, case.width, generator=torch.Generator().manual_seed(2)) for _ in range(2))
         key = (notes["kernel_target"], label, case.batch, case.heads, case.tokens, case.dim // case.heads, torch.get_num_threads())
+        if not want_map:
+            path, timings = choose_feature_path(fused, x, y, (*key, "feature"))
+            fused.use_kernels(extension, {"attention": "kernel", "map": "kernel", "feature": path})
+            fused.workspace = new_workspace()
+            notes.update(stage_paths={"feature": path}, stage_ms={"feature": timings})
+            variant = f"{notes['kernel_target']}: attention=kernel, on the pool" if path == "pool" else "sdpa"
+            return Built(fn=lambda x, y: fused(x, y, False), notes=notes, variant=variant)
         stages, timings = choose_stages(fused, x, y, key, store_kinds(notes["kernel_target"]))
         fused.use_kernels(extension, stages)
         fused.workspace = new_workspace()  # sized by the chosen path's first call, not by the largest path the race ran

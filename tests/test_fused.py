@@ -204,6 +204,20 @@ def test_the_stage_choice_and_the_target_are_recorded(monkeypatch, target):
     assert row["variant"] == f"{target}: attention={paths['attention']}, map={paths['map']}, stores={paths['stores']}"
 
 
+@pytest.mark.parametrize("target", TARGETS)
+def test_feature_mode_races_the_pool_against_torch_operators_and_records_it(monkeypatch, target):
+    monkeypatch.setenv(kernels.TARGET_ENV, target)
+    record = CaseRunner(QUICK).run(Case("fused", "cpu", "float32", "feature", 1, 13, 11, 4, 32))
+    row, notes = to_row(record), record.notes
+    assert row["status"] == "ok", row["error"]
+    timings = notes["stage_ms"]["feature"]
+    assert set(timings) == {"pool", "operators"} and all(ms > 0 for ms in timings.values())
+    operators_clearly_faster = timings["operators"] < timings["pool"] * (1 - ATEN_ATTENTION_MARGIN)
+    assert notes["stage_paths"] == {"feature": "operators" if operators_clearly_faster else "pool"}
+    pool = not operators_clearly_faster
+    assert row["variant"] == (f"{target}: attention=kernel, on the pool" if pool else "sdpa")
+
+
 @pytest.mark.parametrize("path", ["kernel", "aten"])
 def test_either_path_of_each_stage_gives_the_reference(target_kernels, path):
     module = copy.deepcopy(reference_module(32, 4, 0, 9, 7)).eval()

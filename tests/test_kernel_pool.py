@@ -124,6 +124,23 @@ def assert_calls_on_the_pool_agree(operators, shape: tuple, first: dict, second:
     assert torch.equal(one[0], other[0]) and torch.equal(one[1], other[1])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_feature_mode_on_the_pool_gives_the_reference_and_no_map(operators, two_threads, dtype):
+    """Feature mode as one call on the pool: the attention kernel writing no matrix, the feature branch, no map."""
+    from cmgm_bench.machine import cpu_features
+
+    if dtype == torch.bfloat16 and not cpu_features.native_bfloat16():
+        pytest.skip("fused-bf16 needs native bfloat16 (its refusal is tested in test_fused)")
+    module = copy.deepcopy(reference_module(32, 4, 0, 9, 7)).eval()
+    x, y = make_inputs(2, 32, 9, 7, 0)
+    fused = FusedCMGM(module, dtype)
+    fused.use_kernels(operators, {"attention": "kernel", "map": "kernel", "feature": "pool"})
+    with torch.inference_mode():
+        out, attn_map = fused(x, y, want_map=False)
+    assert attn_map is None
+    assert_near_float64(out, reference_outputs(module, x, y, train=False).out, "float32" if dtype == torch.float32 else "bfloat16")
+
+
 def test_streaming_stores_give_the_cached_call_bit_for_bit(operators, two_threads):
     """An 8x8 map (N = 64 tokens): every row of the attention matrix and of the map starts on a whole vector, so every
     full-width store of both streams; the arithmetic is the same as through the cache."""

@@ -8,6 +8,9 @@
 // of a call waits for a worker that has not started (PyTorch's OpenMP regions
 // would: a sleeping or descheduled worker holds their closing barrier).
 //
+// Without `want_map` (feature mode) the call ends with the feature branch: the
+// attention kernel writes no matrix and no map is made.
+//
 // With `recompute_map` the attention kernel writes no attention matrix at all:
 // it keeps its operands and each row's softmax statistics, and the map kernel
 // recomputes the matrix tile by tile from them. The attention matrix (when the
@@ -114,7 +117,8 @@ class WorkspaceLayout {
   int64_t size_ = 0;
 };
 
-// The map's multiply-adds below which a call is short (about a millisecond on one core at 11x11's 8 M).
+// The map's multiply-adds below which a call is short (about a millisecond on one core at 11x11's 8 M); a call
+// without the map is judged by the same measure of its shape.
 constexpr double kShortCallWork = 32e6;
 
 struct Shape {
@@ -131,7 +135,7 @@ std::array<int64_t, 3> token_rows(const Shape& s, int64_t parts, int64_t chunk) 
 std::tuple<Tensor, Tensor> fused_forward(Tensor x, Tensor y, Tensor qv_w, Tensor qv_b, Tensor k_w, Tensor k_b, Tensor proj_w, Tensor proj_b,
                                          Tensor c1_w, Tensor c1_b, Tensor c2_w, Tensor c2_b, Tensor map_w, Tensor map_b, double eps_x,
                                          double eps_y, int64_t heads, bool kernel_attention, bool recompute_map, bool streaming_stores,
-                                         Tensor workspace) {
+                                         bool want_map, Tensor workspace) {
   STD_TORCH_CHECK(x.dim() == 4 && y.dim() == 4 && x.is_cpu() && y.is_cpu(), "x and y must be (B, C, H, W) CPU tensors");
   STD_TORCH_CHECK(x.scalar_type() == ScalarType::Float && y.scalar_type() == ScalarType::Float, "x and y must be float32");
   for (int64_t dim = 0; dim < 4; ++dim) STD_TORCH_CHECK(x.size(dim) == y.size(dim), "x and y must have one shape");
@@ -143,6 +147,7 @@ std::tuple<Tensor, Tensor> fused_forward(Tensor x, Tensor y, Tensor qv_w, Tensor
   STD_TORCH_CHECK(dtype == ScalarType::Float || dtype == ScalarType::BFloat16, "the weights must be float32 or bfloat16");
   STD_TORCH_CHECK(!streaming_stores || cmgm::kStreamingStores, "this build of the kernels has no streaming stores");
   STD_TORCH_CHECK(!recompute_map || kernel_attention, "the map recomputes the attention kernel's matrix: it needs kernel_attention");
+  STD_TORCH_CHECK(want_map || (kernel_attention && !recompute_map), "a call without the map runs the attention kernel, storing no matrix");
   STD_TORCH_CHECK(map_w.scalar_type() == ScalarType::Float && map_b.scalar_type() == ScalarType::Float && map_w.is_contiguous() &&
                       map_b.is_contiguous() && map_w.numel() == heads * heads * 9 && map_b.numel() == heads,
                   "the map's weight must be (h, h, 3, 3) and its bias (h), contiguous float32");  // read as raw buffers
@@ -160,14 +165,14 @@ std::tuple<Tensor, Tensor> fused_forward(Tensor x, Tensor y, Tensor qv_w, Tensor
   // float32), the residual sum (fused) and the first convolution's output (g), both NHWC images.
   WorkspaceLayout layout;
   const int64_t qv_at = layout.reserve(B * N * 2 * C * bytes), k_at = layout.reserve(B * N * C * bytes);
-  const int64_t attn_at = layout.reserve(recompute_map ? 0 : B * heads * N * N * bytes), mixed_at = layout.reserve(B * N * C * 4);
+  const int64_t attn_at = layout.reserve(recompute_map || !want_map ? 0 : B * heads * N * N * bytes), mixed_at = layout.reserve(B * N * C * 4);
   const int64_t fused_at = layout.reserve(B * N * C * bytes), g_at = layout.reserve(B * N * C * bytes);
   char* const base = layout.allocate(workspace);
   char *qv_data = base + qv_at, *k_data = base + k_at, *attn_data = base + attn_at, *fused_data = base + fused_at, *g_data = base + g_at;
   auto* mixed_data = reinterpret_cast<float*>(base + mixed_at);
   Tensor out = torch::stable::empty({B, C, H, W}, ScalarType::Float, std::nullopt, std::nullopt, std::nullopt, MemoryFormat::ChannelsLast);
-  Tensor map = torch::stable::new_empty(x, {B, heads, N, N}, ScalarType::Float);
-  cmgm::prefer_huge_pages(map.mutable_data_ptr(), map.numel() * sizeof(float));
+  Tensor map = want_map ? torch::stable::new_empty(x, {B, heads, N, N}, ScalarType::Float) : Tensor();
+  if (want_map) cmgm::prefer_huge_pages(map.mutable_data_ptr(), map.numel() * sizeof(float));
   auto* out_data = static_cast<float*>(out.mutable_data_ptr());
   auto* x_data = static_cast<float*>(x.mutable_data_ptr());
   auto* y_data = static_cast<float*>(y.mutable_data_ptr());
@@ -194,7 +199,9 @@ std::tuple<Tensor, Tensor> fused_forward(Tensor x, Tensor y, Tensor qv_w, Tensor
   if (kernel_attention) {
     cmgm::AttentionInputs inputs{qv_data, k_data, qv_data + C * bytes, dtype == ScalarType::BFloat16,
                                  {{N * 2 * C, d, 2 * C, 1}, {N * C, d, C, 1}, {N * 2 * C, d, 2 * C, 1}}, B, heads, N, d};
-    if (recompute_map) {
+    if (!want_map) {
+      cmgm::softmax_attention(inputs, static_cast<float*>(nullptr), mixed_data, threads);
+    } else if (recompute_map) {
       cmgm::softmax_attention_rows(inputs, mixed_data, attention_rows, threads);
     } else if (dtype == ScalarType::Float) {
       cmgm::softmax_attention(inputs, reinterpret_cast<float*>(attn_data), mixed_data, threads, streaming_stores);
@@ -247,6 +254,8 @@ std::tuple<Tensor, Tensor> fused_forward(Tensor x, Tensor y, Tensor qv_w, Tensor
     torch::stable::copy_(destination, sum);
   });
 
+  if (!want_map) return {out, map};
+
   // The map branch, ReLU(BN(conv3x3(A + A^T))).
   const auto* w = static_cast<const float*>(map_w.const_data_ptr());
   const auto* bias = static_cast<const float*>(map_b.const_data_ptr());
@@ -267,7 +276,7 @@ STABLE_TORCH_LIBRARY_FRAGMENT(CMGM_NAMESPACE, m) {
   m.def(
       "fused_forward(Tensor x, Tensor y, Tensor qv_w, Tensor qv_b, Tensor k_w, Tensor k_b, Tensor proj_w, Tensor proj_b, "
       "Tensor c1_w, Tensor c1_b, Tensor c2_w, Tensor c2_b, Tensor map_w, Tensor map_b, float eps_x, float eps_y, int heads, "
-      "bool kernel_attention, bool recompute_map, bool streaming_stores, Tensor(a!) workspace) "
+      "bool kernel_attention, bool recompute_map, bool streaming_stores, bool want_map, Tensor(a!) workspace) "
       "-> (Tensor, Tensor)");
 }
 
