@@ -180,12 +180,18 @@ def test_without_a_compiler_fwd_is_unsupported_with_the_reason_and_feature_runs(
     assert to_row(runner.run(Case("fused", "cpu", "float32", "feature", 1, 5, 5, 2, 16)))["status"] == "ok"
 
 
+def run_on_target(monkeypatch, target: str, mode: str) -> tuple[dict, dict]:
+    """One ``fused`` case (a 13x11 map, 4 heads) built for ``target``: its row, which must be ok, and its notes."""
+    monkeypatch.setenv(kernels.TARGET_ENV, target)
+    record = CaseRunner(QUICK).run(Case("fused", "cpu", "float32", mode, 1, 13, 11, 4, 32))
+    row = to_row(record)
+    assert row["status"] == "ok", row["error"]
+    return row, record.notes
+
+
 @pytest.mark.parametrize("target", TARGETS)
 def test_the_stage_choice_and_the_target_are_recorded(monkeypatch, target):
-    monkeypatch.setenv(kernels.TARGET_ENV, target)
-    record = CaseRunner(QUICK).run(Case("fused", "cpu", "float32", "fwd", 1, 13, 11, 4, 32))
-    row, notes = to_row(record), record.notes
-    assert row["status"] == "ok", row["error"]
+    row, notes = run_on_target(monkeypatch, target, "fwd")
     assert notes["kernel_target"] == target and notes["kernel_extension"] == kernels.extension_name(target)
     paths, timings = notes["stage_paths"], notes["stage_ms"]
     assert set(paths) == {"attention", "map", "stores"} and paths["attention"] in ("kernel", "aten")
@@ -206,10 +212,7 @@ def test_the_stage_choice_and_the_target_are_recorded(monkeypatch, target):
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_feature_mode_races_the_pool_against_torch_operators_and_records_it(monkeypatch, target):
-    monkeypatch.setenv(kernels.TARGET_ENV, target)
-    record = CaseRunner(QUICK).run(Case("fused", "cpu", "float32", "feature", 1, 13, 11, 4, 32))
-    row, notes = to_row(record), record.notes
-    assert row["status"] == "ok", row["error"]
+    row, notes = run_on_target(monkeypatch, target, "feature")
     timings = notes["stage_ms"]["feature"]
     assert set(timings) == {"pool", "operators"} and all(ms > 0 for ms in timings.values())
     operators_clearly_faster = timings["operators"] < timings["pool"] * (1 - ATEN_ATTENTION_MARGIN)
