@@ -221,6 +221,14 @@ def test_feature_mode_races_the_pool_against_torch_operators_and_records_it(monk
     assert row["variant"] == (f"{target}: attention=kernel, on the pool" if pool else "sdpa")
 
 
+def test_feature_mode_runs_head_counts_the_map_kernel_does_not_take():
+    """Feature mode has no map, so 3 heads (which the map kernel is not compiled for) run, on either path, within the
+    tolerance."""
+    row = to_row(CaseRunner(QUICK).run(Case("fused", "cpu", "float32", "feature", 1, 5, 5, 3, 24)))
+    assert row["status"] == "ok", row["error"]
+    assert row["out_rel_err"] <= row["tolerance"]
+
+
 @pytest.mark.parametrize("path", ["kernel", "aten"])
 def test_either_path_of_each_stage_gives_the_reference(target_kernels, path):
     module = copy.deepcopy(reference_module(32, 4, 0, 9, 7)).eval()

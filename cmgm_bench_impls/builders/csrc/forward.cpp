@@ -140,7 +140,8 @@ std::tuple<Tensor, Tensor> fused_forward(Tensor x, Tensor y, Tensor qv_w, Tensor
   STD_TORCH_CHECK(x.scalar_type() == ScalarType::Float && y.scalar_type() == ScalarType::Float, "x and y must be float32");
   for (int64_t dim = 0; dim < 4; ++dim) STD_TORCH_CHECK(x.size(dim) == y.size(dim), "x and y must have one shape");
   const Shape s{x.size(0), x.size(1), x.size(2), x.size(3), x.size(2) * x.size(3), heads};
-  STD_TORCH_CHECK(cmgm::fused_map_supports(heads) && s.channels % heads == 0, "heads must be 1, 2, 4, 8 or 16 and divide C");
+  STD_TORCH_CHECK(heads > 0 && s.channels % heads == 0, "heads must divide C");
+  STD_TORCH_CHECK(!want_map || cmgm::fused_map_supports(heads), "the map kernel takes 1, 2, 4, 8 or 16 heads");
   const ScalarType dtype = qv_w.scalar_type();
   STD_TORCH_CHECK(workspace.scalar_type() == ScalarType::Byte && workspace.dim() == 1 && workspace.is_cpu(),
                   "the workspace must be a 1-D uint8 CPU tensor");
