@@ -230,6 +230,8 @@ class FusedCMGM:
         return out, self.attention_map(attn, self.stages["map"])
 
 
+# How much faster, back to back, a path of more ATen operators (ATen's attention in fwd; the torch operators in
+# feature mode) must be to be chosen over the kernels': more operators cost more after idle, which the race does not see.
 ATEN_ATTENTION_MARGIN = 0.05
 
 # (target, dtype, batch, heads, tokens, head dim, threads) -> (stages, milliseconds per path)
