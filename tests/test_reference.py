@@ -6,6 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from cmgm_bench.measure import accuracy
+from cmgm_bench.workload.modes import set_module_mode, training_loss
 from cmgm_bench.workload.reference import make_inputs, reference_module
 from cmgm_bench.workload.model import CMGM
 from tests.official_grafting import Grafting
@@ -91,6 +93,32 @@ def test_feature_only_skips_the_map_and_keeps_the_feature():
         feature, attn_map = module(x, y, attn_map=False)
     assert attn_map is None
     torch.testing.assert_close(feature, full)
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_float64_reference_with_its_map_convolution_in_row_bands_matches_the_whole_map(monkeypatch, train):
+    """The float64 reference computes the map's 3x3 convolution a few rows at a time (uneven last band): its
+    outputs must be those of the formulas, and its input gradients those of the module run whole."""
+    batch, dim, heads, height, width = 2, 16, 2, 7, 13
+    tokens = height * width
+    module = reference_module(dim, heads, 5, height, width)
+    x, y = make_inputs(batch, dim, height, width, seed=5)
+    row_bytes = heads * 9 * tokens * 8
+    monkeypatch.setattr(accuracy, "BAND_COLUMN_BYTES", 5 * row_bytes)  # 19 bands of 5 rows, the last of 1
+    banded = accuracy.reference_outputs(module, x, y, train)
+    assert isinstance(accuracy.banded_if_same(copy.deepcopy(module.conv)), accuracy.RowBandedConv2d)
+    within = accuracy.tolerance_for("float64")  # relative L2, the tool's own float64 tolerance
+    if train:
+        whole = set_module_mode(copy.deepcopy(module).double(), "train")
+        x64, y64 = (t.double().requires_grad_(True) for t in (x, y))
+        out, attn_map = whole(x64, y64)
+        training_loss(out, attn_map).backward()
+        assert accuracy.relative_error(banded.grad, torch.cat([x64.grad.flatten(), y64.grad.flatten()])) <= within
+    else:
+        out, attn_map = formulas_float64(module, x.double(), y.double())
+        assert attn_map.gt(0).any() and attn_map.eq(0).any()
+    assert accuracy.relative_error(banded.attn_map, attn_map.detach()) <= within
+    assert accuracy.relative_error(banded.out, out.detach()) <= within
 
 
 def test_batchnorm_statistics_are_not_defaults():
