@@ -40,14 +40,13 @@ def calibrate_map_batchnorm(module: CMGM, height: int, width: int, generator: to
     ``conv(attn + attnᵀ)`` is its bias plus terms of order 1/N, so statistics
     drawn like the feature branch's would send whole channels below zero and
     the ReLU would return an all-zero map. Here the running mean and variance
-    come from the conv output on a seeded calibration sample at this grid (one
-    sample holds N x N positions per channel: at 48x48 tokens, 5.3 million), then
+    come from the conv output on a seeded calibration batch at this grid, then
     are perturbed (mean lowered by half a standard deviation, variance scaled
     by 0.5-2x) so the map is non-zero, cut by the ReLU in places, and an
     implementation that confuses batch and running statistics shows.
     """
-    x = torch.randn(1, module.dim, height, width, generator=generator)
-    y = torch.randn(1, module.dim, height, width, generator=generator)
+    x = torch.randn(2, module.dim, height, width, generator=generator)
+    y = torch.randn(2, module.dim, height, width, generator=generator)
     with torch.no_grad():
         _, attn = module.fuse(x, y)
         pre_norm = module.conv(attn + attn.transpose(-1, -2))
