@@ -103,8 +103,8 @@ def test_float64_reference_with_its_map_convolution_in_row_bands_matches_the_who
     tokens = height * width
     module = reference_module(dim, heads, 5, height, width)
     x, y = make_inputs(batch, dim, height, width, seed=5)
-    row_bytes = heads * 9 * tokens * 8
-    monkeypatch.setattr(accuracy, "BAND_COLUMN_BYTES", 5 * row_bytes)  # 19 bands of 5 rows, the last of 1
+    row_bytes = batch * heads * tokens * 8  # one row of the float64 N x N map, every sample and head
+    monkeypatch.setattr(accuracy.allocator, "STEADY_MMAP_THRESHOLD", 5 * row_bytes)  # 16 bands: 15 of 6 rows, the last of 1
     banded = accuracy.reference_outputs(module, x, y, train)
     assert isinstance(accuracy.banded_if_same(copy.deepcopy(module.conv)), accuracy.RowBandedConv2d)
     within = accuracy.tolerance_for("float64")  # relative L2, the tool's own float64 tolerance

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from cmgm_bench.measure import allocator
 from cmgm_bench.measure.measurement import AccuracyErrors
 from cmgm_bench.workload.modes import set_module_mode, training_loss
 
@@ -46,18 +47,17 @@ class ReferenceOutputs:
     grad: torch.Tensor | None  # x.grad and y.grad, flattened and concatenated (train mode)
 
 
-# Bytes of im2col columns one band of the float64 map convolution may use (see RowBandedConv2d).
-BAND_COLUMN_BYTES = 64 << 20
-
-
 class RowBandedConv2d(torch.nn.Module):
     """A stride-1 "same" convolution computed a band of output rows at a time, each band from its input rows and
     their halo: the same dot products (bit for bit on the CPU), without the whole-map buffer.
 
     PyTorch has no float64 path through oneDNN: its CPU convolution in float64 lowers to im2col, a column matrix
     of ``C_in * kh * kw`` times the output's size, nine times the whole N x N map for the map branch's 3x3
-    convolution (3 GiB at 48x48 tokens, faulted in afresh on each first call). In bands of ``BAND_COLUMN_BYTES``
-    the float64 reference at 48x48 ran in ~1 s instead of 3.9 s on its first call (2 vCPUs).
+    convolution (3 GiB at 48x48 tokens, faulted in afresh on each first call). The bands are as few as keep each
+    band's input and output at least the pinned allocator's mmap threshold: every temporary is then mapped and
+    unmapped as the whole-map tensors were, never left in the glibc heap that the implementation built next
+    uses (blocks left there moved ONNX Runtime's resident figure from process to process), and the columns of
+    a band stay under ~0.6 GiB. At 48x48 the float64 reference's first call took ~1.9 s instead of 4.8 s (2 vCPUs).
     """
 
     def __init__(self, conv: torch.nn.Conv2d):
@@ -68,8 +68,9 @@ class RowBandedConv2d(torch.nn.Module):
         conv = self.conv
         halo = conv.padding[0]
         height, width = value.shape[-2:]
-        row_bytes = value.shape[1] * conv.kernel_size[0] * conv.kernel_size[1] * width * value.element_size()
-        rows = max(1, BAND_COLUMN_BYTES // row_bytes)
+        smaller_side = value[:, : min(conv.in_channels, conv.out_channels)]
+        bands_wanted = max(1, smaller_side.numel() * value.element_size() // allocator.STEADY_MMAP_THRESHOLD)
+        rows = -(-height // bands_wanted)  # equal bands, each at least the threshold
         bands = []
         for first in range(0, height, rows):
             last = min(height, first + rows)
