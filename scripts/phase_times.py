@@ -12,6 +12,7 @@ the run's stored settings, as ``run --resume`` reads them.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -30,7 +31,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
     args = parser.parse_args()
-    measurements = load_run(args.run_dir).measurements
+    try:
+        measurements = load_run(args.run_dir).measurements
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
     table = phase_table(measurements)
     print(table.round(1).to_string())
     try:

@@ -89,6 +89,8 @@ def test_each_record_says_where_its_time_went(tmp_path):
     impl_line = next(line for line in shown.splitlines() if line.startswith("slow_build"))
     assert float(impl_line.split()[1]) == pytest.approx(wall, abs=0.05)
     assert "1 of 1 cases finished" in shown  # the sweep's size, from the run's stored settings
+    not_a_run = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True)
+    assert (not_a_run.returncode, not_a_run.stderr.count("\n")) == (2, 1) and "not a run directory" in not_a_run.stderr
 
 
 SLEEPY = """
