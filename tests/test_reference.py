@@ -121,6 +121,20 @@ def test_float64_reference_with_its_map_convolution_in_row_bands_matches_the_who
     assert accuracy.relative_error(banded.out, out.detach()) <= within
 
 
+@pytest.mark.parametrize("grid", [11, 28])
+def test_every_head_of_the_map_is_cut_by_the_relu_in_places_at_pgnets_grids(grid):
+    """At PGNet's grids the map's pre-norm variance is far below BatchNorm's eps; the map must still vary: each
+    head positive over a good part of the N x N positions and zero over another, never ReLU(bias) throughout."""
+    module = reference_module(64, 8, 0, grid, grid)
+    x, y = make_inputs(1, 64, grid, grid, seed=0)
+    with torch.no_grad():
+        _, attn_map = module(x, y)
+    positive = attn_map[0].gt(0).flatten(1).double().mean(1)
+    assert positive.min() > 0.3 and positive.max() < 0.9, positive
+    spread = attn_map[0].flatten(1).std(1) / attn_map[0].flatten(1).mean(1)
+    assert spread.min() > 0.5, spread  # not a near-constant map: it varies by the size of its mean
+
+
 def test_batchnorm_statistics_are_not_defaults():
     module = reference_module(64, 8, 0, 28, 28)
     assert module.bn.running_mean.abs().max() > 0.05
