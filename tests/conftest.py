@@ -24,6 +24,24 @@ def _private_export_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _compile_caches_keyed_by_library_isa():
+    """The session's compiles keyed by the libraries' instruction-set caps, as a timing process keys them
+    (``process_setup.key_compile_caches_by_library_isa``): a graph that Inductor cached in a session without
+    ``DNNL_MAX_CPU_ISA=AVX2`` and its kin computed NaN when a session with them loaded it from the same cache."""
+    from cmgm_bench.machine import process_setup
+    from torch.compiler import config
+
+    previous = os.environ.get(process_setup.CACHE_KEY_TAG_ENV), config.cache_key_tag
+    process_setup.key_compile_caches_by_library_isa()
+    yield
+    if previous[0] is None:
+        os.environ.pop(process_setup.CACHE_KEY_TAG_ENV, None)
+    else:
+        os.environ[process_setup.CACHE_KEY_TAG_ENV] = previous[0]
+    config.cache_key_tag = previous[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _frozen_import_heap():
     """What the imports built (torch, the runtimes: ~300k objects) lives for the whole session, as in a run
     (``measure.heap.frozen``): frozen, each case's garbage collection scans only newer objects
