@@ -2,13 +2,16 @@
 the call on the pool opens no OpenMP team of its own."""
 
 import copy
+import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 import torch
 
+from cmgm_bench.machine import cpu_features
 from cmgm_bench.workload.reference import make_inputs, reference_module
 from cmgm_bench_impls.builders import kernels
 from cmgm_bench_impls.fused import FusedCMGM
@@ -45,8 +48,6 @@ def test_a_short_call_runs_alone_while_the_workers_sleep_and_a_burst_wakes_them(
     """After a pause the pool's worker sleeps: a short call gets one thread (a worker woken from sleep would arrive after
     it). Short calls in a burst (each within a few milliseconds of the last) wake the worker for the calls that follow,
     which then get both threads and the worker takes part again."""
-    import time
-
     def short_call_threads() -> int:
         granted = torch.zeros(1, dtype=torch.long)
         operators.pool_short_call(granted, 2)
@@ -67,9 +68,6 @@ def test_a_short_call_runs_alone_while_the_workers_sleep_and_a_burst_wakes_them(
 def test_a_worker_woken_from_sleep_runs_beside_its_caller_not_on_its_cpu(operators):
     """The scheduler puts a thread woken from sleep on its waker's CPU, where the two would take turns; the pool's
     worker moves to another of the process's CPUs before it claims a chunk."""
-    import os
-    import time
-
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("the process may use one CPU only")
     cpus = torch.full((2,), -1, dtype=torch.long)
@@ -95,8 +93,6 @@ def test_every_stage_choice_gives_the_reference_on_two_threads(operators, two_th
     """fwd with the map on the kernel runs as one operator on the pool (either attention path, the map reading the
     stored matrix or recomputing it), otherwise as torch operators; batch 2 and an odd map, so that row and channel
     chunks split unevenly."""
-    from cmgm_bench.machine import cpu_features
-
     if dtype == torch.bfloat16 and not cpu_features.native_bfloat16():
         pytest.skip("fused-bf16 needs native bfloat16 (its refusal is tested in test_fused)")
     if stores == "streaming" and not kernels.TARGETS[kernels.best_target()].streaming_stores:
@@ -127,8 +123,6 @@ def assert_calls_on_the_pool_agree(operators, shape: tuple, first: dict, second:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_feature_mode_on_the_pool_gives_the_reference_and_no_map(operators, two_threads, dtype):
     """Feature mode as one call on the pool: the attention kernel writing no matrix, the feature branch, no map."""
-    from cmgm_bench.machine import cpu_features
-
     if dtype == torch.bfloat16 and not cpu_features.native_bfloat16():
         pytest.skip("fused-bf16 needs native bfloat16 (its refusal is tested in test_fused)")
     module = copy.deepcopy(reference_module(32, 4, 0, 9, 7)).eval()
