@@ -186,11 +186,19 @@ def test_cuda_graph_replays_follow_new_input_values_as_eager_does():
             previous = got
 
 
+HOST_LAUNCH_COVER_CYCLES = 2_000_000  # ~1 ms at an H200's 1.98 GHz, more while its clocks are low: longer than a launch
+
+
 @pytest.mark.cuda
 def test_the_cold_cache_flush_evicts_what_a_warm_call_finds_in_l2():
     """A sum over a quarter of L2: warm, its data is in L2; after the flush (2x L2 streamed) it comes from
     memory and is slower (expected ~1.2-2x: L2 against HBM bandwidth, plus a fixed launch cost). A flush
-    that did nothing would leave the two within a few percent."""
+    that did nothing would leave the two within a few percent.
+
+    The events must time the sum alone in both arms: the GPU spins (``torch.cuda._sleep``) while the host
+    queues the events and the sum, so neither arm waits for the host's launch. Without the spin, the warm arm
+    starts on an idle GPU and times the host's launch (~10-20 us, more than the sum), while the cold arm's
+    events queue behind the flush: on an H200 the cold sum then read faster than the warm one."""
     l2_bytes = torch.cuda.get_device_properties("cuda").L2_cache_size
     data = torch.randn(l2_bytes // 4 // 4, device="cuda")  # float32: a quarter of L2
     flusher = timing.CacheFlusher("cuda")
@@ -200,6 +208,7 @@ def test_the_cold_cache_flush_evicts_what_a_warm_call_finds_in_l2():
         times = []
         for _ in range(60):
             before_each()
+            torch.cuda._sleep(HOST_LAUNCH_COVER_CYCLES)
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             data.sum()
@@ -348,9 +357,10 @@ def test_short_gpu_calls_are_timed_in_blocks_and_the_block_size_is_recorded():
     calls = []
     clock = FakeGpuClock()
     per_sample = timing.calls_per_sample(lambda: calls.append(1), clock)
-    assert clock.blocks == [1, 2, 4, 8, 16] and per_sample == 16  # 8 calls last 0.85 ms: one doubling more
+    tries = timing.CALIBRATION_TRIES
+    assert clock.blocks == [size for size in (1, 2, 4, 8, 16) for _ in range(tries)] and per_sample == 16  # 8 calls: 0.85 ms
     samples = timing.collect_samples(lambda: calls.append(1), clock, StopRule(min_samples=5, max_samples=5), calls=per_sample)
-    assert clock.blocks[-5:] == [16] * 5 and len(calls) == 31 + 5 * 16
+    assert clock.blocks[-5:] == [16] * 5 and len(calls) == 31 * tries + 5 * 16
     assert all(abs(sample - 100e-6) / 100e-6 < 0.04 for sample in samples)
     assert timing.calls_per_sample(lambda: None, timing.WallClock()) == 1  # the CPU clock resolves one call
     record = CaseRunner(measure_config(stop_rule=StopRule(min_samples=3, max_time_s=0.05))).run(Case("eager", "cpu", "float32",
@@ -372,6 +382,25 @@ def test_a_block_size_from_one_synchronised_call_would_be_too_small():
     assert per_sample == 64 and per_sample * 20e-6 >= 1e-3
     assert timing.calls_per_sample(lambda: None, type("Instant", (LaunchBoundClock,), {"time_calls": lambda self, fn, calls=1: 0.0})()) \
         == timing.MAX_CALLS_PER_SAMPLE  # a clock that reads nothing stops at the cap instead of looping
+
+
+def test_a_block_that_reads_slow_once_does_not_stop_the_doubling():
+    """A GPU whose clocks are still rising from idle: the first timing of a 16-call block reads 1.2 ms, the next
+    ones 0.6 ms as every later sample will. The fastest of the tries decides, so the block doubles to 32 calls."""
+
+    class RampingClock:
+        name, min_block_s = "ramping", 1e-3
+
+        def __init__(self):
+            self.first_16 = True
+
+        def time_calls(self, fn, calls=1):
+            if calls == 16 and self.first_16:
+                self.first_16 = False
+                return 1.2e-3 / calls
+            return 40e-6
+
+    assert timing.calls_per_sample(lambda: None, RampingClock()) == 32
 
 
 @pytest.mark.cuda

@@ -73,6 +73,7 @@ class CudaEventClock(_Clock):
 
 
 MAX_CALLS_PER_SAMPLE = 2**16  # a call of under 15 ns: the block is then as long as we will wait for
+CALIBRATION_TRIES = 3
 
 
 def calls_per_sample(fn: Callable[[], object], clock) -> int:
@@ -81,12 +82,14 @@ def calls_per_sample(fn: Callable[[], object], clock) -> int:
     The block doubles from one call until a measured block of back-to-back calls lasts
     ``min_block_s``, as ``triton.testing.do_bench`` sizes its repeats: a size computed from
     one synchronised call would divide by the host's launch-and-wait time, not the GPU's,
-    and leave blocks shorter than the clock can time.
+    and leave blocks shorter than the clock can time. Each size is timed ``CALIBRATION_TRIES``
+    times and judged by its fastest: one slow block (a GPU whose clocks are still rising from
+    idle) would otherwise stop the doubling at a block that later samples time shorter.
     """
     if clock.min_block_s <= 0:
         return 1
     calls = 1
-    while calls < MAX_CALLS_PER_SAMPLE and clock.time_calls(fn, calls) * calls < clock.min_block_s:
+    while calls < MAX_CALLS_PER_SAMPLE and min(clock.time_calls(fn, calls) for _ in range(CALIBRATION_TRIES)) * calls < clock.min_block_s:
         calls *= 2
     return calls
 
