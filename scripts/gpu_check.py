@@ -7,13 +7,15 @@ Run through ``scripts/gpu_check.sh`` (which installs what the device lacks first
 Steps: the environment; a timing probe (``scripts/gpu_timing_probe.py``); the GPU tests
 (``compile-max`` and ``aot-inductor`` builds last, in a step of their own at the end); the
 sweep (B=8 and 1 at 28x28, every implementation and mode, then B=8 at 48 and 64); eager train
-B=8 48x48 with and without ``--cudnn-benchmark``; cold against warm cache on a GPU-bound case
+B=8 48x48 with and without ``--cudnn-benchmark``; where the train-mode map's float32 error comes
+from at that shape (``scripts/gpu_map_batchnorm_precision.py``); cold against warm cache on a GPU-bound case
 (B=8 64x64 fwd); an ``ab`` race; then sanity checks on every run it made. Each step gets at
-most its allowance and never more than what is left of the budget (default 480 s, inside the
-device's 10-minute limit for a command); a step that runs out is stopped with SIGINT (a run
+most its share of what is left of the budget, in proportion to the allowances of the steps not
+yet run (default budget 480 s, inside the device's 10-minute limit for a command): time a step
+leaves unspent goes to the steps after it. A step that runs out is stopped with SIGINT (a run
 keeps its finished cases) and a step with under 5 s left is skipped. The results go to
 ``results/gpu/<gpu-slug>/`` as they are made: ``steps.md`` (the phase table, rewritten after
-every step), one log per step, the run folders, ``probe.json``, ``sanity.md``, ``summary.md``;
+every step), one log per step, the run folders, ``probe.json``, ``map_precision.json``, ``sanity.md``, ``summary.md``;
 a timeout still leaves evidence. Exit 0 only if every step and every sanity check passed.
 
 ``GPU_CHECK_DRY_RUN=1`` (or ``--dry-run``) runs the same steps on the CPU with tiny shapes into
@@ -61,6 +63,7 @@ class Shapes:
     cold: list[str]
     ab: list[str]
     timing: list[str]
+    map_precision: list[str]
     extra_train: list[str] = field(default_factory=list)
 
 
@@ -73,6 +76,7 @@ def shapes(dry_run: bool) -> Shapes:
             ["--impl", "eager,sdpa", "--heads", "2", "--dim", "32", "--mode", "fwd", "--batch", "2", "--res", "16"], ["--res",
                 "6", "--heads", "2", "--dim", "8", "--max-time", "0.3", "--min-pairs", "4"],
             ["--max-time", "0.05", "--min-samples", "3", "--no-report"],  # the flow and its checks, not the plots
+            ["--batch", "2", "--res", "8", "--heads", "2", "--dim", "8"],
         )
     return Shapes(
         "cuda", ["--mode", "fwd,feature,train", "--batch", "8,1", "--res", "28", "--heads", "8"],
@@ -80,7 +84,8 @@ def shapes(dry_run: bool) -> Shapes:
         ["--impl", "eager", "--mode", "train", "--batch", "8", "--res", "48", "--heads", "8"],
         ["--impl", "eager,sdpa", "--mode", "fwd", "--batch", "8", "--res", "64", "--heads", "8"],
         ["--mode", "fwd", "--batch", "8", "--res", "28", "--max-time", "5"],
-        ["--max-time", "0.3", "--min-samples", "10", "--timeout", "60"], ["--cudnn-benchmark"],
+        ["--max-time", "0.3", "--min-samples", "10", "--timeout", "60"],
+        ["--batch", "8", "--res", "48", "--heads", "8", "--dim", "64"], ["--cudnn-benchmark"],
     )
 
 
@@ -103,6 +108,8 @@ def plan(out: Path, dry_run: bool) -> list[Step]:
         Step("sweep 48, 64", 60, [run("sweep-large", *s.large)]),
         Step("eager train, cudnn.benchmark off and on", 40,
              [run("train-default", *s.train), run("train-cudnn-benchmark", *s.train, *s.extra_train)]),
+        Step("map precision in train mode", 20, [[py, str(ROOT / "scripts" / "gpu_map_batchnorm_precision.py"),
+                                                  str(out / "map_precision.json"), "--device", s.device, *s.map_precision]]),
         Step("cold against warm cache", 30, [run("cold", *s.cold, "--cold-cache"), run("warm", *s.cold)]),
         Step("ab", 25, [[*bench, "ab", "eager", "sdpa", *device, *s.ab, "--format", "json"]]),
         Step("gpu tests: compile and aot-inductor", 45, [[*tests, "-k", "aot or compile"]]),
@@ -149,12 +156,20 @@ def write_steps(out: Path, steps: list[Step], budget_s: float) -> None:
     (out / "steps.json").write_text(json.dumps([asdict(s) for s in steps], indent=1))
 
 
+def step_limit(remaining: list[Step], left_s: float) -> float:
+    """The first remaining step's share of what is left, in proportion to the allowances.
+
+    A step that finishes early leaves its time to the steps after it, each in proportion to its
+    allowance; a step that runs over its allowance (it is stopped at this limit) takes from them."""
+    return min(left_s, left_s * remaining[0].allowance_s / sum(s.allowance_s for s in remaining))
+
+
 def run_all(out: Path, dry_run: bool, budget_s: float) -> int:
     steps = plan(out, dry_run)
     started = time.monotonic()
-    for step in steps:
+    for index, step in enumerate(steps):
         left = budget_s - SANITY_RESERVE_S - (time.monotonic() - started)
-        limit = min(step.allowance_s, left)
+        limit = step_limit(steps[index:], left)
         print(f"\n== {step.name} ({time.monotonic() - started:.0f} s of {budget_s:.0f}; limit {max(limit, 0):.0f} s)", flush=True)
         if limit < MIN_STEP_S:
             step.status = "skipped: the budget is spent"
