@@ -21,12 +21,9 @@ from cmgm_bench.workload.modes import set_module_mode, training_loss
 # Relative-L2 tolerance per compute dtype, applied to every output (and the
 # input gradients in train mode); float32 with TF32 on CUDA uses "tf32".
 # About 3x the worst error of a correct implementation, measured with
-# scripts/measure_tolerances.py (CPU) and scripts/gpu_check.sh (H100). The worst
-# float32 case is train mode on the GPU at N >= 2304 (7.1e-4 for every
-# implementation, eager included, identical to 4 digits): the map's BatchNorm in
-# batch-statistics mode divides by a tiny standard deviation. On the CPU float32
-# stays below 3e-5 but for train-mode input gradients at 48x48 (5.6e-4). The half
-# types' worst are the train-mode input gradients.
+# scripts/measure_tolerances.py (CPU) and scripts/gpu_check.sh (GPU). On the CPU
+# float32 stays below 3e-5 but for train-mode input gradients at 48x48 (5.6e-4).
+# The half types' worst are the train-mode input gradients.
 TOLERANCES = {
     "float64": 1e-12,
     "float32": 2e-3,
@@ -34,10 +31,17 @@ TOLERANCES = {
     "float16": 5e-2,
     "bfloat16": 1e-1,
 }
+# Where a device's own float32 arithmetic for the module is less exact. On CUDA,
+# train mode at N >= 2304 gives the map a 2.1e-3 error in PyTorch's eager module
+# itself (H200, B=8 48x48): the map's BatchNorm takes its batch mean in float32,
+# with or without cuDNN, and the mean is 80-950 times the spread it subtracts it
+# from (scripts/gpu_map_batchnorm_precision.py; float32's rounding alone: 1.4e-5).
+DEVICE_TOLERANCES = {"cuda": {"float32": 6e-3}}
 
 
-def tolerance_for(dtype: str, tf32: bool = False) -> float:
-    return TOLERANCES["tf32" if (dtype == "float32" and tf32) else dtype]
+def tolerance_for(dtype: str, tf32: bool = False, device: str = "cpu") -> float:
+    key = "tf32" if (dtype == "float32" and tf32) else dtype
+    return DEVICE_TOLERANCES.get(device.split(":")[0], {}).get(key, TOLERANCES[key])
 
 
 @dataclass
