@@ -74,7 +74,7 @@ class CaseRunner:
             est_mem_mb=flops.estimated_peak_bytes(case.mode, case.batch, case.tokens, case.dim, case.heads, case.dtype) / 2**20,
             threads=torch.get_num_threads(),
             source=impl.source if impl else None,
-            tolerance=accuracy.tolerance_for(case.dtype, self.config.tf32 and case.device.startswith("cuda"), case.device),
+            tolerance=accuracy.tolerance_for(case.dtype, self.config.tf32, case.device),
             floor_ms=ceilings_module.floor_ms(self.ceilings, case),
         )
 
