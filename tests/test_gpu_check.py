@@ -82,9 +82,10 @@ def test_time_a_step_leaves_unspent_goes_to_the_steps_after_it_by_their_allowanc
 def test_the_sanity_checks_reject_numbers_a_gpu_run_must_not_have(tmp_path):
     """A CPU run read as if it were the GPU check's: perf_counter timing, sub-millisecond calls one per sample."""
     out = tmp_path / "check"
-    # the smallest module (tens of microseconds a call): sub-millisecond beside a busy neighbour too
+    # the smallest module (tens of microseconds a call), and a median of a hundred calls: sub-millisecond beside a
+    # busy neighbour too, where three samples could all land in the neighbour's slices
     result = CliRunner().invoke(app, ["run", "--impl", "eager", "--res", "4", "--heads", "2", "--dim", "8", "--out",
-                                      str(out / "sweep-28"), *FAST])
+                                      str(out / "sweep-28"), *FAST, "--min-samples", "100"])
     assert result.exit_code == 0, result.output
     check = gpu_check_module()
     assert check.sanity(out, "cpu") == []
